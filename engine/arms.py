@@ -1,0 +1,136 @@
+"""Arms: the KV-cache configurations of one model that the app and the benchmarks compare.
+
+An arm is ``f16``, ``q8_0``, ``q4_0`` (upstream caches; quantized ones with upstream's
+Hadamard rotation) or ``d2`` with a :class:`Recipe` (``d2`` alone is the locked recipe,
+``d2:k16v32`` or ``d2:k16v32b3s8w1024`` spell one out). This module only describes arms and
+their memory; it never loads a model and never imports the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from engine.errors import EngineError
+
+# ggml type ids (ggml.h)
+GGML_TYPE_F16 = 1
+GGML_TYPE_Q4_0 = 2
+GGML_TYPE_Q8_0 = 8
+
+#: bytes per block and block size of the upstream cache types
+_UPSTREAM = {"f16": (2, 1, GGML_TYPE_F16), "q8_0": (34, 32, GGML_TYPE_Q8_0), "q4_0": (18, 32, GGML_TYPE_Q4_0)}
+UPSTREAM_ARMS = tuple(_UPSTREAM)
+ALL_ARMS = ("f16", "q8_0", "q4_0", "d2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The D2 recipe, expressed at head_dim 128 and scaled to the model's head_dim.
+
+    ``k_rank``/``v_rank`` are the protected (fp16) directions per head at head_dim 128;
+    the rest of each head is stored with ``tail_bits``-bit codes and one fp16 scale per
+    64-coefficient block. ``sinks`` first tokens and the last ``window`` tokens are exact.
+    """
+
+    k_rank: int = 16
+    v_rank: int = 32
+    tail_bits: int = 3
+    sinks: int = 8
+    window: int = 1024
+
+    _PATTERN = re.compile(r"^k(\d+)v(\d+)(?:b(\d))?(?:s(\d+))?(?:w(\d+))?$")
+
+    @classmethod
+    def parse(cls, text: str) -> Recipe:
+        match = cls._PATTERN.match(text.strip().lower())
+        if not match:
+            raise EngineError(
+                f"'{text}' is not a D2 recipe; write it like k16v32 (ranks at head_dim 128), "
+                "optionally followed by b3 (tail bits), s8 (sinks), w1024 (window)."
+            )
+        k, v, b, s, w = match.groups()
+        recipe = cls(int(k), int(v), int(b or 3), int(s if s is not None else 8), int(w if w is not None else 1024))
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        for name, rank in (("K rank", self.k_rank), ("V rank", self.v_rank)):
+            if not 8 <= rank <= 128 or rank % 8:
+                raise EngineError(f"{name} {rank} must be a multiple of 8 between 8 and 128.")
+        if self.tail_bits not in (2, 3, 4):
+            raise EngineError(f"tail bits {self.tail_bits} must be 2, 3 or 4.")
+
+    @property
+    def label(self) -> str:
+        base = f"k{self.k_rank}v{self.v_rank}"
+        if self.tail_bits != 3:
+            base += f"b{self.tail_bits}"
+        if (self.sinks, self.window) != (8, 1024):
+            base += f"s{self.sinks}w{self.window}"
+        return base
+
+    def protected(self, head_dim: int, which: str) -> int:
+        """Protected directions per head at this head_dim (at least 8 per 64-block share)."""
+        rank = self.k_rank if which == "k" else self.v_rank
+        blocks = max(head_dim // 64, 1)
+        per_block = max(8, (rank * head_dim // 128) // blocks // 8 * 8)
+        return min(per_block * blocks, head_dim)
+
+    def head_bytes(self, head_dim: int, which: str) -> float:
+        """Compressed bytes per token per KV head: fp16 protected + packed tail + fp16 scales."""
+        r = self.protected(head_dim, which)
+        blocks = max(head_dim // 64, 1)
+        return 2 * r + (head_dim - r) * self.tail_bits / 8 + 2 * blocks
+
+
+LOCKED = Recipe()
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmConfig:
+    """One KV-cache configuration: its name, cache types and (for d2) the recipe."""
+
+    name: str
+    recipe: Recipe | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ArmConfig:
+        text = text.strip().lower()
+        if text in _UPSTREAM:
+            return cls(text)
+        if text == "d2":
+            return cls("d2", LOCKED)
+        if text.startswith("d2:"):
+            return cls("d2", Recipe.parse(text[3:]))
+        raise EngineError(f"'{text}' is not an arm; choose one of f16, q8_0, q4_0, d2 or d2:<recipe>.")
+
+    @property
+    def label(self) -> str:
+        if self.recipe is None:
+            return self.name
+        return "d2" if self.recipe == LOCKED else f"d2:{self.recipe.label}"
+
+    @property
+    def is_d2(self) -> bool:
+        return self.recipe is not None
+
+    @property
+    def ggml_type(self) -> int:
+        """Cache tensor type for upstream arms (d2 types are chosen by the engine)."""
+        if self.name in _UPSTREAM:
+            return _UPSTREAM[self.name][2]
+        return GGML_TYPE_F16
+
+    def kv_bytes_per_token(self, n_layer: int, n_head_kv: int, head_dim_k: int, head_dim_v: int) -> float:
+        """Bytes of K plus V per token over all layers (excluding D2's fixed exact copies)."""
+        if self.recipe is None:
+            size, block, _ = _UPSTREAM[self.name]
+            per_head = (head_dim_k + head_dim_v) * size / block
+        else:
+            per_head = self.recipe.head_bytes(head_dim_k, "k") + self.recipe.head_bytes(head_dim_v, "v")
+        return n_layer * n_head_kv * per_head
+
+    def bits_per_element(self, head_dim_k: int, head_dim_v: int) -> float:
+        per_head = self.kv_bytes_per_token(1, 1, head_dim_k, head_dim_v)
+        return per_head * 8 / (head_dim_k + head_dim_v)

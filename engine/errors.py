@@ -1,0 +1,76 @@
+"""Error types of the engine, each carrying the numbers a person needs to act.
+
+Every error's ``str()`` is one sentence that says what happened and what to do next; the UI
+shows it as is. This module must never import the app.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class: something the user can fix, described in one sentence."""
+
+
+class PatchedBuildMissingError(EngineError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"The installed llama_cpp is not the fraqtl build ({detail}); run `make setup` "
+            "or `python -m engine.build` to build and install it."
+        )
+
+
+class ModelNotFoundError(EngineError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"No GGUF model at {path}; check the path or run `python -m engine.models fetch`.")
+
+
+class ModelFormatError(EngineError):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} is not a usable GGUF model ({reason}); pick a llama.cpp GGUF file.")
+
+
+class ModelChecksumError(EngineError):
+    def __init__(self, path: str, expected: str, found: str) -> None:
+        self.expected, self.found = expected, found
+        super().__init__(
+            f"{path} has sha256 {found[:12]}…, expected {expected[:12]}…; delete it and run "
+            "`python -m engine.models fetch` again."
+        )
+
+
+class ContextOverflowError(EngineError):
+    def __init__(self, tokens: int, limit: int) -> None:
+        self.tokens, self.limit = tokens, limit
+        super().__init__(
+            f"The prompt needs {tokens:,} tokens but the context holds {limit:,}; raise the "
+            "context (YaRN where the model allows) or choose a page range."
+        )
+
+
+class ArmUnavailableError(EngineError):
+    def __init__(self, arm: str, reason: str) -> None:
+        self.arm, self.reason = arm, reason
+        super().__init__(f"The {arm} arm is unavailable: {reason}")
+
+
+class SidecarFormatError(EngineError):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"Sidecar {path} is invalid: {reason}; recalibrate with `fraqtl-calibrate` or pick another file.")
+
+
+class SidecarMismatchError(EngineError):
+    def __init__(self, path: str, field: str, expected: object, found: object) -> None:
+        self.path, self.field, self.expected, self.found = path, field, expected, found
+        super().__init__(
+            f"Sidecar {path} does not fit this model: {field} is {found}, the model has {expected}; "
+            "use the sidecar calibrated for this model (`fraqtl-calibrate MODEL.gguf`)."
+        )
+
+
+class EngineCrashedError(EngineError):
+    def __init__(self, arm: str, detail: str) -> None:
+        self.arm, self.detail = arm, detail
+        super().__init__(f"The {arm} engine process stopped ({detail}); try again, or pick another arm or a smaller context.")
