@@ -1,0 +1,287 @@
+"""The runtime: one model with one arm's KV cache, turning prompts into events.
+
+A :class:`Runtime` loads a GGUF through our patched llama-cpp-python, keeps the tokens it
+has evaluated, and on each call evaluates only what differs from the cached prefix (a
+follow-up question after a long document evaluates just the question). Generation is
+greedy and yields :mod:`engine.events`; a ``should_stop`` callable is checked between
+batches and between tokens. This module never imports the app; it is the one code path
+the app, the benchmarks and the tests all drive.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.arms import ArmConfig
+from engine.errors import ArmUnavailableError, ContextOverflowError, EngineError, PatchedBuildMissingError
+from engine.events import AnswerDone, Event, PrefillProgress, Token
+from engine.gguf import GgufInfo, read_gguf
+
+Message = dict[str, str]
+
+
+def load_llama_cpp() -> Any:
+    """Import llama_cpp and check that it is our patched build."""
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as exc:
+        raise PatchedBuildMissingError(f"cannot import llama_cpp: {exc}") from exc
+    version = getattr(llama_cpp.llama_cpp, "llama_fraqtl_version", None)
+    if version is None:
+        raise PatchedBuildMissingError("llama_fraqtl_version is missing")
+    return llama_cpp
+
+
+def fraqtl_version() -> str:
+    return load_llama_cpp().llama_cpp.llama_fraqtl_version().decode()
+
+
+class Runtime:
+    """A loaded model with one arm, reusing its KV cache across calls."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        arm: ArmConfig | str = "f16",
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        n_gpu_layers: int = -1,
+        yarn: bool = False,
+        logits_all: bool = False,
+        n_threads: int | None = None,
+        d2: Any = None,
+    ) -> None:
+        self.llama_cpp = load_llama_cpp()
+        self.arm = ArmConfig.parse(arm) if isinstance(arm, str) else arm
+        self.info: GgufInfo = read_gguf(model_path)
+        self.model_path = Path(model_path)
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.logits_all = logits_all
+        self.n_evaluated_total = 0
+        kwargs: dict[str, Any] = {}
+        if yarn and n_ctx > self.info.n_ctx_train > 0:
+            kwargs.update(
+                rope_scaling_type=self.llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
+                yarn_orig_ctx=self.info.n_ctx_train,
+            )
+        if self.arm.is_d2:
+            if d2 is None:
+                from engine.d2 import d2_params_for
+
+                d2 = d2_params_for(self.info, self.arm)
+            kwargs["fraqtl_params"] = d2
+        else:
+            kwargs.update(type_k=self.arm.ggml_type, type_v=self.arm.ggml_type)
+        self._d2 = d2
+        try:
+            self.llm = self.llama_cpp.Llama(
+                model_path=str(model_path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_gpu_layers=n_gpu_layers,
+                flash_attn=True,
+                logits_all=logits_all,
+                n_threads=n_threads or max(os.cpu_count() or 1, 1),
+                verbose=bool(os.environ.get("FRAQTL_LLAMA_VERBOSE")),
+                **kwargs,
+            )
+        except TypeError as exc:
+            raise PatchedBuildMissingError(f"llama_cpp does not take the fraqtl parameters: {exc}") from exc
+        except ValueError as exc:
+            detail = self._last_fraqtl_error() or str(exc)
+            raise ArmUnavailableError(self.arm.label, detail) from exc
+        self._vocab = self.llama_cpp.llama_model_get_vocab(self.llm.model)
+
+    # ------------------------------------------------------------------ tokens
+
+    def _last_fraqtl_error(self) -> str:
+        fn = getattr(self.llama_cpp.llama_cpp, "llama_fraqtl_last_error", None)
+        if fn is None:
+            return ""
+        msg = fn()
+        return msg.decode() if msg else ""
+
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def chat_prompt(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """Render messages with the model's chat template (plain text for base models)."""
+        template = self.info.chat_template
+        if not template:
+            parts = [m["content"] for m in messages]
+            return "\n\n".join(parts) + ("\n\nAnswer:" if add_generation_prompt else "")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos = self.detokenize([self.llm.token_eos()]) if self.llm.token_eos() >= 0 else ""
+        bos = self.detokenize([self.llm.token_bos()]) if self.llm.token_bos() >= 0 else ""
+        formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
+                                        add_generation_prompt=add_generation_prompt)
+        return formatter(messages=list(messages)).prompt
+
+    def chat_tokens(self, messages: Sequence[Message]) -> list[int]:
+        return self.tokenize(self.chat_prompt(messages), add_bos=False, special=True)
+
+    # ------------------------------------------------------------------ evaluation
+
+    @property
+    def n_cached(self) -> int:
+        return int(self.llm.n_tokens)
+
+    def cached_tokens(self) -> list[int]:
+        return [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
+
+    def _reuse_prefix(self, tokens: Sequence[int]) -> int:
+        cached = self.llm.input_ids[: self.llm.n_tokens]
+        n = min(len(cached), len(tokens))
+        if n == 0:
+            return 0
+        same = np.asarray(cached[:n]) == np.asarray(tokens[:n], dtype=cached.dtype)
+        mismatch = np.flatnonzero(~same)
+        prefix = int(mismatch[0]) if mismatch.size else n
+        # Always re-evaluate at least the last token so that fresh logits exist.
+        return min(prefix, len(tokens) - 1)
+
+    def truncate(self, n_keep: int) -> None:
+        """Forget cached tokens from n_keep on (llama.cpp seq_rm; works for every arm)."""
+        n_keep = max(0, min(n_keep, self.n_cached))
+        mem = self.llama_cpp.llama_get_memory(self.llm.ctx)
+        ok = self.llama_cpp.llama_memory_seq_rm(mem, -1, n_keep, -1)
+        if not ok:
+            raise EngineError(
+                f"The {self.arm.label} cache could not drop tokens from position {n_keep}; "
+                "the document will be prefilled again."
+            )
+        self.llm.n_tokens = n_keep
+
+    def prefill(
+        self, tokens: Sequence[int], should_stop: Callable[[], bool] = lambda: False
+    ) -> Iterator[PrefillProgress]:
+        """Evaluate ``tokens`` (reusing the cached prefix), yielding progress per batch."""
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(len(tokens), self.n_ctx)
+        reused = self._reuse_prefix(tokens)
+        if reused < self.n_cached:
+            self.truncate(reused)
+        todo = list(tokens[reused:])
+        t0 = time.perf_counter()
+        done = 0
+        yield PrefillProgress(0, len(todo), reused, 0.0, 0.0)
+        for start in range(0, len(todo), self.n_batch):
+            if should_stop():
+                return
+            batch = todo[start : start + self.n_batch]
+            self.llm.eval(batch)
+            done += len(batch)
+            self.n_evaluated_total += len(batch)
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            rate = done / elapsed
+            yield PrefillProgress(done, len(todo), reused, rate, (len(todo) - done) / max(rate, 1e-9))
+
+    def last_logits(self) -> np.ndarray:
+        n_vocab = self.llm.n_vocab()
+        ptr = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).copy()
+
+    def is_end(self, token: int) -> bool:
+        return bool(self.llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def generate(
+        self,
+        prompt_tokens: Sequence[int],
+        max_tokens: int = 256,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[Event]:
+        """Prefill the prompt (reusing the cache), then decode greedily, yielding events."""
+        n_before = self.n_evaluated_total
+        t0 = time.perf_counter()
+        last: PrefillProgress | None = None
+        for progress in self.prefill(prompt_tokens, should_stop):
+            last = progress
+            yield progress
+        n_evaluated = self.n_evaluated_total - n_before
+        prefill_s = max(time.perf_counter() - t0, 1e-9)
+        if should_stop() or last is None or last.done < last.total:
+            yield AnswerDone("", len(prompt_tokens), n_evaluated, 0, n_evaluated / prefill_s, 0.0, "cancelled")
+            return
+        generated: list[int] = []
+        pending = b""
+        text_parts: list[str] = []
+        finish = "length"
+        t1 = time.perf_counter()
+        room = self.n_ctx - self.n_cached - 1
+        for _ in range(min(max_tokens, room)):
+            token = int(np.argmax(self.last_logits()))
+            if self.is_end(token):
+                finish = "stop"
+                break
+            generated.append(token)
+            pending += self.llm.detokenize([token], prev_tokens=self.cached_tokens())
+            text, pending = _split_utf8(pending)
+            if text:
+                text_parts.append(text)
+                yield Token(text, token)
+            if should_stop():
+                finish = "cancelled"
+                break
+            self.llm.eval([token])
+        else:
+            if room < max_tokens:
+                finish = "length"
+        if pending:
+            text_parts.append(pending.decode("utf-8", errors="replace"))
+        decode_s = max(time.perf_counter() - t1, 1e-9)
+        yield AnswerDone(
+            text="".join(text_parts),
+            n_prompt=len(prompt_tokens),
+            n_evaluated=n_evaluated,
+            n_generated=len(generated),
+            prefill_tok_s=n_evaluated / prefill_s,
+            decode_tok_s=len(generated) / decode_s if generated else 0.0,
+            finish=finish,
+            token_ids=tuple(generated),
+        )
+
+    def answer(self, messages: Sequence[Message], max_tokens: int = 256,
+               should_stop: Callable[[], bool] = lambda: False) -> Iterator[Event]:
+        return self.generate(self.chat_tokens(messages), max_tokens, should_stop)
+
+    # ------------------------------------------------------------------ memory
+
+    def kv_bytes(self) -> int:
+        """Bytes llama.cpp allocated for this context's KV cache (our query in the patch)."""
+        fn = getattr(self.llama_cpp.llama_cpp, "llama_fraqtl_kv_bytes", None)
+        if fn is None:
+            return 0
+        return int(fn(self.llm.ctx))
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None  # type: ignore[assignment]
+
+
+def _split_utf8(data: bytes) -> tuple[str, bytes]:
+    """Decode the complete UTF-8 prefix of ``data``; keep an unfinished sequence for later."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8"), data[cut:]
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", errors="replace"), b""
+
+
