@@ -1,0 +1,148 @@
+"""GPU memory telemetry through NVML (the ``nvidia-ml-py`` package, imported as pynvml).
+
+:class:`NvmlSampler` polls device total/used and, where the driver allows, the memory of
+given processes, in a background thread (200 ms by default), keeping the peak and a
+rolling history. Without a driver or GPU it reports why, once, and samples nothing: the
+caller shows estimates alone. This module never imports the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+MIB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuSample:
+    t: float  # time.monotonic()
+    device_used: int  # bytes used on the device
+    device_total: int
+    process_used: int | None  # bytes used by the watched processes, None if the driver does not say
+
+
+class TelemetryUnavailable(Exception):
+    """NVML cannot be used here; the message says why in one sentence."""
+
+
+class Nvml:
+    """A thin, typed view of one NVML device."""
+
+    def __init__(self, index: int = 0) -> None:
+        try:
+            import pynvml
+        except ImportError as exc:  # pragma: no cover - dependency
+            raise TelemetryUnavailable("nvidia-ml-py is not installed, so GPU telemetry is off.") from exc
+        try:
+            pynvml.nvmlInit()
+        except Exception as exc:  # pynvml raises NVMLError subclasses
+            raise TelemetryUnavailable(f"No NVIDIA driver found ({exc}), so GPU telemetry is off.") from exc
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            if count <= index:
+                raise TelemetryUnavailable(f"No NVIDIA GPU {index} (found {count}), so GPU telemetry is off.")
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(self.handle)
+            self.name = name.decode() if isinstance(name, bytes) else str(name)
+            self.driver = str(pynvml.nvmlSystemGetDriverVersion())
+        except TelemetryUnavailable:
+            raise
+        except Exception as exc:
+            raise TelemetryUnavailable(f"NVML failed ({exc}), so GPU telemetry is off.") from exc
+        self._nv = pynvml
+
+    def sample(self, pids: Iterable[int] = ()) -> GpuSample:
+        info = self._nv.nvmlDeviceGetMemoryInfo(self.handle)
+        process_used: int | None = None
+        wanted = set(pids)
+        if wanted:
+            try:
+                procs = self._nv.nvmlDeviceGetComputeRunningProcesses(self.handle)
+                found = [p.usedGpuMemory for p in procs if p.pid in wanted and p.usedGpuMemory is not None]
+                process_used = sum(found) if found else 0
+            except Exception:
+                process_used = None  # containers often hide other PIDs
+        return GpuSample(time.monotonic(), int(info.used), int(info.total), process_used)
+
+
+class NvmlSampler:
+    """Polls a device in a background thread; keeps the peak and a bounded history."""
+
+    def __init__(
+        self,
+        interval_s: float = 0.2,
+        pids: Callable[[], Iterable[int]] = lambda: (os.getpid(),),
+        history: int = 300,
+        device: Nvml | None = None,
+    ) -> None:
+        self.interval_s = interval_s
+        self.pids = pids
+        self.history: deque[GpuSample] = deque(maxlen=history)
+        self.unavailable_reason: str | None = None
+        self.device: Nvml | None = device
+        if self.device is None:
+            try:
+                self.device = Nvml()
+            except TelemetryUnavailable as exc:
+                self.unavailable_reason = str(exc)
+        self.baseline_used: int | None = None
+        self.peak_used = 0
+        self.peak_process: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        return self.device is not None
+
+    def sample_now(self) -> GpuSample | None:
+        if self.device is None:
+            return None
+        sample = self.device.sample(self.pids())
+        with self._lock:
+            if self.baseline_used is None:
+                self.baseline_used = sample.device_used
+            self.history.append(sample)
+            self.peak_used = max(self.peak_used, sample.device_used)
+            if sample.process_used is not None:
+                self.peak_process = max(self.peak_process or 0, sample.process_used)
+        return sample
+
+    def process_estimate(self, sample: GpuSample) -> int:
+        """This process's use: NVML per-process figure, else device used minus the baseline."""
+        if sample.process_used:
+            return sample.process_used
+        return max(sample.device_used - (self.baseline_used or 0), 0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sample_now()
+            except Exception as exc:  # the driver went away: stop quietly with a reason
+                self.unavailable_reason = f"GPU telemetry stopped ({exc})."
+                return
+
+    def start(self) -> NvmlSampler:
+        if self.device is not None and self._thread is None:
+            self.sample_now()
+            self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+    def __enter__(self) -> NvmlSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
