@@ -1,0 +1,279 @@
+"""The worker process: one :class:`~engine.runtime.Runtime` hosted in a child process.
+
+The app (and anything else that must survive llama.cpp) talks to a model through an
+:class:`EngineWorker`: the child is started with ``multiprocessing``'s *spawn* method, loads
+the model with one arm, and answers commands sent over a pipe, streaming
+:mod:`engine.events` back as it goes. A Stop sets a shared flag that the runtime checks
+between batches and between tokens. If the child raises, its error is rebuilt in the parent
+with the same type and fields; if it dies (a crash in llama.cpp, a CUDA OOM that kills it),
+the parent raises :class:`~engine.errors.EngineCrashedError` and the caller carries on.
+
+This module must never import the app, nor any UI toolkit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from engine import errors
+from engine.errors import ArmUnavailableError, EngineCrashedError, EngineError
+from engine.events import EngineFailed, Event
+
+_POLL_S = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """What a worker loads: a model file, an arm and a context size."""
+
+    model_path: str
+    arm: str = "f16"
+    n_ctx: int = 8192
+    yarn: bool = False
+    n_batch: int = 256
+    n_threads: int | None = None
+    n_gpu_layers: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineLoaded:
+    """The child's reply once the model is loaded."""
+
+    arm: str
+    n_ctx: int
+    n_ctx_train: int
+    kv_bytes: int
+    pid: int
+
+
+# ---------------------------------------------------------------------------- errors across the pipe
+
+
+def _error_payload(exc: BaseException) -> tuple[str, str, dict[str, Any]]:
+    attrs = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return type(exc).__name__, str(exc), attrs
+
+
+def rebuild_error(kind: str, message: str, attrs: dict[str, Any]) -> EngineError:
+    """The child's exception, as the same engine error type with the same fields and message."""
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, EngineError)):
+        cls = EngineError
+        message = message if message.endswith(".") else f"{message}."
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(attrs)
+    return exc
+
+
+# ---------------------------------------------------------------------------- the child
+
+
+def _load_runtime(spec: EngineSpec) -> Any:
+    from engine.runtime import Runtime
+
+    try:
+        return Runtime(spec.model_path, spec.arm, n_ctx=spec.n_ctx, n_batch=spec.n_batch,
+                       n_gpu_layers=spec.n_gpu_layers, yarn=spec.yarn, n_threads=spec.n_threads)
+    except ImportError as exc:  # the D2 module is not in this build yet
+        if spec.arm.startswith("d2"):
+            raise ArmUnavailableError(spec.arm, f"this build has no D2 cache yet ({exc.name or exc}).") from exc
+        raise
+
+
+def _child_main(spec: EngineSpec, conn: Connection, stop_flag: Any) -> None:
+    """Entry point of the worker process: load, then serve commands until 'close'."""
+    try:
+        runtime = _load_runtime(spec)
+        conn.send(("loaded", EngineLoaded(runtime.arm.label, spec.n_ctx, runtime.info.n_ctx_train,
+                                          runtime.kv_bytes(), os.getpid())))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+        conn.send(("error", _error_payload(exc)))
+        return
+    while True:
+        try:
+            command, args = conn.recv()
+        except (EOFError, OSError):
+            break
+        if command == "close":
+            break
+        try:
+            if command == "count":
+                conn.send(("result", runtime.count_tokens(args)))
+            elif command == "chat_count":
+                conn.send(("result", len(runtime.chat_tokens(args))))
+            elif command == "kv_bytes":
+                conn.send(("result", runtime.kv_bytes()))
+            elif command == "answer":
+                messages, max_tokens = args
+                stop_flag.clear()
+                for event in runtime.answer(messages, max_tokens, should_stop=stop_flag.is_set):
+                    conn.send(("event", event))
+                conn.send(("end", None))
+            else:
+                conn.send(("error", ("EngineError", f"unknown worker command {command!r}", {})))
+        except EngineError as exc:
+            conn.send(("error", _error_payload(exc)))
+        except Exception as exc:  # noqa: BLE001 - e.g. a llama.cpp decode failure or CUDA OOM
+            detail = f"{type(exc).__name__}: {exc}"
+            conn.send(("failed", EngineFailed(detail, type(exc).__name__)))
+            if os.environ.get("FRAQTL_WORKER_TRACEBACK"):
+                traceback.print_exc()
+    runtime.close()
+
+
+# ---------------------------------------------------------------------------- the parent
+
+
+class EngineWorker:
+    """A model in its own process; methods block the calling thread, never the child's crash."""
+
+    def __init__(self, spec: EngineSpec, load_timeout_s: float = 300.0) -> None:
+        self.spec = spec
+        self.load_timeout_s = load_timeout_s
+        self.loaded: EngineLoaded | None = None
+        ctx = mp.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        self._stop = ctx.Event()
+        self._process = ctx.Process(target=_child_main, args=(spec, child_conn, self._stop),
+                                    name=f"fraqtl-engine-{spec.arm}", daemon=True)
+        self._child_conn = child_conn
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> EngineLoaded:
+        """Start the child and wait for the model to load; raises the child's error type."""
+        self._process.start()
+        self._child_conn.close()
+        kind, payload = self._recv(timeout_s=self.load_timeout_s)
+        if kind == "error":
+            self.close()
+            raise rebuild_error(*payload)
+        if kind == "failed":
+            self.close()
+            raise EngineCrashedError(self.spec.arm, payload.message)
+        self.loaded = payload
+        return payload
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def stop(self) -> None:
+        """Ask the running answer to stop at the next batch or token boundary."""
+        self._stop.set()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self._process.is_alive():
+            try:
+                self._conn.send(("close", None))
+            except (OSError, BrokenPipeError):
+                pass
+            self._process.join(timeout_s)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(timeout_s)
+        self._conn.close()
+
+    def __enter__(self) -> EngineWorker:
+        if self.loaded is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- commands
+
+    def _recv(self, timeout_s: float | None = None) -> tuple[str, Any]:
+        waited = 0.0
+        while not self._conn.poll(_POLL_S):
+            waited += _POLL_S
+            if not self._process.is_alive() and not self._conn.poll(0):
+                raise EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode))
+            if timeout_s is not None and waited > timeout_s:
+                raise EngineCrashedError(self.spec.arm, f"no reply within {timeout_s:.0f} s")
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError) as exc:
+            self._process.join(1)
+            raise EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode)) from exc
+
+    def _call(self, command: str, args: Any = None) -> Any:
+        try:
+            self._conn.send((command, args))
+        except (OSError, BrokenPipeError) as exc:
+            raise EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode)) from exc
+        kind, payload = self._recv()
+        if kind == "error":
+            raise rebuild_error(*payload)
+        if kind == "failed":
+            raise EngineCrashedError(self.spec.arm, payload.message)
+        return payload
+
+    def count_tokens(self, text: str) -> int:
+        return int(self._call("count", text))
+
+    def count_chat_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return int(self._call("chat_count", list(messages)))
+
+    def kv_bytes(self) -> int:
+        return int(self._call("kv_bytes"))
+
+    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256) -> Iterator[Event]:
+        """Stream the events of one answer; a dead child ends the stream with EngineFailed."""
+        self._stop.clear()
+        try:
+            self._conn.send(("answer", (list(messages), max_tokens)))
+        except (OSError, BrokenPipeError):
+            yield EngineFailed(str(EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode))),
+                               "EngineCrashedError")
+            return
+        while True:
+            try:
+                kind, payload = self._recv()
+            except EngineCrashedError as exc:
+                yield EngineFailed(str(exc), "EngineCrashedError")
+                return
+            if kind == "event":
+                yield payload
+            elif kind == "end":
+                return
+            elif kind == "error":
+                exc = rebuild_error(*payload)
+                yield EngineFailed(str(exc), payload[0])
+                return
+            elif kind == "failed":
+                yield EngineFailed(str(EngineCrashedError(self.spec.arm, payload.message)), payload.kind)
+                return
+
+
+def _exit_detail(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "it stopped answering"
+    if exitcode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}"
+    return f"exit code {exitcode}"
+
+
+def default_model_path() -> Path:
+    from engine.models import resolve
+
+    return resolve(None)
