@@ -10,6 +10,7 @@ the app, the benchmarks and the tests all drive.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from engine import d2 as d2_module
 from engine.arms import ArmConfig
+from engine.d2 import D2Settings, KvMemory
 from engine.errors import ArmUnavailableError, ContextOverflowError, EngineError, PatchedBuildMissingError
 from engine.events import AnswerDone, Event, PrefillProgress, Token
 from engine.gguf import GgufInfo, read_gguf
@@ -55,7 +58,7 @@ class Runtime:
         yarn: bool = False,
         logits_all: bool = False,
         n_threads: int | None = None,
-        d2: Any = None,
+        d2: D2Settings | None = None,
     ) -> None:
         self.llama_cpp = load_llama_cpp()
         self.arm = ArmConfig.parse(arm) if isinstance(arm, str) else arm
@@ -71,15 +74,14 @@ class Runtime:
                 rope_scaling_type=self.llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
                 yarn_orig_ctx=self.info.n_ctx_train,
             )
+        self.d2_settings: D2Settings | None = None
+        self._d2_c: ctypes.Structure | None = None  # kept alive while llama.cpp may read it
         if self.arm.is_d2:
-            if d2 is None:
-                from engine.d2 import d2_params_for
-
-                d2 = d2_params_for(self.info, self.arm)
-            kwargs["fraqtl_params"] = d2
+            self.d2_settings = d2 if d2 is not None else d2_module.settings_for(self.info, self.arm)
+            self._d2_c = self.d2_settings.c_params(self.info)
+            kwargs["fraqtl_params"] = ctypes.cast(ctypes.pointer(self._d2_c), ctypes.c_void_p)
         else:
             kwargs.update(type_k=self.arm.ggml_type, type_v=self.arm.ggml_type)
-        self._d2 = d2
         try:
             self.llm = self.llama_cpp.Llama(
                 model_path=str(model_path),
@@ -103,11 +105,7 @@ class Runtime:
     # ------------------------------------------------------------------ tokens
 
     def _last_fraqtl_error(self) -> str:
-        fn = getattr(self.llama_cpp.llama_cpp, "llama_fraqtl_last_error", None)
-        if fn is None:
-            return ""
-        msg = fn()
-        return msg.decode() if msg else ""
+        return d2_module.last_error(self.llama_cpp)
 
     def tokenize(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
@@ -261,12 +259,14 @@ class Runtime:
 
     # ------------------------------------------------------------------ memory
 
+    def kv_memory(self) -> KvMemory | None:
+        """What llama.cpp allocated for this context's KV cache (K, V, D2 extras)."""
+        return d2_module.kv_memory(self.llama_cpp, self.llm.ctx)
+
     def kv_bytes(self) -> int:
-        """Bytes llama.cpp allocated for this context's KV cache (our query in the patch)."""
-        fn = getattr(self.llama_cpp.llama_cpp, "llama_fraqtl_kv_bytes", None)
-        if fn is None:
-            return 0
-        return int(fn(self.llm.ctx))
+        """Bytes of the K and V cache tensors llama.cpp allocated for this context."""
+        mem = self.kv_memory()
+        return mem.kv_bytes if mem else 0
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -13,6 +13,46 @@ extern "C" {
 LLAMA_API const char * llama_fraqtl_version(void);
 
 // ---------------------------------------------------------------------------------------
+// D2 KV cache. Point llama_context_params.fraqtl at these parameters to enable it; the
+// struct is read during llama_init_from_model only. On failure llama_init_from_model
+// returns NULL and llama_fraqtl_last_error() says why.
+
+enum llama_fraqtl_basis {
+    LLAMA_FRAQTL_BASIS_SIDECAR = 0, // bases from the sidecar files (identity where a path is NULL)
+    LLAMA_FRAQTL_BASIS_RANDOM  = 1, // seeded random orthonormal bases (control experiments)
+};
+
+struct llama_fraqtl_params {
+    const char * k_sidecar;  // K basis, format v1 "RAQK" (NULL: identity)
+    const char * v_sidecar;  // V basis, format v1 "FRAQ" (NULL: identity)
+    int32_t      k_protect;  // fp16 directions per K head: 8, 16 or 32 per 64-block, or head_dim (all fp16)
+    int32_t      v_protect;  // same for V
+    int32_t      tail_bits;  // bits per tail code (3)
+    int32_t      n_sink;     // first tokens kept exact (8)
+    int32_t      n_window;   // most recent tokens kept exact (1024)
+    int32_t      basis;      // enum llama_fraqtl_basis
+    uint32_t     seed;       // for LLAMA_FRAQTL_BASIS_RANDOM
+};
+
+LLAMA_API struct llama_fraqtl_params llama_fraqtl_default_params(void);
+
+// the last D2 error of this thread ("" if none)
+LLAMA_API const char * llama_fraqtl_last_error(void);
+
+struct llama_fraqtl_memory {
+    uint64_t k_bytes;     // K cache tensors
+    uint64_t v_bytes;     // V cache tensors
+    uint64_t exact_bytes; // D2 sink + window copies
+    uint64_t basis_bytes; // D2 rotation matrices
+    int32_t  type_k;      // ggml_type of the K cache
+    int32_t  type_v;
+    int32_t  d2;          // 1 if the D2 cache is active
+};
+
+// bytes llama.cpp allocated for the context's KV cache, for any cache type
+LLAMA_API bool llama_fraqtl_get_memory(const struct llama_context * ctx, struct llama_fraqtl_memory * out);
+
+// ---------------------------------------------------------------------------------------
 // Calibration capture: uncentered second moments (float64) of post-RoPE K and of V per
 // (layer, KV head). Pass llama_fraqtl_calib_callback() as cb_eval and the handle as
 // cb_eval_user_data in llama_context_params, evaluate text, then read the moments.

@@ -1,0 +1,193 @@
+// fraqtl: D2 KV-cache block types for ggml - reference quantizer, dequantizer and dot product.
+#include "ggml-fraqtl.h"
+
+#include "ggml-impl.h"
+
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+int ggml_d2_protected(enum ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_D2_P8:  return 8;
+        case GGML_TYPE_D2_P16: return 16;
+        case GGML_TYPE_D2_P32: return 32;
+        default:               return 0;
+    }
+}
+
+bool ggml_is_d2(enum ggml_type type) {
+    return ggml_d2_protected(type) > 0;
+}
+
+static inline size_t d2_block_size(int p) {
+    return 2 + (size_t) p*2 + (size_t) (QK_D2 - p)*3/8;
+}
+
+static inline ggml_fp16_t d2_load_half(const uint8_t * src) {
+    ggml_fp16_t h;
+    memcpy(&h, src, sizeof(h)); // blocks are byte-aligned: never dereference as ggml_fp16_t
+    return h;
+}
+
+static inline void d2_store_half(uint8_t * dst, float v) {
+    const ggml_fp16_t h = GGML_FP32_TO_FP16(v);
+    memcpy(dst, &h, sizeof(h));
+}
+
+// squared error of quantizing t[0..n) with scale s (codes clamp(round(t/s), -4, 3))
+static float d2_tail_error(const float * t, int n, float s) {
+    const float inv = 1.0f/s;
+    float err = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        float q = nearbyintf(t[i]*inv);
+        q = q < -4.0f ? -4.0f : (q > 3.0f ? 3.0f : q);
+        const float e = t[i] - q*s;
+        err += e*e;
+    }
+    return err;
+}
+
+static void d2_quantize_block(const float * x, uint8_t * y, int p) {
+    const int     nt   = QK_D2 - p;
+    const float * tail = x + p;
+
+    // all 8 levels: the largest positive value maps to +3, the largest negative one to -4
+    float max_pos = 0.0f;
+    float max_neg = 0.0f;
+    for (int i = 0; i < nt; ++i) {
+        max_pos = fmaxf(max_pos,  tail[i]);
+        max_neg = fmaxf(max_neg, -tail[i]);
+    }
+    float scale = fmaxf(max_pos/3.0f, max_neg/4.0f);
+
+    if (scale > 0.0f) {
+        // a short search below the no-clipping scale lowers the error of peaked tails
+        float best_err = d2_tail_error(tail, nt, GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(scale)));
+        float best     = scale;
+        for (int k = 1; k <= 6; ++k) {
+            const float cand = scale*(1.0f - 0.05f*k);
+            const float s16  = GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(cand));
+            if (s16 <= 0.0f) {
+                break;
+            }
+            const float err = d2_tail_error(tail, nt, s16);
+            if (err < best_err) {
+                best_err = err;
+                best     = cand;
+            }
+        }
+        scale = best;
+    }
+
+    d2_store_half(y, scale);
+    const float s   = GGML_FP16_TO_FP32(d2_load_half(y));
+    const float inv = s > 0.0f ? 1.0f/s : 0.0f;
+
+    uint8_t * ph = y + 2;
+    for (int i = 0; i < p; ++i) {
+        d2_store_half(ph + 2*i, x[i]);
+    }
+
+    uint8_t * qs = ph + 2*p;
+    for (int g = 0; g < nt/8; ++g) {
+        uint32_t bits = 0;
+        for (int j = 0; j < 8; ++j) {
+            float q = nearbyintf(tail[8*g + j]*inv);
+            q = q < -4.0f ? -4.0f : (q > 3.0f ? 3.0f : q);
+            bits |= (uint32_t) ((int) q + 4) << (3*j);
+        }
+        qs[3*g + 0] = (uint8_t) (bits      );
+        qs[3*g + 1] = (uint8_t) (bits >>  8);
+        qs[3*g + 2] = (uint8_t) (bits >> 16);
+    }
+}
+
+static void d2_dequantize_block(const uint8_t * x, float * y, int p) {
+    const float     s  = GGML_FP16_TO_FP32(d2_load_half(x));
+    const uint8_t * ph = x + 2;
+    for (int i = 0; i < p; ++i) {
+        y[i] = GGML_FP16_TO_FP32(d2_load_half(ph + 2*i));
+    }
+    const uint8_t * qs = ph + 2*p;
+    float * tail = y + p;
+    for (int g = 0; g < (QK_D2 - p)/8; ++g) {
+        const uint32_t bits = (uint32_t) qs[3*g] | ((uint32_t) qs[3*g + 1] << 8) | ((uint32_t) qs[3*g + 2] << 16);
+        for (int j = 0; j < 8; ++j) {
+            tail[8*g + j] = (float) ((int) ((bits >> (3*j)) & 7) - 4)*s;
+        }
+    }
+}
+
+static float d2_dot_block(const uint8_t * x, const float * y, int p) {
+    const float     s  = GGML_FP16_TO_FP32(d2_load_half(x));
+    const uint8_t * ph = x + 2;
+    float sum_p = 0.0f;
+    for (int i = 0; i < p; ++i) {
+        sum_p += GGML_FP16_TO_FP32(d2_load_half(ph + 2*i))*y[i];
+    }
+    const uint8_t * qs = ph + 2*p;
+    const float   * yt = y + p;
+    float sum_t = 0.0f;
+    for (int g = 0; g < (QK_D2 - p)/8; ++g) {
+        const uint32_t bits = (uint32_t) qs[3*g] | ((uint32_t) qs[3*g + 1] << 8) | ((uint32_t) qs[3*g + 2] << 16);
+        for (int j = 0; j < 8; ++j) {
+            sum_t += (float) ((int) ((bits >> (3*j)) & 7) - 4)*yt[8*g + j];
+        }
+    }
+    return sum_p + s*sum_t;
+}
+
+#define D2_DEFINE(P)                                                                                   \
+void quantize_row_d2_p##P##_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {    \
+    assert(k % QK_D2 == 0);                                                                            \
+    uint8_t * y = (uint8_t *) vy;                                                                      \
+    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
+        d2_quantize_block(x + b*QK_D2, y + b*d2_block_size(P), P);                                     \
+    }                                                                                                  \
+}                                                                                                      \
+void dequantize_row_d2_p##P(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {       \
+    assert(k % QK_D2 == 0);                                                                            \
+    const uint8_t * x = (const uint8_t *) vx;                                                          \
+    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
+        d2_dequantize_block(x + b*d2_block_size(P), y + b*QK_D2, P);                                   \
+    }                                                                                                  \
+}                                                                                                      \
+void ggml_vec_dot_d2_p##P##_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, \
+        size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {                                \
+    assert(nrc == 1);                                                                                  \
+    GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);                               \
+    const uint8_t * x = (const uint8_t *) vx;                                                          \
+    const float   * y = (const float *) vy;                                                            \
+    float sum = 0.0f;                                                                                  \
+    for (int b = 0; b < n/QK_D2; ++b) {                                                                \
+        sum += d2_dot_block(x + b*d2_block_size(P), y + b*QK_D2, P);                                   \
+    }                                                                                                  \
+    *s = sum;                                                                                          \
+}
+
+D2_DEFINE(8)
+D2_DEFINE(16)
+D2_DEFINE(32)
+
+bool ggml_d2_validate_row(enum ggml_type type, const void * data, size_t nbytes) {
+    const int p = ggml_d2_protected(type);
+    if (p == 0) {
+        return false;
+    }
+    const size_t bsz = d2_block_size(p);
+    if (nbytes % bsz != 0) {
+        return false;
+    }
+    const uint8_t * x = (const uint8_t *) data;
+    for (size_t b = 0; b < nbytes/bsz; ++b) {
+        const uint8_t * blk = x + b*bsz;
+        for (int i = 0; i <= p; ++i) {
+            const float v = GGML_FP16_TO_FP32(d2_load_half(blk + 2*i));
+            if (!isfinite(v)) {
+                return false;
+            }
+        }
+    }
+    return true;
+}

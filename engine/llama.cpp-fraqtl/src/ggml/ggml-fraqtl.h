@@ -1,0 +1,50 @@
+// fraqtl: D2 KV-cache block types for ggml.
+//
+// A D2 block holds 64 coefficients of one KV head already rotated into its per-(layer, head)
+// eigenbasis, with the basis columns permuted so that each block starts with its share of the
+// protected (highest-variance) directions:
+//
+//   [ fp16 scale d | P protected coefficients, fp16 | 64-P tail codes, 3 bits each, packed ]
+//
+// Tail codes q in [-4, 3] are stored as q+4, eight codes in three bytes (little-endian,
+// code j at bits 3j..3j+2); a tail value is q*d. Block sizes: P8 = 39 B, P16 = 52 B, P32 = 78 B.
+#pragma once
+
+#include "ggml.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QK_D2 64
+
+#define GGML_D2_P8_SIZE  (2 +  8*2 + (QK_D2 -  8)*3/8)
+#define GGML_D2_P16_SIZE (2 + 16*2 + (QK_D2 - 16)*3/8)
+#define GGML_D2_P32_SIZE (2 + 32*2 + (QK_D2 - 32)*3/8)
+
+// protected coefficients per block of a D2 type, 0 for any other type
+GGML_API int  ggml_d2_protected(enum ggml_type type);
+GGML_API bool ggml_is_d2(enum ggml_type type);
+
+GGML_API void quantize_row_d2_p8_ref (const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+GGML_API void quantize_row_d2_p16_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+GGML_API void quantize_row_d2_p32_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+
+GGML_API void dequantize_row_d2_p8 (const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+GGML_API void dequantize_row_d2_p16(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+GGML_API void dequantize_row_d2_p32(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+
+// dot product of a D2 row with an f32 row (the CPU vec_dot; vec_dot_type is F32)
+GGML_API void ggml_vec_dot_d2_p8_f32 (int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
+GGML_API void ggml_vec_dot_d2_p16_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
+GGML_API void ggml_vec_dot_d2_p32_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
+
+// row validation for state loading: finite scales and protected values
+GGML_API bool ggml_d2_validate_row(enum ggml_type type, const void * data, size_t nbytes);
+
+#ifdef __cplusplus
+}
+#endif

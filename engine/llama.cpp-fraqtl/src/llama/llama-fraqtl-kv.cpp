@@ -1,0 +1,636 @@
+// fraqtl: D2 KV cache - bases, exact sink/window copies and the graph pieces that use them.
+#include "llama-fraqtl-kv.h"
+
+#include "llama-impl.h"
+#include "llama-model.h"
+#include "llama-kv-cache.h"
+#include "llama-kv-cache-iswa.h"
+#include "llama-batch.h"
+
+#include "ggml-alloc.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <stdexcept>
+
+static thread_local std::string g_fraqtl_error;
+
+void llama_fraqtl_set_error(const std::string & msg) {
+    g_fraqtl_error = msg;
+}
+
+const char * llama_fraqtl_last_error(void) {
+    return g_fraqtl_error.c_str();
+}
+
+struct llama_fraqtl_params llama_fraqtl_default_params(void) {
+    llama_fraqtl_params p = {};
+    p.k_sidecar = nullptr;
+    p.v_sidecar = nullptr;
+    p.k_protect = 16;
+    p.v_protect = 32;
+    p.tail_bits = 3;
+    p.n_sink    = 8;
+    p.n_window  = 1024;
+    p.basis     = LLAMA_FRAQTL_BASIS_SIDECAR;
+    p.seed      = 0;
+    return p;
+}
+
+[[noreturn]] static void fraqtl_fail(const std::string & msg) {
+    llama_fraqtl_set_error(msg);
+    throw std::runtime_error(msg);
+}
+
+// cache type for P protected directions per head of width hd; GGML_TYPE_COUNT if unsupported
+static ggml_type fraqtl_type_for(int32_t protect, int32_t hd) {
+    if (protect == hd) {
+        return GGML_TYPE_F16;
+    }
+    if (hd % 64 != 0 || protect % (hd/64) != 0) {
+        return GGML_TYPE_COUNT;
+    }
+    switch (protect/(hd/64)) {
+        case 8:  return GGML_TYPE_D2_P8;
+        case 16: return GGML_TYPE_D2_P16;
+        case 32: return GGML_TYPE_D2_P32;
+        default: return GGML_TYPE_COUNT;
+    }
+}
+
+bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params & params) {
+    const llama_fraqtl_params & fp = *params.fraqtl;
+    const auto & hp = model.hparams;
+    char msg[512];
+
+    auto fail = [&](const char * text) {
+        llama_fraqtl_set_error(text);
+        LLAMA_LOG_ERROR("%s: %s\n", __func__, text);
+        return false;
+    };
+
+    if (hp.is_swa_any()) {
+        snprintf(msg, sizeof(msg), "D2 does not support models with sliding-window attention layers yet (%s)", model.arch_name().c_str());
+        return fail(msg);
+    }
+    if (hp.is_mla() || hp.n_pos_per_embd() > 1) {
+        snprintf(msg, sizeof(msg), "D2 does not support this attention type (%s)", model.arch_name().c_str());
+        return fail(msg);
+    }
+    if (params.n_seq_max > 1) {
+        snprintf(msg, sizeof(msg), "D2 supports one sequence per context (n_seq_max = %u)", params.n_seq_max);
+        return fail(msg);
+    }
+    if (fp.tail_bits != 3) {
+        snprintf(msg, sizeof(msg), "D2 tail_bits = %d is not supported (only 3)", fp.tail_bits);
+        return fail(msg);
+    }
+    if (fp.n_sink < 0 || fp.n_window < 0) {
+        return fail("D2 sink and window sizes must not be negative");
+    }
+    if (fp.basis != LLAMA_FRAQTL_BASIS_SIDECAR && fp.basis != LLAMA_FRAQTL_BASIS_RANDOM) {
+        snprintf(msg, sizeof(msg), "D2 basis %d is unknown", fp.basis);
+        return fail(msg);
+    }
+
+    int32_t hd_k = -1;
+    int32_t hd_v = -1;
+    for (uint32_t il = 0; il < hp.n_layer(); ++il) {
+        if (!hp.has_kv(il)) {
+            continue;
+        }
+        const int32_t k = hp.n_embd_head_k(il);
+        const int32_t v = hp.n_embd_head_v(il);
+        if ((hd_k >= 0 && k != hd_k) || (hd_v >= 0 && v != hd_v)) {
+            return fail("D2 needs the same head size in every layer");
+        }
+        hd_k = k;
+        hd_v = v;
+    }
+    if (hd_k <= 0 || hd_k % 64 != 0 || hd_v % 64 != 0) {
+        snprintf(msg, sizeof(msg), "D2 needs head sizes that are multiples of 64 (K %d, V %d)", hd_k, hd_v);
+        return fail(msg);
+    }
+
+    const ggml_type tk = fraqtl_type_for(fp.k_protect, hd_k);
+    const ggml_type tv = fraqtl_type_for(fp.v_protect, hd_v);
+    if (tk == GGML_TYPE_COUNT || tv == GGML_TYPE_COUNT) {
+        snprintf(msg, sizeof(msg),
+                "D2 protected directions K %d / V %d are not supported at head sizes %d / %d "
+                "(use 8, 16 or 32 per 64 coefficients, or the whole head)", fp.k_protect, fp.v_protect, hd_k, hd_v);
+        return fail(msg);
+    }
+
+    params.type_k = tk;
+    params.type_v = tv;
+    params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED; // D2 V blocks are read by flash attention only
+
+    LLAMA_LOG_INFO("%s: D2 cache: K %s (%d fp16 of %d), V %s (%d fp16 of %d), sinks %d, window %d\n", __func__,
+            ggml_type_name(tk), fp.k_protect, hd_k, ggml_type_name(tv), fp.v_protect, hd_v, fp.n_sink, fp.n_window);
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// bases
+
+// reads a sidecar in format v1 into U[layer][head][d][c] (f32); validates everything
+static std::vector<float> fraqtl_read_sidecar(const char * path, uint32_t magic_want, bool has_ranks,
+        int32_t n_layer, int32_t n_head_kv, int32_t hd) {
+    char msg[768];
+    FILE * f = fopen(path, "rb");
+    if (!f) {
+        snprintf(msg, sizeof(msg), "sidecar %s: cannot open (%s)", path, strerror(errno));
+        fraqtl_fail(msg);
+    }
+    std::vector<uint8_t> data;
+    {
+        uint8_t buf[1 << 16];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+            data.insert(data.end(), buf, buf + n);
+        }
+        fclose(f);
+    }
+    int32_t hdr[8];
+    if (data.size() < sizeof(hdr)) {
+        snprintf(msg, sizeof(msg), "sidecar %s: %zu bytes is shorter than the 32-byte header", path, data.size());
+        fraqtl_fail(msg);
+    }
+    memcpy(hdr, data.data(), sizeof(hdr));
+    if ((uint32_t) hdr[0] != magic_want) {
+        snprintf(msg, sizeof(msg), "sidecar %s: magic 0x%08X, expected 0x%08X (%s basis file)", path,
+                (uint32_t) hdr[0], magic_want, has_ranks ? "a K" : "a V");
+        fraqtl_fail(msg);
+    }
+    if (hdr[1] != 1) {
+        snprintf(msg, sizeof(msg), "sidecar %s: version %d, expected 1", path, hdr[1]);
+        fraqtl_fail(msg);
+    }
+    if (hdr[2] != n_layer || hdr[3] != n_head_kv || hdr[4] != hd) {
+        snprintf(msg, sizeof(msg), "sidecar %s: dims %d layers x %d KV heads x head_dim %d, the model has %d x %d x %d",
+                path, hdr[2], hdr[3], hdr[4], n_layer, n_head_kv, hd);
+        fraqtl_fail(msg);
+    }
+    const size_t n_mat   = (size_t) n_layer*n_head_kv;
+    const size_t n_ranks = has_ranks ? n_mat : 0;
+    const size_t want    = sizeof(hdr) + n_ranks*sizeof(int32_t) + n_mat*hd*hd*sizeof(ggml_fp16_t);
+    if (data.size() != want) {
+        snprintf(msg, sizeof(msg), "sidecar %s: %zu bytes, expected exactly %zu (%s)", path, data.size(), want,
+                data.size() < want ? "truncated" : "trailing bytes");
+        fraqtl_fail(msg);
+    }
+    for (size_t i = 0; i < n_ranks; ++i) {
+        int32_t r;
+        memcpy(&r, data.data() + sizeof(hdr) + i*sizeof(int32_t), sizeof(r));
+        if (r < 8 || r > hd) {
+            snprintf(msg, sizeof(msg), "sidecar %s: rank %d of layer %zu head %zu is outside [8, %d]", path, r,
+                    i/n_head_kv, i%n_head_kv, hd);
+            fraqtl_fail(msg);
+        }
+    }
+    const uint8_t * u16 = data.data() + sizeof(hdr) + n_ranks*sizeof(int32_t);
+    std::vector<float> u(n_mat*hd*hd);
+    for (size_t i = 0; i < u.size(); ++i) {
+        ggml_fp16_t h;
+        memcpy(&h, u16 + i*sizeof(h), sizeof(h));
+        u[i] = ggml_fp16_to_fp32(h);
+        if (!std::isfinite(u[i])) {
+            snprintf(msg, sizeof(msg), "sidecar %s: non-finite value at layer %zu head %zu", path,
+                    i/((size_t) hd*hd)/n_head_kv, i/((size_t) hd*hd)%n_head_kv);
+            fraqtl_fail(msg);
+        }
+    }
+    return u;
+}
+
+static std::vector<float> fraqtl_identity(int32_t n_mat, int32_t hd) {
+    std::vector<float> u((size_t) n_mat*hd*hd, 0.0f);
+    for (int32_t m = 0; m < n_mat; ++m) {
+        for (int32_t d = 0; d < hd; ++d) {
+            u[((size_t) m*hd + d)*hd + d] = 1.0f;
+        }
+    }
+    return u;
+}
+
+// seeded random orthonormal matrices (modified Gram-Schmidt on Gaussian columns)
+static std::vector<float> fraqtl_random(int32_t n_mat, int32_t hd, uint32_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> nd(0.0, 1.0);
+    std::vector<float> u((size_t) n_mat*hd*hd);
+    std::vector<double> a((size_t) hd*hd); // a[c*hd + d]: column c
+    for (int32_t m = 0; m < n_mat; ++m) {
+        for (auto & x : a) {
+            x = nd(rng);
+        }
+        for (int32_t c = 0; c < hd; ++c) {
+            double * col = a.data() + (size_t) c*hd;
+            for (int32_t p = 0; p < c; ++p) {
+                const double * prev = a.data() + (size_t) p*hd;
+                double dot = 0.0;
+                for (int32_t d = 0; d < hd; ++d) {
+                    dot += prev[d]*col[d];
+                }
+                for (int32_t d = 0; d < hd; ++d) {
+                    col[d] -= dot*prev[d];
+                }
+            }
+            double norm = 0.0;
+            for (int32_t d = 0; d < hd; ++d) {
+                norm += col[d]*col[d];
+            }
+            norm = std::sqrt(norm);
+            for (int32_t d = 0; d < hd; ++d) {
+                col[d] /= norm;
+            }
+        }
+        for (int32_t d = 0; d < hd; ++d) {
+            for (int32_t c = 0; c < hd; ++c) {
+                u[((size_t) m*hd + d)*hd + c] = (float) a[(size_t) c*hd + d];
+            }
+        }
+    }
+    return u;
+}
+
+// column order: each 64-block takes its share of the protected directions first, then its
+// share of the tail, so that the block type's fp16 part holds the highest-variance ones
+static std::vector<int32_t> fraqtl_block_order(int32_t hd, int32_t protect) {
+    std::vector<int32_t> perm(hd);
+    const int32_t nb = hd/64;
+    if (protect == hd) {
+        for (int32_t j = 0; j < hd; ++j) {
+            perm[j] = j;
+        }
+        return perm;
+    }
+    const int32_t p = protect/nb;
+    for (int32_t b = 0; b < nb; ++b) {
+        for (int32_t i = 0; i < 64; ++i) {
+            perm[b*64 + i] = i < p ? b*p + i : protect + b*(64 - p) + (i - p);
+        }
+    }
+    return perm;
+}
+
+void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & fp, llama_memory_i * mem) {
+    auto * kv = dynamic_cast<llama_kv_cache *>(mem);
+    if (!kv) {
+        fraqtl_fail("D2 needs a plain KV cache; this model uses another memory type");
+    }
+    const auto & hp = model.hparams;
+    const int32_t n_layer = hp.n_layer();
+
+    auto d2 = std::make_shared<llama_fraqtl_kv>();
+    d2->n_head_kv = -1;
+    for (int32_t il = 0; il < n_layer; ++il) {
+        if (hp.has_kv(il)) {
+            d2->n_head_kv = hp.n_head_kv(il);
+            d2->hd_k      = hp.n_embd_head_k(il);
+            d2->hd_v      = hp.n_embd_head_v(il);
+            break;
+        }
+    }
+    for (int32_t il = 0; il < n_layer; ++il) {
+        if (hp.has_kv(il) && (int32_t) hp.n_head_kv(il) != d2->n_head_kv) {
+            fraqtl_fail("D2 needs the same number of KV heads in every layer");
+        }
+    }
+    d2->k_protect = fp.k_protect;
+    d2->v_protect = fp.v_protect;
+    d2->type_k    = fraqtl_type_for(fp.k_protect, d2->hd_k);
+    d2->type_v    = fraqtl_type_for(fp.v_protect, d2->hd_v);
+    d2->n_sink    = fp.n_sink;
+    d2->n_window  = fp.n_window;
+
+    const int32_t kv_size = (int32_t) kv->get_size();
+    if (d2->n_sink > kv_size) {
+        d2->n_sink = kv_size;
+    }
+    if (d2->n_sink + d2->n_window > kv_size) {
+        d2->n_window = kv_size - d2->n_sink; // everything stays exact: no ring wrap needed
+    }
+    d2->n_exact = d2->n_sink + d2->n_window;
+    d2->slot_pos.assign(d2->n_exact, -1);
+
+    const int32_t n_mat = n_layer*d2->n_head_kv;
+    std::vector<float> uk;
+    std::vector<float> uv;
+    if (fp.basis == LLAMA_FRAQTL_BASIS_RANDOM) {
+        uk = fraqtl_random(n_mat, d2->hd_k, fp.seed);
+        uv = fraqtl_random(n_mat, d2->hd_v, fp.seed + 1);
+    } else {
+        uk = fp.k_sidecar ? fraqtl_read_sidecar(fp.k_sidecar, 0x4B514152u, true,  n_layer, d2->n_head_kv, d2->hd_k)
+                          : fraqtl_identity(n_mat, d2->hd_k);
+        uv = fp.v_sidecar ? fraqtl_read_sidecar(fp.v_sidecar, 0x46524151u, false, n_layer, d2->n_head_kv, d2->hd_v)
+                          : fraqtl_identity(n_mat, d2->hd_v);
+    }
+    const auto perm_k = fraqtl_block_order(d2->hd_k, d2->k_protect);
+    const auto perm_v = fraqtl_block_order(d2->hd_v, d2->v_protect);
+
+    // one ggml context per buffer type: each layer's tensors live beside its cache
+    std::map<ggml_backend_buffer_type_t, ggml_context *> ctx_map;
+    std::vector<ggml_context_ptr> owned;
+    d2->rot_k.assign(n_layer, nullptr);
+    d2->rot_v.assign(n_layer, nullptr);
+    d2->unrot_v.assign(n_layer, nullptr);
+    d2->exact_k.assign(n_layer, nullptr);
+    d2->exact_v.assign(n_layer, nullptr);
+
+    for (int32_t il = 0; il < n_layer; ++il) {
+        if (!hp.has_kv(il)) {
+            continue;
+        }
+        ggml_tensor * k_store = kv->get_k_storage(il);
+        if (k_store->ne[2] != 1) {
+            fraqtl_fail("D2 supports a single KV stream");
+        }
+        ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(k_store->buffer);
+        auto it = ctx_map.find(buft);
+        if (it == ctx_map.end()) {
+            ggml_init_params ip = { size_t(8*n_layer)*ggml_tensor_overhead(), nullptr, true };
+            ggml_context * c = ggml_init(ip);
+            owned.emplace_back(c);
+            it = ctx_map.emplace(buft, c).first;
+        }
+        ggml_context * c = it->second;
+        const int64_t hk = d2->hd_k;
+        const int64_t hv = d2->hd_v;
+        const int64_t nh = d2->n_head_kv;
+        d2->rot_k[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hk, hk, nh);
+        d2->rot_v[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
+        d2->unrot_v[il] = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
+        ggml_format_name(d2->rot_k[il],   "fraqtl_rot_k_l%d", il);
+        ggml_format_name(d2->rot_v[il],   "fraqtl_rot_v_l%d", il);
+        ggml_format_name(d2->unrot_v[il], "fraqtl_unrot_v_l%d", il);
+        if (d2->n_exact > 0) {
+            d2->exact_k[il] = ggml_new_tensor_2d(c, GGML_TYPE_F16, hk*nh, d2->n_exact + 1);
+            d2->exact_v[il] = ggml_new_tensor_2d(c, GGML_TYPE_F16, hv*nh, d2->n_exact + 1);
+            ggml_format_name(d2->exact_k[il], "fraqtl_exact_k_l%d", il);
+            ggml_format_name(d2->exact_v[il], "fraqtl_exact_v_l%d", il);
+        }
+    }
+
+    for (size_t i = 0; i < owned.size(); ++i) {
+        ggml_backend_buffer_type_t buft = nullptr;
+        for (auto & [b, c] : ctx_map) {
+            if (c == owned[i].get()) {
+                buft = b;
+            }
+        }
+        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(owned[i].get(), buft);
+        if (!buf) {
+            fraqtl_fail("D2: failed to allocate the basis and exact-copy buffers");
+        }
+        ggml_backend_buffer_clear(buf, 0);
+        d2->ctxs_bufs.emplace_back(std::move(owned[i]), buf);
+    }
+
+    std::vector<float> tmp;
+    for (int32_t il = 0; il < n_layer; ++il) {
+        if (!d2->rot_k[il]) {
+            continue;
+        }
+        for (int pass = 0; pass < 3; ++pass) {
+            const bool is_k = pass == 0;
+            const int32_t hd = is_k ? d2->hd_k : d2->hd_v;
+            const auto & u    = is_k ? uk : uv;
+            const auto & perm = is_k ? perm_k : perm_v;
+            ggml_tensor * t = pass == 0 ? d2->rot_k[il] : pass == 1 ? d2->rot_v[il] : d2->unrot_v[il];
+            tmp.assign((size_t) d2->n_head_kv*hd*hd, 0.0f);
+            for (int32_t h = 0; h < d2->n_head_kv; ++h) {
+                const float * uh = u.data() + ((size_t) il*d2->n_head_kv + h)*hd*hd; // U[d][c]
+                float * th = tmp.data() + (size_t) h*hd*hd;
+                for (int32_t d = 0; d < hd; ++d) {
+                    for (int32_t j = 0; j < hd; ++j) {
+                        const float val = uh[(size_t) d*hd + perm[j]];
+                        if (pass < 2) {
+                            th[(size_t) j*hd + d] = val; // row j of the rotation: coefficient j
+                        } else {
+                            th[(size_t) d*hd + j] = val; // row d of the inverse: output dim d
+                        }
+                    }
+                }
+            }
+            ggml_backend_tensor_set(t, tmp.data(), 0, tmp.size()*sizeof(float));
+            d2->basis_bytes += ggml_nbytes(t);
+        }
+        if (d2->exact_k[il]) {
+            d2->exact_bytes += ggml_nbytes(d2->exact_k[il]) + ggml_nbytes(d2->exact_v[il]);
+        }
+    }
+
+    LLAMA_LOG_INFO("%s: D2 bases %s, exact copies %d sinks + %d window: %.2f MiB, bases %.2f MiB\n", __func__,
+            fp.basis == LLAMA_FRAQTL_BASIS_RANDOM ? "random" : (fp.k_sidecar || fp.v_sidecar ? "from sidecars" : "identity"),
+            d2->n_sink, d2->n_window, d2->exact_bytes/1024.0/1024.0, d2->basis_bytes/1024.0/1024.0);
+
+    kv->fraqtl = std::move(d2);
+}
+
+int32_t llama_fraqtl_kv::slot_of(llama_pos p) const {
+    if (p < 0 || n_exact == 0) {
+        return -1;
+    }
+    if (p < n_sink) {
+        return p;
+    }
+    if (n_window == 0) {
+        return -1;
+    }
+    return n_sink + (p - n_sink) % n_window;
+}
+
+void llama_fraqtl_kv::reset() {
+    std::fill(slot_pos.begin(), slot_pos.end(), -1);
+}
+
+// ---------------------------------------------------------------------------------------
+// graph
+
+const llama_fraqtl_kv * llama_fraqtl_of(const llama_kv_cache_context * mctx) {
+    if (!mctx || !mctx->get_cache()) {
+        return nullptr;
+    }
+    return mctx->get_cache()->fraqtl.get();
+}
+
+ggml_tensor * llama_fraqtl_build_input_slots(ggml_context * ctx, const llama_fraqtl_kv * d2, const llama_ubatch & ubatch) {
+    if (!d2 || d2->n_exact == 0) {
+        return nullptr;
+    }
+    ggml_tensor * t = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, ubatch.n_tokens);
+    ggml_set_input(t);
+    ggml_set_name(t, "fraqtl_inp_slots");
+    return t;
+}
+
+ggml_tensor * llama_fraqtl_build_input_cells(ggml_context * ctx, const llama_fraqtl_kv * d2) {
+    if (!d2 || d2->n_exact == 0) {
+        return nullptr;
+    }
+    ggml_tensor * t = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, d2->n_exact + 1);
+    ggml_set_input(t);
+    ggml_set_name(t, "fraqtl_inp_cells");
+    return t;
+}
+
+void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ubatch * ubatch,
+        ggml_tensor * slots, ggml_tensor * cells) {
+    llama_fraqtl_kv * d2 = mctx && mctx->get_cache() ? mctx->get_cache()->fraqtl.get() : nullptr;
+    if (!d2 || d2->n_exact == 0) {
+        return;
+    }
+    const int32_t scratch = d2->n_exact;
+
+    if (slots && slots->buffer && ubatch) {
+        GGML_ASSERT(ggml_backend_buffer_is_host(slots->buffer));
+        int64_t * data = (int64_t *) slots->data;
+        const uint32_t n = ubatch->n_tokens;
+        // a later token of the same ubatch may take the same ring slot: only the last one
+        // writes it, the others go to the scratch slot (set_rows has no write order)
+        std::vector<uint32_t> last(d2->n_exact, UINT32_MAX);
+        for (uint32_t i = 0; i < n; ++i) {
+            const int32_t s = d2->slot_of(ubatch->pos[i]);
+            if (s >= 0) {
+                last[s] = i;
+            }
+        }
+        for (uint32_t i = 0; i < n; ++i) {
+            const int32_t s = d2->slot_of(ubatch->pos[i]);
+            if (s >= 0 && last[s] == i) {
+                data[i] = s;
+                d2->slot_pos[s] = ubatch->pos[i];
+            } else {
+                data[i] = scratch;
+            }
+        }
+    }
+
+    if (cells && cells->buffer) {
+        GGML_ASSERT(ggml_backend_buffer_is_host(cells->buffer));
+        int64_t * data = (int64_t *) cells->data;
+        const uint32_t n_kv = mctx->get_n_kv();
+        // slots whose position is not in the cache point at the padding row n_kv
+        for (int32_t s = 0; s <= d2->n_exact; ++s) {
+            data[s] = n_kv;
+        }
+        const auto & kv_cells = mctx->get_cache()->get_cells(0);
+        for (uint32_t i = 0; i < n_kv && i < kv_cells.size(); ++i) {
+            if (kv_cells.is_empty(i) || !kv_cells.seq_has(i, 0)) {
+                continue;
+            }
+            const llama_pos p = kv_cells.pos_get(i);
+            const int32_t s = d2->slot_of(p);
+            if (s >= 0 && d2->slot_pos[s] == p) {
+                data[s] = i;
+            }
+        }
+    }
+}
+
+// x [hd, n_head, n_tokens] -> per-head x·rot, each query head using its KV head's matrix
+static ggml_tensor * fraqtl_rotate(ggml_context * ctx, ggml_tensor * x, ggml_tensor * rot) {
+    const int64_t hd = x->ne[0];
+    const int64_t nh = x->ne[1];
+    const int64_t nt = x->ne[2];
+    ggml_tensor * cur = x;
+    if (nt == 1) {
+        cur = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur);
+        cur = ggml_reshape_3d(ctx, cur, hd, 1, nh);
+    } else {
+        cur = ggml_cont(ctx, ggml_permute(ctx, cur, 0, 2, 1, 3)); // [hd, nt, nh]
+    }
+    cur = ggml_mul_mat(ctx, rot, cur); // broadcasts rot over the query heads of each KV head
+    if (nt == 1) {
+        return ggml_reshape_3d(ctx, cur, hd, nh, 1);
+    }
+    return ggml_cont(ctx, ggml_permute(ctx, cur, 0, 2, 1, 3)); // [hd, nh, nt]
+}
+
+void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
+        ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v) {
+    *q = fraqtl_rotate(ctx, *q, d2->rot_k[il]);
+    *k = fraqtl_rotate(ctx, *k, d2->rot_k[il]);
+    *v = fraqtl_rotate(ctx, *v, d2->rot_v[il]);
+}
+
+// cache view [hd, n_head_kv, n_kv, 1] with the exact rows put back, as f32
+static ggml_tensor * fraqtl_with_exact(ggml_context * ctx, ggml_tensor * view, ggml_tensor * exact, ggml_tensor * cells) {
+    const int64_t hd   = view->ne[0];
+    const int64_t nh   = view->ne[1];
+    const int64_t n_kv = view->ne[2];
+    ggml_tensor * cur = ggml_cast(ctx, view, GGML_TYPE_F32);
+    cur = ggml_reshape_2d(ctx, cur, hd*nh, n_kv);
+    cur = ggml_pad(ctx, cur, 0, 1, 0, 0); // row n_kv takes the copies that are not in the view
+    cur = ggml_set_rows(ctx, cur, exact, cells);
+    return ggml_view_4d(ctx, cur, hd, nh, n_kv, 1,
+            cur->nb[0]*hd, cur->nb[1], cur->nb[1]*n_kv, 0);
+}
+
+void llama_fraqtl_build_kv(ggml_context * ctx, ggml_cgraph * gf, const llama_fraqtl_kv * d2, int32_t il,
+        ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * cells,
+        ggml_tensor ** k, ggml_tensor ** v) {
+    if (d2->n_exact == 0 || !slots || !cells) {
+        return;
+    }
+    ggml_tensor * k2 = ggml_reshape_2d(ctx, k_cur, k_cur->ne[0]*k_cur->ne[1], k_cur->ne[2]);
+    ggml_tensor * v2 = ggml_reshape_2d(ctx, v_cur, v_cur->ne[0]*v_cur->ne[1], v_cur->ne[2]);
+    // the exact copies of this ubatch are written before attention reads them
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx, d2->exact_k[il], k2, slots));
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx, d2->exact_v[il], v2, slots));
+    *k = fraqtl_with_exact(ctx, *k, d2->exact_k[il], cells);
+    *v = fraqtl_with_exact(ctx, *v, d2->exact_v[il], cells);
+}
+
+ggml_tensor * llama_fraqtl_unrotate_out(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il, ggml_tensor * cur) {
+    const int64_t hd = d2->hd_v;
+    const int64_t nt = cur->ne[1];
+    ggml_tensor * x = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur);
+    x = ggml_reshape_3d(ctx, x, hd, cur->ne[0]/hd, nt);
+    x = fraqtl_rotate(ctx, x, d2->unrot_v[il]);
+    return ggml_reshape_2d(ctx, x, cur->ne[0], nt);
+}
+
+// ---------------------------------------------------------------------------------------
+// memory query
+
+static void fraqtl_add_cache(const llama_model & model, const llama_kv_cache * kv, llama_fraqtl_memory * out) {
+    GGML_UNUSED(model);
+    for (const auto & t : kv->fraqtl_tensors(false)) {
+        out->k_bytes += ggml_nbytes(t);
+        out->type_k = t->type;
+    }
+    for (const auto & t : kv->fraqtl_tensors(true)) {
+        out->v_bytes += ggml_nbytes(t);
+        out->type_v = t->type;
+    }
+    if (kv->fraqtl) {
+        out->d2 = 1;
+        out->exact_bytes += kv->fraqtl->exact_bytes;
+        out->basis_bytes += kv->fraqtl->basis_bytes;
+    }
+}
+
+bool llama_fraqtl_get_memory(const struct llama_context * ctx, struct llama_fraqtl_memory * out) {
+    if (!ctx || !out) {
+        return false;
+    }
+    *out = {};
+    out->type_k = -1;
+    out->type_v = -1;
+    const llama_model & model = *llama_get_model(ctx);
+    llama_memory_t mem = llama_get_memory(ctx);
+    if (auto * kv = dynamic_cast<const llama_kv_cache *>(mem)) {
+        fraqtl_add_cache(model, kv, out);
+        return true;
+    }
+    if (auto * iswa = dynamic_cast<const llama_kv_cache_iswa *>(mem)) {
+        fraqtl_add_cache(model, iswa->get_base(), out);
+        fraqtl_add_cache(model, iswa->get_swa(), out);
+        return true;
+    }
+    return false;
+}
