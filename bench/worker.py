@@ -1,0 +1,226 @@
+"""The bench worker: one arm, one process. ``python -m bench.worker JOB.json RESULT.json``.
+
+The harness starts one worker per arm so that its memory is attributable (NVML per process,
+or device used minus the baseline) and a crash becomes a failure row instead of ending the
+run. A job is a JSON file naming the model, the arm, the context and one operation:
+
+* ``generate``: greedy answers to prompts given as token ids (every arm gets the same ids);
+* ``kld``: per-token logits over text chunks; the reference arm writes its log-probabilities,
+  the others compare against them (KLD, same-top-token rate, PPL);
+* ``fill``: fill the context (prefill speed), then decode a few tokens (decode speed).
+
+The result file is rewritten after every prompt, so answers made before a crash survive.
+Progress goes to stdout as ``@progress DONE TOTAL`` lines. This module never imports the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROGRESS = "@progress"
+
+
+def _progress(done: int, total: int) -> None:
+    print(f"{PROGRESS} {done} {total}", flush=True)
+
+
+def _write(path: Path, result: dict[str, Any]) -> None:
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+
+
+def _sidecar_files(d2: Any) -> dict[str, str]:
+    """Sidecar paths named by the D2 parameters (whatever their shape), with their sha256."""
+    from engine.models import model_sha256
+
+    found: dict[str, str] = {}
+    if d2 is None:
+        return found
+    values: list[Any] = []
+    if dataclasses.is_dataclass(d2):
+        values = [getattr(d2, f.name) for f in dataclasses.fields(d2)]
+    elif hasattr(d2, "__dict__"):
+        values = list(vars(d2).values())
+    elif isinstance(d2, dict):
+        values = list(d2.values())
+    for value in values:
+        if isinstance(value, (str, Path)) and str(value).endswith(".bin") and Path(value).is_file():
+            found[str(value)] = model_sha256(Path(value))
+        elif dataclasses.is_dataclass(value) or hasattr(value, "path"):
+            found.update(_sidecar_files(value if dataclasses.is_dataclass(value) else {"p": value.path}))
+    return found
+
+
+def open_runtime(job: dict[str, Any], logits_all: bool = False) -> Any:
+    from engine.runtime import Runtime
+
+    return Runtime(
+        job["model"], job["arm"], n_ctx=int(job["n_ctx"]), n_batch=int(job.get("n_batch", 512)),
+        n_gpu_layers=int(job.get("n_gpu_layers", -1)), yarn=bool(job.get("yarn", False)),
+        logits_all=logits_all, n_threads=job.get("n_threads"),
+    )
+
+
+def run_generate(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> None:
+    from engine.events import AnswerDone
+
+    answers: list[dict[str, Any]] = result.setdefault("answers", [])
+    prompts = job["prompts"]
+    for i, prompt in enumerate(prompts):
+        done: AnswerDone | None = None
+        for event in rt.generate(prompt["tokens"], max_tokens=int(job.get("max_tokens", 32))):
+            if isinstance(event, AnswerDone):
+                done = event
+        assert done is not None
+        answers.append({
+            "id": prompt["id"], "text": done.text, "n_prompt": done.n_prompt, "n_evaluated": done.n_evaluated,
+            "n_generated": done.n_generated, "finish": done.finish,
+            "prefill_tok_s": done.prefill_tok_s, "decode_tok_s": done.decode_tok_s,
+        })
+        _write(out, result)
+        _progress(i + 1, len(prompts))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> None:
+    ref_dir = Path(job["ref_dir"])
+    is_ref = bool(job.get("write_ref"))
+    score_from = int(job["score_from"])
+    chunks: list[list[int]] = job["chunks"]
+    klds: list[np.ndarray] = []
+    same: list[np.ndarray] = []
+    nll: list[np.ndarray] = []
+    per_chunk: list[dict[str, float]] = []
+    total = sum(len(c) for c in chunks)
+    done = 0
+    for ci, chunk in enumerate(chunks):
+        rt.truncate(0)
+        for progress in rt.prefill(chunk):
+            _progress(done + progress.done, total)
+        done += len(chunk)
+        n = len(chunk)
+        logp = _log_softmax(np.asarray(rt.llm.scores[score_from : n - 1]))
+        targets = np.asarray(chunk[score_from + 1 : n])
+        token_nll = -logp[np.arange(len(targets)), targets]
+        nll.append(token_nll)
+        ref_path = ref_dir / f"chunk{ci:03d}.npy"
+        if is_ref:
+            np.save(ref_path, logp.astype(np.float32))
+            kld = np.zeros(len(targets))
+            top = np.ones(len(targets), dtype=bool)
+        else:
+            ref = np.load(ref_path).astype(np.float64)
+            kld = np.maximum((np.exp(ref) * (ref - logp)).sum(axis=-1), 0.0)
+            top = ref.argmax(axis=-1) == logp.argmax(axis=-1)
+        klds.append(kld)
+        same.append(top)
+        per_chunk.append({"kld_mean": float(kld.mean()), "ppl": float(np.exp(token_nll.mean())),
+                          "same_top_rate": float(top.mean())})
+    all_kld = np.concatenate(klds)
+    all_nll = np.concatenate(nll)
+    result["kld"] = {
+        "n_tokens": int(all_kld.size),
+        "kld_mean": float(all_kld.mean()),
+        "kld_median": float(np.median(all_kld)),
+        "kld_p90": float(np.percentile(all_kld, 90)),
+        "kld_p99": float(np.percentile(all_kld, 99)),
+        "kld_max": float(all_kld.max()),
+        "same_top_rate": float(np.concatenate(same).mean()),
+        "ppl": float(np.exp(all_nll.mean())),
+        "kld_percentiles": [float(v) for v in np.percentile(all_kld, np.arange(101))],
+        "per_chunk": per_chunk,
+    }
+    _write(out, result)
+
+
+def run_fill(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> None:
+    n_decode = int(job.get("decode_tokens", 0))
+    n_fill = int(job.get("fill_tokens", 0))
+    n_vocab = rt.llm.n_vocab()
+    rng = np.random.default_rng(int(job.get("seed", 0)))
+    tokens = [int(t) for t in rng.integers(min(300, n_vocab // 2), n_vocab, size=n_fill)]
+    fill: dict[str, Any] = {"n_fill": n_fill, "n_decode": n_decode}
+    if n_fill:
+        t0 = time.perf_counter()
+        for progress in rt.prefill(tokens):
+            _progress(progress.done, progress.total + n_decode)
+        fill["prefill_s"] = time.perf_counter() - t0
+        fill["prefill_tok_s"] = n_fill / max(fill["prefill_s"], 1e-9)
+    if n_decode:
+        t1 = time.perf_counter()
+        for k in range(n_decode):
+            token = int(np.argmax(rt.last_logits()))
+            rt.llm.eval([token])
+            if k % 8 == 7:
+                _progress(n_fill + k + 1, n_fill + n_decode)
+        fill["decode_s"] = time.perf_counter() - t1
+        fill["decode_tok_s"] = n_decode / max(fill["decode_s"], 1e-9)
+    result["fill"] = fill
+    _write(out, result)
+
+
+OPS = {"generate": run_generate, "kld": run_kld, "fill": run_fill}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    job = json.loads(Path(args[0]).read_text())
+    out = Path(args[1])
+    result: dict[str, Any] = {"status": "running", "arm": job["arm"], "pid": os.getpid()}
+    from engine.arms import ArmConfig
+    from engine.errors import ArmUnavailableError, EngineError
+
+    arm = ArmConfig.parse(job["arm"])
+    t0 = time.perf_counter()
+    try:
+        rt = open_runtime(job, logits_all=job["op"] == "kld")
+    except ArmUnavailableError as exc:
+        result.update(status="unavailable", reason=exc.reason)
+        _write(out, result)
+        return 0
+    except ImportError as exc:
+        if arm.is_d2:  # the D2 cache is not in this build yet
+            result.update(status="unavailable", reason=f"the D2 engine is not in this build ({exc})")
+            _write(out, result)
+            return 0
+        raise
+    except EngineError as exc:
+        result.update(status="failed", reason=str(exc))
+        _write(out, result)
+        return 0
+    result["load_s"] = time.perf_counter() - t0
+    result["kv_bytes"] = rt.kv_bytes()
+    result["sidecars"] = _sidecar_files(getattr(rt, "_d2", None))
+    _write(out, result)
+    try:
+        OPS[job["op"]](rt, job, result, out)
+    except Exception as exc:  # a failure row with the reason, never a lost run
+        result.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        _write(out, result)
+        return 0
+    finally:
+        rt.close()
+    result["status"] = "ok"
+    _write(out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
