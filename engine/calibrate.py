@@ -10,7 +10,7 @@ trained context YaRN scales RoPE by ``n_ctx / n_ctx_train``. The moments are eig
 
 K rank rule (``--k-rank auto``): per (layer, head) the smallest R that is a multiple of 8,
 at least 8 and at most head_dim, whose top-R eigenvalues hold at least ``--k-energy``
-(default 0.90) of the head's energy (trace of its second moment). ``--k-rank N`` fixes R.
+(default 0.80) of the head's energy (trace of its second moment). ``--k-rank N`` fixes R.
 
 After every sequence the moments, the token count and the corpus position are saved in
 ``DIR/.fraqtl-calibrate-state.npz``; Ctrl-C (or a crash) loses at most the current
@@ -56,7 +56,7 @@ from engine.sidecar import (
 
 TOOL = "fraqtl-calibrate"
 DEFAULT_TOKENS = 16384
-DEFAULT_K_ENERGY = 0.90
+DEFAULT_K_ENERGY = 0.80
 DEFAULT_BATCH = 2048  # CPU flash attention runs ~2x faster with 2048-token ubatches than 512
 STATE_NAME = ".fraqtl-calibrate-state.npz"
 STATE_VERSION = 1
@@ -663,15 +663,21 @@ def write_report(result: CalibrationResult, out_dir: Path, title: str = "Calibra
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     layers = np.arange(ek.shape[0])
-    for h in range(ek.shape[1]):
-        axes[0].plot(layers, ek[:, h], marker="o", ms=3, label=f"K head {h} (R={'/'.join(map(str, sorted(set(ranks[:, h].tolist()))))})")
-        axes[0].plot(layers, ev[:, h], marker="s", ms=3, ls="--", label=f"V head {h} (R={result.v.protect})")
+    d = result.k_eigenvalues.shape[-1]
+    rk_locked = LOCKED.protected(d, "k")
+    ek_locked = energy_share(result.k_eigenvalues, rk_locked)
+    for share, label, style in (
+        (ek, f"K, auto ranks (mean {ranks.mean():.1f})", "-o"),
+        (ek_locked, f"K, R={rk_locked} (locked recipe)", "-^"),
+        (ev, f"V, R={result.v.protect} (protect)", "--s"),
+    ):
+        line, = axes[0].plot(layers, share.mean(axis=1), style, ms=3, label=label)
+        axes[0].fill_between(layers, share.min(axis=1), share.max(axis=1), color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("layer")
     axes[0].set_ylabel("energy share in top R directions")
     axes[0].set_ylim(0, 1.02)
-    axes[0].legend(fontsize=6, ncol=2)
-    axes[0].set_title("Top-R energy per layer and KV head")
-    d = result.k_eigenvalues.shape[-1]
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].set_title("Top-R energy per layer (mean over KV heads, band: min..max)")
     for kind, w, style in (("K", result.k_eigenvalues, "-"), ("V", result.v_eigenvalues, "--")):
         share = np.cumsum(w, axis=-1) / np.maximum(w.sum(axis=-1, keepdims=True), 1e-30)
         axes[1].plot(np.arange(1, d + 1), share.reshape(-1, d).mean(axis=0), style, label=f"{kind} (mean over layers, heads)")
@@ -681,7 +687,7 @@ def write_report(result: CalibrationResult, out_dir: Path, title: str = "Calibra
     axes[1].set_ylabel("cumulative energy share")
     axes[1].set_title("Cumulative spectrum (band: min..max)")
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"{title}: {m['model']['file']}, {m['calibration']['tokens']:,} tokens at ctx {m['calibration']['ctx']}")
+    fig.suptitle(f"{title}: {m['calibration']['tokens']:,} tokens at ctx {m['calibration']['ctx']}")
     fig.tight_layout()
     png_path = out_dir / "energy.png"
     fig.savefig(png_path, dpi=110)
@@ -702,17 +708,23 @@ def write_report(result: CalibrationResult, out_dir: Path, title: str = "Calibra
         "",
         "Energy share in the top R directions (mean over KV heads; min over heads in brackets):",
         "",
-        "| layer | K ranks | K top-R | V top-R (R=%d) | K top-8 | V top-8 |" % result.v.protect,
+        f"| layer | K ranks | K top-R | V top-R (R={result.v.protect}) | K top-{rk_locked} (locked) | V top-8 |",
         "|---:|---|---:|---:|---:|---:|",
     ]
-    k8 = energy_share(result.k_eigenvalues, min(8, d))
     v8 = energy_share(result.v_eigenvalues, min(8, result.v_eigenvalues.shape[-1]))
     for il in range(ek.shape[0]):
         lines.append(
             f"| {il} | {'/'.join(str(int(r)) for r in ranks[il])} | {ek[il].mean():.3f} ({ek[il].min():.3f}) | "
-            f"{ev[il].mean():.3f} ({ev[il].min():.3f}) | {k8[il].mean():.3f} | {v8[il].mean():.3f} |"
+            f"{ev[il].mean():.3f} ({ev[il].min():.3f}) | {ek_locked[il].mean():.3f} | {v8[il].mean():.3f} |"
         )
-    lines += ["", f"All layers: K top-R {ek.mean():.3f}, V top-R {ev.mean():.3f}.", "", "![energy](energy.png)", ""]
+    lines += ["", f"All layers: K top-R {ek.mean():.3f} (auto ranks), K top-{rk_locked} {ek_locked.mean():.3f}, "
+              f"V top-{result.v.protect} {ev.mean():.3f}.", "",
+              "K rank rule at other energy targets (ranks over all layers and heads):", "",
+              "| target | mean rank | min | max |", "|---:|---:|---:|---:|"]
+    for target in (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
+        r = choose_ranks(result.k_eigenvalues, "auto", target)
+        lines.append(f"| {target:.2f} | {r.mean():.1f} | {r.min()} | {r.max()} |")
+    lines += ["", "![energy](energy.png)", ""]
     md_path = out_dir / "README.md"
     md_path.write_text("\n".join(lines))
     return [json_path, md_path, png_path]

@@ -210,7 +210,8 @@ def read_sidecar(
 
 def sidecar_bytes(sidecar: SidecarFile) -> bytes:
     """The v1 file image of ``sidecar``."""
-    basis16 = sidecar.basis.astype("<f2")
+    with np.errstate(over="ignore"):
+        basis16 = sidecar.basis.astype("<f2")
     if not np.isfinite(basis16).all():
         raise ValueError("the basis has values that are not finite in fp16")
     if sidecar.kind == "k":

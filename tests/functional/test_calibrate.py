@@ -1,0 +1,172 @@
+"""fraqtl-calibrate on the real SmolLM2 model (CPU, a few hundred tokens per run)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import calibrate as cal
+from engine import sidecar as sc
+from engine.errors import EngineError, SidecarMismatchError
+from engine.gguf import read_gguf
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    try:
+        from engine import models
+        from engine.runtime import load_llama_cpp
+
+        load_llama_cpp()
+        return models.resolve(None)
+    except EngineError as exc:
+        pytest.skip(f"patched llama_cpp or the default model is unavailable: {exc}")
+
+
+def small_config(model_path: Path, out: Path, **kw) -> cal.CalibrationConfig:
+    base = dict(model_path=model_path, out_dir=out, tokens=384, ctx=128, n_batch=64, n_threads=2)
+    base.update(kw)
+    return cal.CalibrationConfig(**base)
+
+
+def test_capture_counts_every_token_per_layer(model_path: Path) -> None:
+    info = read_gguf(model_path)
+    model = cal.CaptureModel(model_path, info, n_ctx=256, n_batch=64, n_threads=2)
+    try:
+        tokens = model.tokenize("The write-ahead log is the truth; the data files are a cache of the log. " * 4)
+        assert 40 < len(tokens) < 128
+        model.decode(tokens[:50])
+        model.decode(tokens[50:])  # a second ubatch continues the sequence
+        for il in range(info.n_layer):
+            assert model.capture.tokens(il, "k") == len(tokens)
+            assert model.capture.tokens(il, "v") == len(tokens)
+        mk = model.capture.moments(7, "k")
+        assert mk.shape == (info.n_head_kv, info.head_dim_k, info.head_dim_k)
+        np.testing.assert_array_equal(mk, np.swapaxes(mk, -1, -2))  # symmetric
+        assert (np.linalg.eigvalsh(mk) > -1e-6 * np.abs(mk).max()).all()  # positive semi-definite
+        assert model.capture.tokens(info.n_layer, "k") == -1  # out of range is refused
+    finally:
+        model.close()
+
+
+def test_tiny_calibration_writes_valid_sidecars(model_path: Path, tmp_path: Path) -> None:
+    result = cal.calibrate(small_config(model_path, tmp_path / "out", k_rank=16))
+    info = read_gguf(model_path)
+    assert result.tokens == 384 and result.resumed_tokens == 0
+    k, v = sc.load_sidecars(result.k_path, result.v_path, info)
+    assert (k.ranks == 16).all() and v.protect == 16  # the locked V recipe scaled to head_dim 64
+    assert k.orthonormality_error() < 1e-3 and v.orthonormality_error() < 1e-3
+    assert (np.diff(result.k_eigenvalues, axis=-1) <= 0).all()
+    m = result.manifest
+    assert m["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert (m["model"]["n_layer"], m["model"]["n_head_kv"], m["model"]["head_dim_k"]) == (30, 3, 64)
+    assert m["calibration"]["tokens"] == 384 and m["calibration"]["sequences"] == 3
+    assert m["calibration"]["corpus"][0]["file"] == "technical-prose.txt"
+    assert len(m["spectra"]["k"]["energy_top_r"]) == 30
+    assert all(0 < e <= 1 for e in m["spectra"]["v"]["energy_top_r_per_layer"])
+    assert not (tmp_path / "out" / cal.STATE_NAME).exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [sc.MANIFEST_NAME, result.k_path.name, result.v_path.name])
+    found = sc.find_sidecars(m["model"]["sha256"], [tmp_path])
+    assert found is not None and found[0] == result.k_path
+    # the calibrated basis concentrates energy far better than a random rotation would
+    share = cal.energy_share(result.k_eigenvalues, 16).mean()
+    assert share > 0.6 > 16 / 64
+
+
+def test_resume_after_interruption_gives_identical_sidecars(model_path: Path, tmp_path: Path) -> None:
+    reference = cal.calibrate(small_config(model_path, tmp_path / "ref"))
+    out = tmp_path / "resumed"
+    batches = iter(range(1000))
+    with pytest.raises(cal.CalibrationInterrupted) as info:
+        # two ubatches per 128-token sequence: stop in the middle of the second sequence
+        cal.calibrate(small_config(model_path, out), should_stop=lambda: next(batches) >= 3)
+    assert info.value.tokens_done == 128 and "run the same command again" in str(info.value)
+    assert [p.name for p in out.iterdir()] == [cal.STATE_NAME]  # no sidecar in place yet
+    progress: list[cal.CalibrationProgress] = []
+    resumed = cal.calibrate(small_config(model_path, out), on_progress=progress.append)
+    assert resumed.resumed_tokens == 128 and resumed.tokens == 384
+    assert progress[0].sequence == 2 and progress[-1].tokens_done == 384
+    assert resumed.k_path.read_bytes() == reference.k_path.read_bytes()
+    assert resumed.v_path.read_bytes() == reference.v_path.read_bytes()
+    assert not (out / cal.STATE_NAME).exists()
+
+
+def test_changed_inputs_do_not_resume_a_stale_state(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(cal.CalibrationInterrupted):
+        calls = iter(range(1000))
+        cal.calibrate(small_config(model_path, out), should_stop=lambda: next(calls) >= 2)
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("Transformers carry a nameplate that lists their rating and impedance. " * 40)
+    result = cal.calibrate(small_config(model_path, out, corpus=(corpus,), tokens=256))
+    assert result.resumed_tokens == 0
+    assert result.manifest["calibration"]["corpus"][0]["licence"] == "user's"
+
+
+def test_model_sidecar_mismatch_is_detected(model_path: Path, tmp_path: Path) -> None:
+    info = read_gguf(model_path)
+    k, v = sc.control_sidecars_for(info, k_rank=8, v_protect=16)
+    k_ok = sc.write_sidecar(k, tmp_path / "k.bin")
+    wrong = sc.control_sidecar("v", info.n_layer - 2, info.n_head_kv, info.head_dim_v, 16)
+    v_wrong = sc.write_sidecar(wrong, tmp_path / "v.bin")
+    with pytest.raises(SidecarMismatchError) as err:
+        sc.load_sidecars(k_ok, v_wrong, info)
+    assert err.value.field == "n_layers" and err.value.expected == 30 and err.value.found == 28
+    assert str(v_wrong) in str(err.value)
+    wide = sc.control_sidecar("k", info.n_layer, info.n_head_kv, 128, 16)
+    with pytest.raises(SidecarMismatchError, match="head_dim is 128, the model has 64"):
+        sc.read_sidecar(sc.write_sidecar(wide, tmp_path / "k128.bin"), "k", info)
+
+
+def test_shipped_sidecars_fit_the_default_model(model_path: Path) -> None:
+    from engine import models
+
+    found = sc.find_sidecars(models.model_sha256(model_path), [REPO / "sidecars"])
+    if found is None:
+        pytest.skip("no sidecars shipped for the default model yet")
+    k_path, v_path, manifest = found
+    k, v = sc.load_sidecars(k_path, v_path, read_gguf(model_path))
+    assert manifest.data["files"]["k_sha256"] == __import__("hashlib").sha256(k_path.read_bytes()).hexdigest()
+    assert manifest.data["calibration"]["ctx"] == 8192
+    assert k.orthonormality_error() < 1e-3 and v.orthonormality_error() < 1e-3
+
+
+def test_cli_ctrl_c_then_resume(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "engine.calibrate", str(model_path), "--tokens", "4096", "--ctx", "128",
+           "--batch", "128", "--threads", "2", "-q", "-o", str(out)]
+    # a shell may start tests with SIGINT ignored (background jobs); the child must see Ctrl-C
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not (out / cal.STATE_NAME).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in " ".join(err.split())
+    assert not list(out.glob("*.bin"))
+    env = dict(os.environ, COLUMNS="300")
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "resumed" in done.stderr and "4,096 tokens" in done.stderr
+    k, v = sc.load_sidecars(next(out.glob("*k-eigenbasis.bin")), next(out.glob("sidecar_real_u_*.bin")),
+                            read_gguf(model_path))
+    assert k.n_layers == 30
+
+
+def test_cli_reports_bad_arguments(model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cal.main([str(model_path), "--k-rank", "12", "-q", "-o", str(tmp_path)]) == 1
+    assert "multiple of 8" in capsys.readouterr().err
+    assert cal.main([str(tmp_path / "none.gguf"), "-q", "-o", str(tmp_path)]) == 1
+    assert "No GGUF model" in capsys.readouterr().err
