@@ -143,7 +143,7 @@ def test_shipped_sidecars_fit_the_default_model(model_path: Path) -> None:
 
 def test_cli_ctrl_c_then_resume(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "engine.calibrate", str(model_path), "--tokens", "4096", "--ctx", "128",
+    cmd = [sys.executable, "-m", "engine.calibrate", str(model_path), "--tokens", "2048", "--ctx", "128",
            "--batch", "128", "--threads", "2", "-q", "-o", str(out)]
     # a shell may start tests with SIGINT ignored (background jobs); the child must see Ctrl-C
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -159,7 +159,7 @@ def test_cli_ctrl_c_then_resume(model_path: Path, tmp_path: Path) -> None:
     env = dict(os.environ, COLUMNS="300")
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    assert "resumed" in done.stderr and "4,096 tokens" in done.stderr
+    assert "resumed" in done.stderr and "2,048 tokens" in done.stderr
     k, v = sc.load_sidecars(next(out.glob("*k-eigenbasis.bin")), next(out.glob("sidecar_real_u_*.bin")),
                             read_gguf(model_path))
     assert k.n_layers == 30
