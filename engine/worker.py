@@ -13,9 +13,11 @@ This module must never import the app, nor any UI toolkit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
@@ -141,7 +143,8 @@ class EngineWorker:
         self.loaded: EngineLoaded | None = None
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
-        self._stop = ctx.Event()
+        with _real_std_streams():  # the semaphore may start multiprocessing's resource tracker
+            self._stop = ctx.Event()
         self._process = ctx.Process(target=_child_main, args=(spec, child_conn, self._stop),
                                     name=f"fraqtl-engine-{spec.arm}", daemon=True)
         self._child_conn = child_conn
@@ -150,7 +153,8 @@ class EngineWorker:
 
     def start(self) -> EngineLoaded:
         """Start the child and wait for the model to load; raises the child's error type."""
-        self._process.start()
+        with _real_std_streams():
+            self._process.start()
         self._child_conn.close()
         kind, payload = self._recv(timeout_s=self.load_timeout_s)
         if kind == "error":
@@ -257,6 +261,19 @@ class EngineWorker:
             elif kind == "failed":
                 yield EngineFailed(str(EngineCrashedError(self.spec.arm, payload.message)), payload.kind)
                 return
+
+
+@contextlib.contextmanager
+def _real_std_streams() -> Iterator[None]:
+    """Start children with the real stdout/stderr: a UI may have replaced them with objects
+    whose fileno() is not a file descriptor, which multiprocessing cannot pass on."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.__stdout__ or saved[0]
+    sys.stderr = sys.__stderr__ or saved[1]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def _exit_detail(exitcode: int | None) -> str:

@@ -1,0 +1,61 @@
+"""Errors a person can meet when opening a document, each one sentence with the numbers in it."""
+
+from __future__ import annotations
+
+
+class DocumentError(Exception):
+    """Base class: a document the app cannot use, and what to do about it."""
+
+
+class DocumentNotFoundError(DocumentError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"There is no file at {path}; check the path and try again.")
+
+
+class EmptyDocumentError(DocumentError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is empty; pick a document that contains text.")
+
+
+class BinaryFileError(DocumentError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is a binary file, not text or PDF; open a PDF, Markdown or plain-text file.")
+
+
+class EncryptedPdfError(DocumentError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is an encrypted PDF; remove its password (e.g. print it to a new PDF) and open it again.")
+
+
+class CorruptPdfError(DocumentError):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} is a damaged PDF that cannot be read ({reason}); re-export or re-download it.")
+
+
+class ScannedPdfError(DocumentError):
+    def __init__(self, path: str, pages: int) -> None:
+        self.path, self.pages = path, pages
+        super().__init__(
+            f"{path} has no text layer on any of its {pages} page(s) (a scan?); run OCR on it first "
+            "(e.g. `ocrmypdf`) and open the result."
+        )
+
+
+class DocumentTooLargeError(DocumentError):
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        self.path, self.size, self.limit = path, size, limit
+        super().__init__(
+            f"{path} is {size / 2**20:,.1f} MiB, over the {limit / 2**20:,.0f} MiB limit; split it or raise "
+            "FRAQTL_MAX_DOCUMENT_MB."
+        )
+
+
+class PageRangeError(DocumentError):
+    def __init__(self, text: str, pages: int) -> None:
+        self.text, self.pages = text, pages
+        super().__init__(f"'{text}' is not a page range within 1–{pages}; write it like 3-12.")

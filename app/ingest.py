@@ -1,0 +1,207 @@
+"""Document ingest: PDF (page by page, with ``[p. N]`` markers), Markdown and plain text.
+
+Text is NFKC-normalised and words hyphenated across line breaks are joined. The extracted
+pages are cached by the file's sha256 under the platformdirs cache dir, so a document opens
+instantly the second time. Every failure is a :class:`~app.errors.DocumentError` with one
+sentence for the person. This module never touches the model or the UI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from app.atomic import write_atomic
+from app.errors import (
+    BinaryFileError,
+    CorruptPdfError,
+    DocumentNotFoundError,
+    DocumentTooLargeError,
+    EmptyDocumentError,
+    EncryptedPdfError,
+    PageRangeError,
+    ScannedPdfError,
+)
+from engine import locations
+
+INGEST_VERSION = 1  # bump when extraction changes, so cached text is extracted again
+DEFAULT_MAX_BYTES = 64 * 2**20
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text", ""}
+
+#: ``on_progress(done_pages, total_pages)``
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """An extracted document: its pages (one for unpaged text) and where it came from."""
+
+    title: str
+    source: str
+    sha256: str
+    kind: str  # "pdf" or "text"
+    pages: tuple[str, ...]
+    first_page: int = 1  # page number of pages[0] (a page range starts later)
+
+    @property
+    def paged(self) -> bool:
+        return len(self.pages) > 1 or self.kind == "pdf"
+
+    @property
+    def page_numbers(self) -> range:
+        return range(self.first_page, self.first_page + len(self.pages))
+
+    @property
+    def text(self) -> str:
+        """The text given to the model: pages with ``[p. N]`` markers when the document has pages."""
+        if not self.paged:
+            return self.pages[0]
+        return "\n\n".join(f"[p. {n}]\n{page}" for n, page in zip(self.page_numbers, self.pages, strict=True))
+
+    def page(self, number: int) -> str | None:
+        index = number - self.first_page
+        return self.pages[index] if 0 <= index < len(self.pages) else None
+
+    def page_range(self, first: int, last: int) -> Document:
+        """The pages first..last (1-based, inclusive) as a document of their own."""
+        numbers = self.page_numbers
+        if not (numbers.start <= first <= last < numbers.stop):
+            raise PageRangeError(f"{first}-{last}", len(self.pages))
+        lo, hi = first - self.first_page, last - self.first_page + 1
+        return dataclasses.replace(self, title=f"{self.title} (pp. {first}–{last})", pages=self.pages[lo:hi],
+                                   first_page=first)
+
+    def parse_range(self, text: str) -> Document:
+        match = re.fullmatch(r"\s*(\d+)\s*(?:[-–:]\s*(\d+))?\s*", text)
+        if not match:
+            raise PageRangeError(text, len(self.pages))
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        try:
+            return self.page_range(first, last)
+        except PageRangeError:
+            raise PageRangeError(text, len(self.pages)) from None
+
+    @classmethod
+    def join(cls, documents: Sequence[Document]) -> Document:
+        """Several documents as one, pages numbered on; each starts with its title."""
+        if len(documents) == 1:
+            return documents[0]
+        pages: list[str] = []
+        for doc in documents:
+            for i, page in enumerate(doc.pages):
+                pages.append(f"## {doc.title}\n\n{page}" if i == 0 else page)
+        digest = hashlib.sha256("".join(d.sha256 for d in documents).encode()).hexdigest()
+        title = " + ".join(d.title for d in documents)
+        return cls(title, "\n".join(d.source for d in documents), digest, "pdf", tuple(pages))
+
+
+# ---------------------------------------------------------------------------- text clean-up
+
+_HYPHEN_BREAK = re.compile(r"(\w)[-\u00ad]\n[ \t]*(\w)")
+_SPACES = re.compile(r"[ \t]+\n")
+_BLANKS = re.compile(r"\n{3,}")
+
+
+def normalize(text: str) -> str:
+    """NFKC, Unix newlines, words split by a hyphen at a line end joined, blank runs collapsed."""
+    text = unicodedata.normalize("NFKC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _HYPHEN_BREAK.sub(r"\1\2", text)
+    text = _SPACES.sub("\n", text)
+    return _BLANKS.sub("\n\n", text).strip()
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def _read_pdf(path: Path, on_progress: Progress | None) -> list[str]:
+    import pypdf
+    from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
+
+    try:
+        reader = pypdf.PdfReader(str(path), strict=False)
+        if reader.is_encrypted:
+            try:
+                if not reader.decrypt(""):  # an owner-password-only PDF opens with the empty password
+                    raise EncryptedPdfError(str(path))
+            except (NotImplementedError, FileNotDecryptedError, PdfReadError) as exc:
+                raise EncryptedPdfError(str(path)) from exc
+        total = len(reader.pages)
+        pages: list[str] = []
+        for i, page in enumerate(reader.pages):
+            pages.append(normalize(page.extract_text() or ""))
+            if on_progress:
+                on_progress(i + 1, total)
+    except (EncryptedPdfError, ScannedPdfError):
+        raise
+    except FileNotDecryptedError as exc:
+        raise EncryptedPdfError(str(path)) from exc
+    except (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptPdfError(str(path), str(exc) or type(exc).__name__) from exc
+    if total == 0:
+        raise CorruptPdfError(str(path), "it has no pages")
+    if not any(p.strip() for p in pages):
+        raise ScannedPdfError(str(path), total)
+    return pages
+
+
+def _read_text(path: Path, data: bytes) -> list[str]:
+    if b"\x00" in data[:8192]:
+        raise BinaryFileError(str(path))
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        sample = data[:8192]
+        controls = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+        if controls > len(sample) * 0.02:
+            raise BinaryFileError(str(path)) from None
+        text = data.decode("cp1252", errors="replace")
+    # A form feed is a page break (as in RFCs); text without one is a single page.
+    pages = [normalize(p) for p in text.split("\f")]
+    pages = [p for p in pages if p]
+    if not pages:
+        raise EmptyDocumentError(str(path))
+    return pages
+
+
+def _cache_file(digest: str) -> Path:
+    folder = locations.cache_dir() / "documents"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{digest}.v{INGEST_VERSION}.json"
+
+
+def load_document(path: str | Path, on_progress: Progress | None = None,
+                  max_bytes: int = DEFAULT_MAX_BYTES, use_cache: bool = True) -> Document:
+    """Read a PDF or text file into a :class:`Document`; raises a DocumentError on bad input."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DocumentNotFoundError(str(path))
+    size = path.stat().st_size
+    if size == 0:
+        raise EmptyDocumentError(str(path))
+    if size > max_bytes:
+        raise DocumentTooLargeError(str(path), size, max_bytes)
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    cached = _cache_file(digest)
+    if use_cache and cached.is_file():
+        try:
+            record = json.loads(cached.read_text("utf-8"))
+            if on_progress:
+                on_progress(len(record["pages"]), len(record["pages"]))
+            return Document(path.name, str(path), digest, record["kind"], tuple(record["pages"]))
+        except (ValueError, KeyError):
+            cached.unlink(missing_ok=True)
+    if data.startswith(b"%PDF") or path.suffix.lower() == ".pdf":
+        kind, pages = "pdf", _read_pdf(path, on_progress)
+    else:
+        kind, pages = "text", _read_text(path, data)
+        if on_progress:
+            on_progress(len(pages), len(pages))
+    write_atomic(cached, json.dumps({"kind": kind, "pages": pages, "source": str(path)}))
+    return Document(path.name, str(path), digest, kind, tuple(pages))

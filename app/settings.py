@@ -1,0 +1,120 @@
+"""The app's settings: one typed object, saved as JSON in the config dir, overridable by env.
+
+Each field ``name`` can be overridden with ``FRAQTL_<NAME>`` (e.g. ``FRAQTL_ARM=q8_0``,
+``FRAQTL_N_CTX=16384``, ``FRAQTL_YARN=1``). Overrides apply to this run only and are never
+written back. This module never touches the model or the UI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from pathlib import Path
+
+from app.atomic import write_atomic
+from engine import locations
+from engine.arms import ArmConfig
+from engine.errors import EngineError
+
+MAX_CONTEXT = 131072  # 128K: the most the app asks of any model, YaRN included
+YARN_FACTOR = 4  # YaRN stretches a model's trained context at most this many times
+
+
+class SettingsError(ValueError):
+    """A setting has a value the app cannot use; the message names it and says what fits."""
+
+
+@dataclasses.dataclass
+class Settings:
+    model: str | None = None  # a GGUF path; None is the default model (SmolLM2-135M-Instruct)
+    arm: str = "f16"  # f16, q8_0, q4_0, d2 or d2:<recipe>
+    n_ctx: int = 8192
+    yarn: bool = False  # allow contexts beyond the model's trained length (YaRN)
+    sidecar: str | None = None  # D2 sidecar folder; None picks the one shipped for the model
+    max_tokens: int = 256
+    n_threads: int = 0  # 0: all cores
+    compare_q4_0: bool = False  # add q4_0 to the arm comparison
+    max_document_mb: int = 64
+
+    def validate(self) -> Settings:
+        try:
+            ArmConfig.parse(self.arm)
+        except EngineError as exc:
+            raise SettingsError(str(exc)) from exc
+        if not 256 <= self.n_ctx <= MAX_CONTEXT:
+            raise SettingsError(f"The context must be between 256 and {MAX_CONTEXT:,} tokens, not {self.n_ctx:,}.")
+        if not 1 <= self.max_tokens <= 8192:
+            raise SettingsError(f"The answer length must be between 1 and 8,192 tokens, not {self.max_tokens:,}.")
+        if self.model and not Path(self.model).expanduser().is_file():
+            raise SettingsError(f"There is no model file at {self.model}; leave it empty for the default model.")
+        return self
+
+    # -------------------------------------------------------------- persistence
+
+    @staticmethod
+    def path() -> Path:
+        return locations.config_dir() / "settings.json"
+
+    @classmethod
+    def load(cls, env: typing.Mapping[str, str] | None = None, path: Path | None = None) -> Settings:
+        """Saved settings (defaults where absent or unreadable), then ``FRAQTL_*`` overrides."""
+        env = os.environ if env is None else env
+        path = path or cls.path()
+        values: dict[str, object] = {}
+        if path.is_file():
+            try:
+                values = {k: v for k, v in json.loads(path.read_text("utf-8")).items() if k in cls._fields()}
+            except ValueError:
+                values = {}
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.apply_env(env)
+        return settings
+
+    def apply_env(self, env: typing.Mapping[str, str]) -> None:
+        hints = typing.get_type_hints(type(self))
+        for name in self._fields():
+            raw = env.get(f"FRAQTL_{name.upper()}")
+            if raw is not None:
+                setattr(self, name, _convert(name, raw, hints[name]))
+
+    def save(self, path: Path | None = None) -> Path:
+        path = path or self.path()
+        write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def _fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @property
+    def max_document_bytes(self) -> int:
+        return self.max_document_mb * 2**20
+
+
+def _convert(name: str, raw: str, hint: object) -> object:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if optional and raw.strip() in ("", "none", "None"):
+        return None
+    if base is bool:
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"FRAQTL_{name.upper()}={raw!r} is not a yes/no value; use 1 or 0.")
+    if base is int:
+        try:
+            return int(raw.replace("_", "").replace(",", ""))
+        except ValueError:
+            raise SettingsError(f"FRAQTL_{name.upper()}={raw!r} is not a whole number.") from None
+    return raw
+
+
+def max_context(n_ctx_train: int, yarn: bool) -> int:
+    """The largest context the app offers for a model: its trained length, ×4 with YaRN, ≤128K."""
+    if n_ctx_train <= 0:
+        return MAX_CONTEXT
+    return min(n_ctx_train * (YARN_FACTOR if yarn else 1), MAX_CONTEXT)

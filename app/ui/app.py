@@ -1,0 +1,137 @@
+"""The Textual application: screens, bindings, the command palette, and the factory tests use."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from app.conversation import Conversation, EngineFactory
+from app.ingest import Document
+from app.sessions import Session
+from app.settings import Settings
+from app.ui.screens import ChatScreen, CompareScreen, SettingsScreen
+from engine.models import resolve
+from engine.nvml import NvmlSampler
+from engine.worker import EngineWorker
+
+
+def engine_pids() -> list[int]:
+    """This process and its engine processes: what the VRAM panel watches."""
+    return [os.getpid(), *(p.pid for p in mp.active_children() if p.pid)]
+
+
+class FraqtlCommands(Provider):
+    """One command palette entry for each action."""
+
+    COMMANDS = [
+        ("Open document", "Open a PDF, Markdown or text file", "open"),
+        ("Stop answer", "Stop the answer or prefill now running", "stop"),
+        ("Compare arms", "Answer one question with f16, q8_0 and d2 side by side", "compare"),
+        ("Reopen session", "Reopen a saved document and transcript", "sessions"),
+        ("Settings", "Model, arm, recipe, context, YaRN, sidecar", "settings"),
+        ("Restart engine", "Start the engine process again (after a crash or a settings change)", "restart_engine"),
+        ("Toggle VRAM panel", "Show or hide the GPU memory panel", "toggle_vram"),
+        ("Save screenshot", "Save an SVG screenshot of this screen", "screenshot"),
+    ]
+
+    def _run(self, action: str) -> None:
+        screen = self.app.screen
+        target = getattr(screen, f"action_{action}", None) or getattr(self.app, f"action_{action}", None)
+        if target is None and isinstance(self.app, FraqtlApp):
+            target = getattr(self.app.chat_screen, f"action_{action}", None)
+        if target is not None:
+            target()
+
+    async def discover(self) -> Hits:
+        for name, help_text, action in self.COMMANDS:
+            yield DiscoveryHit(name, partial(self._run, action), help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, action in self.COMMANDS:
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), partial(self._run, action), help=help_text)
+
+
+class FraqtlApp(App[None]):
+    TITLE = "fraqtl-chat"
+    COMMANDS = App.COMMANDS | {FraqtlCommands}
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    CSS = """
+    Screen { background: $background; }
+    """
+
+    def __init__(self, settings: Settings, model_path: Path, paths: Iterable[Path] = (),
+                 factory: EngineFactory = EngineWorker, sampler: Any = None,
+                 session: Session | None = None, vram_refresh_s: float = 0.5) -> None:
+        super().__init__()
+        self.settings = settings
+        self.model_path = model_path
+        self.initial_paths = list(paths)
+        self.initial_session = session
+        self.factory = factory
+        self.sampler = sampler if sampler is not None else NvmlSampler(pids=engine_pids)
+        self.vram_refresh_s = vram_refresh_s
+        self.document: Document | None = None
+        self.conversation: Conversation | None = None
+        self.chat_screen = ChatScreen()
+
+    def get_default_screen(self) -> ChatScreen:
+        return self.chat_screen
+
+    def on_mount(self) -> None:
+        if hasattr(self.sampler, "start"):
+            self.sampler.start()
+
+    def on_unmount(self) -> None:
+        if self.conversation is not None:
+            self.conversation.close()
+        if hasattr(self.sampler, "stop"):
+            self.sampler.stop()
+
+    def action_compare(self) -> None:
+        if self.document is None:
+            self.notify("Open a document first (ctrl+o).", severity="warning")
+            return
+        self.push_screen(CompareScreen(self.chat_screen.last_question))
+
+    def action_settings(self) -> None:
+        before = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
+                  self.settings.sidecar)
+
+        def saved(changed: bool | None) -> None:
+            if not changed:
+                return
+            after = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
+                     self.settings.sidecar)
+            self.model_path = resolve(self.settings.model)
+            if after != before and self.conversation is not None:
+                self.conversation.model_path = self.model_path
+                self.chat_screen.start_engine()
+                self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.")
+            else:
+                self.notify("Settings saved.")
+
+        self.push_screen(SettingsScreen(), saved)
+
+    def action_screenshot(self) -> None:
+        path = self.save_screenshot()
+        self.notify(f"Saved a screenshot to {path}.")
+
+
+def create_app(settings: Settings | None = None, paths: Iterable[Path] = (), model_path: Path | None = None,
+               factory: EngineFactory = EngineWorker, sampler: Any = None, session: Session | None = None,
+               vram_refresh_s: float = 0.5) -> FraqtlApp:
+    """Build the app (the CLI and the tests both come through here)."""
+    settings = settings or Settings.load()
+    return FraqtlApp(settings, model_path or resolve(settings.model), paths, factory, sampler, session,
+                     vram_refresh_s)

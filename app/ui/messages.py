@@ -1,0 +1,92 @@
+"""Messages the UI's workers post to it, named in the past tense for what happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.message import Message
+
+from app.citations import Citation
+from app.compare import ArmResult
+from app.conversation import Fit
+from app.ingest import Document
+from engine.events import AnswerDone, PrefillProgress
+from engine.worker import EngineLoaded
+
+
+@dataclass
+class PathsDropped(Message):
+    """A path (or several) was pasted or dropped onto the question box."""
+
+    paths: list[Path]
+
+
+@dataclass
+class IngestProgressed(Message):
+    done: int
+    total: int
+
+
+@dataclass
+class DocumentLoaded(Message):
+    document: Document
+
+
+@dataclass
+class DocumentFailed(Message):
+    message: str
+
+
+@dataclass
+class EngineStarted(Message):
+    loaded: EngineLoaded
+
+
+@dataclass
+class FitMeasured(Message):
+    fit: Fit
+
+
+@dataclass
+class PrefillProgressed(Message):
+    progress: PrefillProgress
+    purpose: str  # "document" (the prefill on open) or "answer"
+
+
+@dataclass
+class DocumentReady(Message):
+    """The document was prefilled; questions now evaluate only themselves."""
+
+    done: AnswerDone | None
+
+
+@dataclass
+class AnswerStreamed(Message):
+    """A batch of answer text arrived (batched so the Markdown is not re-rendered per token)."""
+
+    text: str
+
+
+@dataclass
+class AnswerCompleted(Message):
+    done: AnswerDone
+    citations: list[Citation]
+
+
+@dataclass
+class EngineFailedMessage(Message):
+    """The engine raised or its process died; the transcript stays and the user may retry."""
+
+    message: str
+    kind: str
+
+
+@dataclass
+class ArmUpdated(Message):
+    result: ArmResult
+
+
+@dataclass
+class ComparisonCompleted(Message):
+    results: list[ArmResult]

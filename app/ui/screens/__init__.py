@@ -1,0 +1,8 @@
+"""The app's screens and dialogs (private modules, re-exported here)."""
+
+from app.ui.screens._chat import ChatScreen
+from app.ui.screens._compare import CompareScreen
+from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
+from app.ui.screens._settings import SettingsScreen
+
+__all__ = ["ChatScreen", "CompareScreen", "OpenDialog", "OverflowDialog", "SessionsDialog", "SettingsScreen"]

@@ -1,0 +1,396 @@
+"""The main screen: the document bar, the transcript, the question box and the VRAM panel.
+
+Every engine call runs in a thread worker, one at a time, and reports back with messages
+from :mod:`app.ui.messages`; the event loop never waits on the model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from app.citations import check_citations
+from app.conversation import Conversation
+from app.errors import DocumentError
+from app.ingest import Document, load_document
+from app.paths import existing_files
+from app.sessions import Session
+from app.ui.messages import (
+    AnswerCompleted,
+    AnswerStreamed,
+    DocumentFailed,
+    DocumentLoaded,
+    DocumentReady,
+    EngineFailedMessage,
+    EngineStarted,
+    FitMeasured,
+    IngestProgressed,
+    PathsDropped,
+    PrefillProgressed,
+)
+from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
+from app.ui.widgets import AnswerView, ChatLog, DocumentBar, QuestionInput, VramPanel
+from engine.errors import EngineError
+from engine.events import AnswerDone, EngineFailed, PrefillProgress, Token
+
+if TYPE_CHECKING:
+    from app.ui.app import FraqtlApp
+
+STREAM_BATCH_S = 0.05  # answer text is posted at most this often (Markdown re-renders are costly)
+
+
+class ChatScreen(Screen[None]):
+    BINDINGS = [
+        Binding("ctrl+o", "open", "Open"),
+        Binding("escape", "stop", "Stop"),
+        Binding("f2", "compare", "Compare arms"),
+        Binding("f3", "sessions", "Sessions"),
+        Binding("f4", "settings", "Settings"),
+        Binding("f5", "restart_engine", "Restart engine"),
+        Binding("f9", "toggle_vram", "VRAM panel"),
+    ]
+    DEFAULT_CSS = """
+    ChatScreen #chat-column { width: 1fr; }
+    ChatScreen QuestionInput { margin: 0 1; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "empty"  # empty, ingesting, loading, prefilling, ready, answering, refused, failed
+        self.conversation: Conversation | None = None
+        self.current_answer: AnswerView | None = None
+        self.last_done: AnswerDone | None = None
+        self.last_question = ""
+        self.pending_question: str | None = None
+        self.pending_session: Session | None = None
+
+    @property
+    def fraqtl(self) -> FraqtlApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            with Vertical(id="chat-column"):
+                yield DocumentBar()
+                yield ChatLog()
+                yield QuestionInput(placeholder="Ask about the document, or drop a file to open it",
+                                    id="question")
+            yield VramPanel(self.fraqtl.sampler, refresh_s=self.fraqtl.vram_refresh_s, id="vram")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(QuestionInput).focus()
+        if self.fraqtl.initial_session is not None:
+            self.reopen(self.fraqtl.initial_session)
+        elif self.fraqtl.initial_paths:
+            self.open_paths(self.fraqtl.initial_paths)
+
+    # -------------------------------------------------------------- helpers
+
+    def set_state(self, state: str, status: str | None = None) -> None:
+        self.state = state
+        if status is not None:
+            self.query_one(DocumentBar).set_status(status)
+
+    def busy(self) -> bool:
+        return self.state in ("ingesting", "loading", "prefilling", "answering")
+
+    # -------------------------------------------------------------- opening documents
+
+    def open_paths(self, paths: list[Path]) -> None:
+        if self.busy() and self.conversation is not None:
+            self.conversation.stop()
+        self.set_state("ingesting", f"Reading {', '.join(p.name for p in paths)}…")
+        self.ingest(paths)
+
+    @work(thread=True, exclusive=True, group="ingest")
+    def ingest(self, paths: list[Path]) -> None:
+        limit = self.fraqtl.settings.max_document_bytes
+        try:
+            docs = [load_document(p, lambda d, t: self.post_message(IngestProgressed(d, t)), limit) for p in paths]
+        except DocumentError as exc:
+            self.post_message(DocumentFailed(str(exc)))
+            return
+        self.post_message(DocumentLoaded(Document.join(docs)))
+
+    @on(IngestProgressed)
+    def ingest_progressed(self, message: IngestProgressed) -> None:
+        self.query_one(DocumentBar).set_progress(message.done, message.total)
+        self.query_one(DocumentBar).set_status(f"Extracting text: page {message.done} of {message.total}")
+
+    @on(DocumentFailed)
+    def document_failed(self, message: DocumentFailed) -> None:
+        self.set_state("empty" if self.conversation is None else "ready", message.message)
+        self.notify(message.message, title="Could not open the document", severity="error", timeout=10)
+
+    @on(DocumentLoaded)
+    async def document_loaded(self, message: DocumentLoaded) -> None:
+        document = message.document
+        if self.conversation is not None:
+            self.conversation.close()
+        session = self.pending_session if (self.pending_session and
+                                           self.pending_session.document_sha256 == document.sha256) else None
+        if session is not None and session.page_range:
+            document = document.parse_range(session.page_range)
+        self.pending_session = None
+        self.fraqtl.document = document
+        self.conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path,
+                                         self.fraqtl.factory, session=session)
+        self.fraqtl.conversation = self.conversation
+        bar = self.query_one(DocumentBar)
+        bar.set_document(document.title, len(document.pages), document.paged)
+        log = self.query_one(ChatLog)
+        await log.clear_transcript()
+        if session is not None:
+            for turn in session.turns:
+                if turn.role == "user":
+                    await log.add_question(turn.content)
+                else:
+                    await log.add_answer(turn.content, f"{turn.arm} · restored from the saved session")
+        self.sub_title = document.title
+        self.start_engine()
+
+    def reopen(self, session: Session) -> None:
+        self.pending_session = session
+        self.open_paths([Path(session.document_source)])
+
+    # -------------------------------------------------------------- the engine
+
+    def start_engine(self, n_ctx: int | None = None) -> None:
+        assert self.conversation is not None
+        arm = self.fraqtl.settings.arm
+        self.set_state("loading", f"Loading the model with the {arm} cache…")
+        self.query_one(DocumentBar).set_progress(0, 1)
+        self.run_engine_start(self.conversation, n_ctx)
+
+    @work(thread=True, exclusive=True, group="engine")
+    def run_engine_start(self, conversation: Conversation, n_ctx: int | None) -> None:
+        try:
+            loaded = conversation.start_engine(n_ctx=n_ctx)
+            self.post_message(EngineStarted(loaded))
+            fit = conversation.measure()
+        except EngineError as exc:
+            self.post_message(EngineFailedMessage(str(exc), type(exc).__name__))
+            return
+        self.post_message(FitMeasured(fit))
+        if not fit.fits:
+            return
+        done: AnswerDone | None = None
+        for event in conversation.prefill():
+            if isinstance(event, PrefillProgress):
+                self.post_message(PrefillProgressed(event, "document"))
+            elif isinstance(event, AnswerDone):
+                done = event
+            elif isinstance(event, EngineFailed):
+                self.post_message(EngineFailedMessage(event.message, event.kind))
+                return
+        self.post_message(DocumentReady(done))
+
+    @on(EngineStarted)
+    def engine_started(self, message: EngineStarted) -> None:
+        self.set_state("loading", f"Model loaded ({message.loaded.arm}, {message.loaded.n_ctx:,}-token context); "
+                                  "counting tokens…")
+
+    @on(FitMeasured)
+    def fit_measured(self, message: FitMeasured) -> None:
+        fit = message.fit
+        assert self.conversation is not None
+        bar = self.query_one(DocumentBar)
+        bar.set_tokens(fit.tokens, fit.n_ctx, self.conversation.spec().arm)
+        self.query_one(VramPanel).set_context(self.conversation.info, fit.n_ctx, fit.tokens,
+                                              self.fraqtl.settings.arm)
+        if fit.fits:
+            self.set_state("prefilling", f"Prefilling {fit.tokens:,} tokens…")
+            return
+        error = fit.error()
+        self.set_state("refused", f"Refused: {error}")
+        self.app.push_screen(OverflowDialog(fit, self.conversation.document), self.overflow_chosen)
+
+    def overflow_chosen(self, choice: tuple[str, object] | None) -> None:
+        if choice is None or self.conversation is None:
+            self.notify("The document was not loaded into the model; open another or pick a page range "
+                        "with ctrl+o.", severity="warning")
+            return
+        kind, value = choice
+        if kind == "context":
+            self.fraqtl.settings.n_ctx = int(value)  # type: ignore[call-overload]
+            self.start_engine(n_ctx=int(value))  # type: ignore[call-overload]
+        elif kind == "range":
+            document = self.conversation.document.parse_range(str(value))
+            self.conversation.session.page_range = str(value)
+            self.post_message(DocumentLoaded(document))
+
+    @on(PrefillProgressed)
+    def prefill_progressed(self, message: PrefillProgressed) -> None:
+        p = message.progress
+        bar = self.query_one(DocumentBar)
+        bar.set_progress(p.done, p.total)
+        what = "the document" if message.purpose == "document" else "the question"
+        reused = f" ({p.reused:,} reused)" if p.reused else ""
+        bar.set_status(f"Prefilling {what}: {p.done:,} / {p.total:,} tokens{reused} · "
+                       f"{p.tok_s:,.0f} tok/s · ETA {p.eta_s:,.0f} s · Esc cancels")
+
+    @on(DocumentReady)
+    def document_ready(self, message: DocumentReady) -> None:
+        done = message.done
+        if done is not None and done.finish == "cancelled":
+            self.set_state("failed", "Prefill cancelled; press F5 to prefill again.")
+            return
+        rate = f" at {done.prefill_tok_s:,.0f} tok/s" if done and done.n_evaluated else ""
+        self.set_state("ready", f"Ready: document prefilled{rate}. Ask a question.")
+        if self.pending_question:
+            question, self.pending_question = self.pending_question, None
+            self.run_question(question)
+
+    # -------------------------------------------------------------- questions
+
+    @on(PathsDropped)
+    def paths_dropped(self, message: PathsDropped) -> None:
+        self.open_paths(message.paths)
+
+    @on(QuestionInput.Submitted, "#question")
+    def question_submitted(self, event: QuestionInput.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        event.input.value = ""
+        paths = existing_files(text)
+        if paths:
+            self.open_paths(paths)
+            return
+        self.ask(text)
+
+    def ask(self, question: str) -> None:
+        if self.conversation is None:
+            self.notify("Open a document first (ctrl+o, or drop a file here).", severity="warning")
+            return
+        if self.state in ("loading", "prefilling", "ingesting"):
+            self.pending_question = question
+            self.notify("The document is still being prepared; your question will be asked when it is ready.")
+            return
+        if self.state == "answering":
+            self.notify("An answer is still streaming; press Esc to stop it first.", severity="warning")
+            return
+        if self.state in ("failed", "refused"):
+            self.notify("The engine is not ready: press F5 to restart it, or F4 to change the arm or context.",
+                        severity="warning")
+            return
+        self.run_question(question)
+
+    def run_question(self, question: str) -> None:
+        self.call_later(self._begin_answer, question)
+
+    async def _begin_answer(self, question: str) -> None:
+        assert self.conversation is not None
+        log = self.query_one(ChatLog)
+        await log.add_question(question)
+        self.current_answer = await log.add_answer()
+        self.last_question = question
+        self.set_state("answering", "Answering… Esc stops.")
+        self.answer_worker(self.conversation, question)
+
+    @work(thread=True, exclusive=True, group="answer")
+    def answer_worker(self, conversation: Conversation, question: str) -> None:
+        buffer = ""
+        last_post = time.monotonic()
+        try:
+            for event in conversation.ask(question):
+                if isinstance(event, Token):
+                    buffer += event.text
+                    if time.monotonic() - last_post >= STREAM_BATCH_S:
+                        self.post_message(AnswerStreamed(buffer))
+                        buffer, last_post = "", time.monotonic()
+                elif isinstance(event, PrefillProgress):
+                    self.post_message(PrefillProgressed(event, "answer"))
+                elif isinstance(event, AnswerDone):
+                    if buffer:
+                        self.post_message(AnswerStreamed(buffer))
+                        buffer = ""
+                    citations = check_citations(event.text, conversation.document)
+                    try:
+                        conversation.session.save()
+                    except OSError as exc:
+                        self.app.call_from_thread(self.notify, f"The session could not be saved ({exc}).",
+                                                  severity="warning")
+                    self.post_message(AnswerCompleted(event, citations))
+                elif isinstance(event, EngineFailed):
+                    self.post_message(EngineFailedMessage(event.message, event.kind))
+        except EngineError as exc:
+            self.post_message(EngineFailedMessage(str(exc), type(exc).__name__))
+
+    @on(AnswerStreamed)
+    async def answer_streamed(self, message: AnswerStreamed) -> None:
+        if self.current_answer is not None:
+            await self.current_answer.append(message.text)
+            self.query_one(ChatLog).scroll_end(animate=False)
+
+    @on(AnswerCompleted)
+    async def answer_completed(self, message: AnswerCompleted) -> None:
+        self.last_done = message.done
+        if self.current_answer is not None:
+            await self.current_answer.finish(message.done, message.citations)
+        self.current_answer = None
+        self.query_one(ChatLog).scroll_end(animate=False)
+        stopped = " (stopped)" if message.done.finish == "cancelled" else ""
+        self.set_state("ready", f"Answered{stopped}: evaluated {message.done.n_evaluated:,} new prompt tokens, "
+                                f"reused {message.done.n_prompt - message.done.n_evaluated:,}.")
+
+    @on(EngineFailedMessage)
+    async def engine_failed(self, message: EngineFailedMessage) -> None:
+        if self.current_answer is not None:
+            self.current_answer.add_class("failed")
+            await self.current_answer.finish(None, [], note=message.message)
+            self.current_answer = None
+        crashed = message.kind == "EngineCrashedError"
+        overflow = message.kind == "ContextOverflowError"
+        if overflow and self.conversation is not None and self.conversation.engine is not None:
+            self.set_state("ready", message.message)
+        else:
+            self.set_state("failed", message.message + (" Press F5 to restart the engine." if crashed else ""))
+        self.notify(message.message, title="Engine", severity="error", timeout=10)
+
+    # -------------------------------------------------------------- actions
+
+    def action_stop(self) -> None:
+        if self.conversation is not None and self.state in ("answering", "prefilling"):
+            self.conversation.stop()
+            self.query_one(DocumentBar).set_status("Stopping…")
+
+    def action_open(self) -> None:
+        def opened(paths: list[Path] | None) -> None:
+            if paths:
+                self.open_paths(paths)
+
+        self.app.push_screen(OpenDialog(), opened)
+
+    def action_sessions(self) -> None:
+        def chosen(session: Session | None) -> None:
+            if session is not None:
+                self.reopen(session)
+
+        self.app.push_screen(SessionsDialog(), chosen)
+
+    def action_restart_engine(self) -> None:
+        if self.conversation is None:
+            self.notify("Open a document first.", severity="warning")
+            return
+        self.start_engine()
+
+    def action_compare(self) -> None:
+        self.fraqtl.action_compare()
+
+    def action_settings(self) -> None:
+        self.fraqtl.action_settings()
+
+    def action_toggle_vram(self) -> None:
+        panel = self.query_one(VramPanel)
+        panel.display = not panel.display

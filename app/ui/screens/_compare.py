@@ -1,0 +1,135 @@
+"""The arm comparison view: one question, each arm in its own engine process, side by side."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Static
+
+from app.atomic import write_atomic
+from app.compare import ArmResult, compare_arms, report_markdown, run_comparison
+from app.ui.messages import ArmUpdated, ComparisonCompleted
+from app.ui.widgets import ArmPanel
+from engine import locations
+
+if TYPE_CHECKING:
+    from app.ui.app import FraqtlApp
+
+
+class CompareScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "back", "Back to chat"),
+        Binding("ctrl+r", "run", "Run"),
+        Binding("ctrl+s", "save_report", "Save report"),
+    ]
+    DEFAULT_CSS = """
+    CompareScreen #compare-bar { height: auto; padding: 0 1; }
+    CompareScreen #compare-question { width: 1fr; }
+    CompareScreen #compare-bar Button { margin-left: 1; }
+    CompareScreen #arms { height: 1fr; }
+    CompareScreen #compare-note { height: auto; padding: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self, question: str = "") -> None:
+        super().__init__()
+        self.question = question
+        self.results: list[ArmResult] = []
+        self.report_path = None
+        self.running = False
+        self._cancel = False
+
+    @property
+    def fraqtl(self) -> FraqtlApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="compare-bar"):
+            yield Input(self.question, placeholder="The question every arm answers", id="compare-question")
+            yield Button("Run", variant="primary", id="compare-run")
+            yield Button("Save report", id="compare-save", disabled=True)
+        self.arms = compare_arms(self.fraqtl.settings)
+        with Horizontal(id="arms"):
+            for arm in self.arms:
+                yield ArmPanel(arm)
+        note = self.fraqtl.sampler.unavailable_reason
+        yield Static("Arms run one after another, each in its own engine process. " +
+                     (f"Peak VRAM: {note}" if note else "Peak VRAM is measured with NVML."), id="compare-note")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "Arm comparison"
+        self.query_one("#compare-question", Input).focus()
+
+    @on(Input.Submitted, "#compare-question")
+    @on(Button.Pressed, "#compare-run")
+    def action_run(self) -> None:
+        question = self.query_one("#compare-question", Input).value.strip()
+        if not question:
+            self.notify("Type the question every arm should answer.", severity="warning")
+            return
+        if self.fraqtl.document is None:
+            self.notify("Open a document first.", severity="warning")
+            return
+        if self.running:
+            self.notify("A comparison is already running.", severity="warning")
+            return
+        self.running = True
+        self._cancel = False
+        self.question = question
+        self.query_one("#compare-save", Button).disabled = True
+        for panel in self.query(ArmPanel):
+            panel.show(ArmResult(panel.arm))
+        self.run_arms(question)
+
+    @work(thread=True, exclusive=True, group="compare")
+    def run_arms(self, question: str) -> None:
+        app = self.fraqtl
+        assert app.document is not None
+        results = run_comparison(
+            app.document, question, app.settings, app.model_path, self.arms, factory=app.factory,
+            sampler=app.sampler if app.sampler.available else None,
+            on_update=lambda r, e: self.post_message(ArmUpdated(dataclasses.replace(r))),
+            should_stop=lambda: self._cancel,
+        )
+        self.post_message(ComparisonCompleted(results))
+
+    @on(ArmUpdated)
+    def arm_updated(self, message: ArmUpdated) -> None:
+        panel = self.query_one(f"#arm-{message.result.arm.replace(':', '-')}", ArmPanel)
+        panel.show(message.result)
+
+    @on(ComparisonCompleted)
+    def comparison_completed(self, message: ComparisonCompleted) -> None:
+        self.running = False
+        self.results = message.results
+        for result in message.results:
+            self.arm_updated(ArmUpdated(result))
+        self.query_one("#compare-save", Button).disabled = False
+        done = sum(r.ok for r in message.results)
+        self.notify(f"Compared {len(message.results)} arms: {done} answered.")
+
+    @on(Button.Pressed, "#compare-save")
+    def action_save_report(self) -> None:
+        if not self.results:
+            self.notify("Run the comparison first.", severity="warning")
+            return
+        app = self.fraqtl
+        assert app.document is not None
+        text = report_markdown(app.document, self.question, self.results, app.model_path.name, app.settings,
+                               app.sampler.unavailable_reason)
+        path = locations.data_dir() / "reports" / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.md"
+        write_atomic(path, text)
+        self.report_path = path
+        self.notify(f"Saved the report to {path}.")
+
+    def action_back(self) -> None:
+        self._cancel = True
+        self.app.pop_screen()

@@ -1,0 +1,60 @@
+"""One arm's column in the comparison: status, answer, speed, peak VRAM, agreement with f16."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Label, Markdown, Static
+
+from app.compare import ArmResult
+
+_STATUS = {
+    "waiting": "waiting", "loading": "loading the model…", "prefilling": "prefilling…",
+    "answering": "answering…", "done": "done", "unavailable": "unavailable", "failed": "failed",
+}
+
+
+class ArmPanel(Vertical):
+    DEFAULT_CSS = """
+    ArmPanel { width: 1fr; border: round $primary-darken-1; padding: 0 1; }
+    ArmPanel .arm-title { text-style: bold; color: $accent; }
+    ArmPanel .arm-status { color: $text-muted; }
+    ArmPanel.unavailable .arm-status, ArmPanel.failed .arm-status { color: $warning; }
+    ArmPanel VerticalScroll { height: 1fr; }
+    ArmPanel .arm-stats { height: auto; border-top: solid $primary-darken-2; }
+    """
+
+    def __init__(self, arm: str) -> None:
+        super().__init__(id=f"arm-{arm.replace(':', '-')}")
+        self.arm = arm
+        self.result = ArmResult(arm)
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.arm, classes="arm-title")
+        yield Label("waiting", classes="arm-status")
+        with VerticalScroll():
+            yield Markdown("", classes="arm-answer")
+        yield Static("", classes="arm-stats")
+
+    def show(self, result: ArmResult) -> None:
+        self.result = result
+        self.set_class(result.status == "unavailable", "unavailable")
+        self.set_class(result.status == "failed", "failed")
+        status = _STATUS.get(result.status, result.status)
+        if result.reason:
+            status = f"{status}: {result.reason}"
+        self.query_one(".arm-status", Label).update(status)
+        self.query_one(".arm-answer", Markdown).update(result.answer)
+        self.query_one(".arm-stats", Static).update(self._stats(result))
+
+    @staticmethod
+    def _stats(r: ArmResult) -> str:
+        peak = "n/a (no GPU telemetry)" if r.peak_vram is None else f"{r.peak_vram / 2**20:,.0f} MiB"
+        lines = [f"peak VRAM   {peak}", f"estimate    {r.estimate_bytes / 2**20:,.0f} MiB",
+                 f"prefill     {r.prefill_tok_s:,.1f} tok/s", f"decode      {r.decode_tok_s:,.1f} tok/s"]
+        if r.token_match is not None:
+            lines.append(f"vs f16      {r.token_match:.0%} tokens · "
+                         f"{'same answer' if r.same_answer else 'different answer'}")
+        elif r.arm == "f16" and r.ok:
+            lines.append("vs f16      (the baseline)")
+        return "\n".join(lines)
