@@ -90,7 +90,7 @@ def model_slug(model: dict[str, Any]) -> str:
     if model.get("shape"):
         return str(model["shape"])
     for key, packaged in REGISTRY.items():
-        if Path(model["path"]).resolve() == packaged_path(packaged).resolve():
+        if model.get("sha256") == packaged.sha256 or Path(model["path"]).resolve() == packaged_path(packaged).resolve():
             return key
     return Path(model["path"]).stem.lower()
 

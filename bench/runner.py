@@ -50,6 +50,18 @@ class ArmOutcome:
         return "ok" if self.ok else f"{self.status}: {self.reason}"
 
 
+_ERROR = re.compile(r"GGML_ASSERT|error|cannot|abort|fatal|what\(\)|Traceback|Exception", re.I)
+
+
+def _last_error(log: str) -> str:
+    """The log line that says why a worker died (not the backtrace below it), else the last line."""
+    lines = [line.strip() for line in log.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _ERROR.search(line) and not line.startswith(("/", "python")) and "ggml_abort+" not in line:
+            return line
+    return lines[-1] if lines else "no output"
+
+
 def parse_buffers(log: str) -> dict[str, float]:
     """llama.cpp's buffer sizes by 'device kind' (e.g. 'CUDA0 KV'), summed over repeats."""
     sizes: dict[str, float] = {}
@@ -121,8 +133,7 @@ def run_arm(
     if status == "running" or rc != 0:
         status = "failed"
         how = f"killed after {timeout_s:.0f} s" if time.monotonic() > deadline else f"exit status {rc}"
-        tail = " | ".join(line.strip() for line in log_text.strip().splitlines()[-3:])
-        reason = reason or f"worker process stopped ({how}): {tail[-300:]}"
+        reason = reason or f"worker process stopped ({how}): {_last_error(log_text)[-300:]}"
     peak: float | None = None
     telemetry = sampler.unavailable_reason or "nvml"
     if sampler.available:

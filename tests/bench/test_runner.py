@@ -41,3 +41,14 @@ def test_unavailable_arm_is_reported_with_its_reason(tmp_path: Path) -> None:
     assert outcome.status in ("unavailable", "ok")
     if outcome.status == "unavailable":
         assert outcome.reason
+
+
+def test_failure_reason_is_the_error_line_not_the_backtrace() -> None:
+    from bench.runner import _last_error
+
+    log = ("llama_kv_cache: size = 31.99 MiB\n"
+           "ggml-backend.cpp:941: pre-allocated tensor (cache_k_l0 (view)) in a buffer (CUDA0) that cannot run "
+           "the operation (SET_ROWS)\n"
+           "/x/libggml-base.so.0(ggml_abort+0x15b)[0x7f57a2d1101b]\n"
+           "python3(_start+0x25)[0x657a05]\n")
+    assert "cannot run the operation (SET_ROWS)" in _last_error(log)
