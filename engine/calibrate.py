@@ -425,7 +425,8 @@ def _plan_sequences(model: CaptureModel, files: Sequence[CorpusFile], budget: in
     return sequences
 
 
-def _fingerprint(model_sha: str, digest: str, tokens: int, ctx: int, n_batch: int, rope: dict[str, Any]) -> str:
+def _fingerprint(model_sha: str, digest: str, tokens: int, ctx: int, rope: dict[str, Any]) -> str:
+    # what fixes the token sequences and their statistics; --batch/--threads may change on resume
     return json.dumps({"v": STATE_VERSION, "model": model_sha, "corpus": digest, "tokens": tokens, "ctx": ctx,
                        "rope": rope}, sort_keys=True)
 
@@ -498,7 +499,7 @@ def calibrate(
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_NAME
-    fingerprint = _fingerprint(model_sha, digest, config.tokens, ctx, n_batch, rope)
+    fingerprint = _fingerprint(model_sha, digest, config.tokens, ctx, rope)
     n_threads = config.n_threads or max(os.cpu_count() or 1, 1)
 
     model = CaptureModel(model_path, info, ctx, n_batch, n_threads)
