@@ -47,10 +47,11 @@ class Document:
     kind: str  # "pdf" or "text"
     pages: tuple[str, ...]
     first_page: int = 1  # page number of pages[0] (a page range starts later)
+    paged: bool = False  # True for PDFs and texts with form feeds: the model sees [p. N] markers
 
-    @property
-    def paged(self) -> bool:
-        return len(self.pages) > 1 or self.kind == "pdf"
+    def __post_init__(self) -> None:
+        if self.kind == "pdf" or len(self.pages) > 1:
+            object.__setattr__(self, "paged", True)
 
     @property
     def page_numbers(self) -> range:

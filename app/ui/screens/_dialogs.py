@@ -25,6 +25,7 @@ DIALOG_CSS = """
 {name} .dialog-error {{ color: $error; height: auto; }}
 {name} .dialog-buttons {{ height: auto; margin-top: 1; }}
 {name} Button {{ margin-right: 1; }}
+{name} .dialog-label {{ margin-top: 1; }}
 """
 
 
@@ -90,14 +91,15 @@ class OverflowDialog(ModalScreen[tuple[str, object] | None]):
                              f"(trained on {fit.n_ctx_train:,}).", id="overflow-limit")
             if self.document.paged:
                 first, last = self.document.page_numbers[0], self.document.page_numbers[-1]
-                yield Label(f"Or ask about some of its {len(self.document.pages)} pages ({first}–{last}):")
-                with Horizontal(classes="dialog-buttons"):
-                    yield Input(placeholder=f"{first}-{max(first, last // 2)}", id="overflow-range")
-                    yield Button("Use these pages", id="overflow-use-range")
+                yield Label(f"Or ask about some of its {len(self.document.pages)} pages ({first}–{last}):",
+                            classes="dialog-label")
+                yield Input(placeholder=f"{first}-{max(first, last // 2)}", id="overflow-range")
             else:
                 yield Static("This text has no pages (no form feeds); split the file to ask about part of it.")
             yield Static("", classes="dialog-error", id="overflow-error")
             with Horizontal(classes="dialog-buttons"):
+                if self.document.paged:
+                    yield Button("Use these pages", id="overflow-use-range")
                 yield Button("Cancel", id="overflow-cancel")
 
     @on(Button.Pressed, "#overflow-larger")

@@ -1,0 +1,80 @@
+"""The engine worker process: streaming, Stop, errors rebuilt as their types, a crash survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from engine.errors import ArmUnavailableError, ContextOverflowError, EngineCrashedError
+from engine.events import AnswerDone, EngineFailed, Token
+from engine.worker import EngineSpec, EngineWorker, rebuild_error
+
+from conftest import SHORT_DOCUMENT
+
+QUESTION = [{"role": "system", "content": "Answer using only this document.\n\n" + SHORT_DOCUMENT},
+            {"role": "user", "content": "Who is the harbour master?"}]
+
+
+def test_worker_streams_an_answer_and_reuses_the_prefix(model_path):
+    with EngineWorker(EngineSpec(str(model_path), "f16", n_ctx=512, n_threads=2)) as worker:
+        assert worker.loaded is not None and worker.loaded.n_ctx_train == 8192
+        assert worker.pid != os.getpid()
+        events = list(worker.answer(QUESTION, max_tokens=16))
+        done = events[-1]
+        assert isinstance(done, AnswerDone)
+        assert "".join(e.text for e in events if isinstance(e, Token)).strip() == done.text.strip()
+        assert "Varga" in done.text
+        again = list(worker.answer(QUESTION, max_tokens=4))[-1]
+        assert isinstance(again, AnswerDone) and again.n_evaluated <= 2  # all but the last token reused
+        assert worker.count_chat_tokens(QUESTION) == done.n_prompt
+
+
+def test_stop_flag_cancels_between_tokens(model_path):
+    with EngineWorker(EngineSpec(str(model_path), "f16", n_ctx=512, n_threads=2)) as worker:
+        events = []
+        for event in worker.answer([{"role": "user", "content": "Count from one to one hundred in words."}], 200):
+            events.append(event)
+            if isinstance(event, Token) and sum(isinstance(e, Token) for e in events) == 3:
+                worker.stop()
+        done = events[-1]
+        assert isinstance(done, AnswerDone) and done.finish == "cancelled" and done.n_generated < 10
+
+
+def test_errors_cross_the_process_boundary_as_their_types(model_path):
+    with EngineWorker(EngineSpec(str(model_path), "f16", n_ctx=256, n_threads=2)) as worker:
+        long = [{"role": "user", "content": "word " * 400}]
+        failed = list(worker.answer(long, 4))[-1]
+        assert isinstance(failed, EngineFailed) and failed.kind == "ContextOverflowError"
+        assert "holds 256" in failed.message
+    exc = rebuild_error("ContextOverflowError", "The prompt needs 9 tokens but the context holds 4.",
+                        {"tokens": 9, "limit": 4})
+    assert isinstance(exc, ContextOverflowError) and (exc.tokens, exc.limit) == (9, 4)
+
+
+def test_a_bad_arm_is_refused_with_its_reason(model_path):
+    worker = EngineWorker(EngineSpec(str(model_path), "d2:k16v32", n_ctx=256, n_threads=2))
+    try:
+        worker.start()
+    except ArmUnavailableError as exc:  # until the D2 cache lands in this build
+        assert exc.arm.startswith("d2") and exc.reason
+    else:
+        worker.close()
+
+
+def test_a_killed_engine_becomes_engine_failed_and_the_parent_survives(model_path):
+    worker = EngineWorker(EngineSpec(str(model_path), "f16", n_ctx=512, n_threads=2)).__enter__()
+    try:
+        events = []
+        for event in worker.answer([{"role": "user", "content": "Tell me a long story."}], 200):
+            events.append(event)
+            if isinstance(event, Token):
+                os.kill(worker.pid, signal.SIGKILL)
+        last = events[-1]
+        assert isinstance(last, EngineFailed) and last.kind == "EngineCrashedError"
+        assert "SIGKILL" in last.message
+        with pytest.raises(EngineCrashedError):
+            worker.count_tokens("hello")
+    finally:
+        worker.close()
