@@ -122,7 +122,7 @@ def normalize(text: str) -> str:
 
 def _read_pdf(path: Path, on_progress: Progress | None) -> list[str]:
     import pypdf
-    from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError, PdfStreamError
 
     try:
         reader = pypdf.PdfReader(str(path), strict=False)
@@ -130,7 +130,7 @@ def _read_pdf(path: Path, on_progress: Progress | None) -> list[str]:
             try:
                 if not reader.decrypt(""):  # an owner-password-only PDF opens with the empty password
                     raise EncryptedPdfError(str(path))
-            except (NotImplementedError, FileNotDecryptedError, PdfReadError) as exc:
+            except (NotImplementedError, DependencyError, FileNotDecryptedError, PdfReadError) as exc:
                 raise EncryptedPdfError(str(path)) from exc
         total = len(reader.pages)
         pages: list[str] = []

@@ -1,0 +1,181 @@
+"""Document ingest: PDF pages with markers, text clean-up, the cache, and every bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fpdf import FPDF
+from pypdf import PdfReader, PdfWriter
+
+from app.errors import (
+    BinaryFileError,
+    CorruptPdfError,
+    DocumentNotFoundError,
+    DocumentTooLargeError,
+    EmptyDocumentError,
+    EncryptedPdfError,
+    PageRangeError,
+    ScannedPdfError,
+)
+from app.ingest import Document, load_document, normalize
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("FRAQTL_CACHE_DIR", str(folder))
+    return folder
+
+
+def make_pdf(path: Path, pages: list[list[str]]) -> Path:
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for lines in pages:
+        pdf.add_page()
+        for line in lines:
+            pdf.cell(0, 8, line, new_x="LMARGIN", new_y="NEXT")
+    pdf.output(str(path))
+    return path
+
+
+@pytest.fixture
+def text_pdf(tmp_path: Path) -> Path:
+    return make_pdf(tmp_path / "manual.pdf", [
+        ["The pump station opened in 1923.", "Its chief was Ada Brill."],
+        ["The reservoir holds 40,000 cubic metres of", "water and its infor-", "mation desk opens at nine."],
+        ["Appendix: maintenance every spring."],
+    ])
+
+
+def test_pdf_pages_are_marked_and_dehyphenated(text_pdf: Path) -> None:
+    progress: list[tuple[int, int]] = []
+    doc = load_document(text_pdf, on_progress=lambda d, t: progress.append((d, t)))
+    assert doc.kind == "pdf" and doc.paged and len(doc.pages) == 3
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    assert doc.text.startswith("[p. 1]\nThe pump station opened in 1923.")
+    assert "[p. 2]" in doc.text and "[p. 3]" in doc.text
+    assert "information desk" in doc.page(2)
+    assert doc.page(4) is None
+
+
+def test_second_open_comes_from_the_cache(text_pdf: Path, cache_dir: Path) -> None:
+    first = load_document(text_pdf)
+    cached = list((cache_dir / "documents").glob(f"{first.sha256}.*.json"))
+    assert len(cached) == 1
+    cached[0].write_text(cached[0].read_text().replace("Ada Brill", "Ada Cached"))
+    again = load_document(text_pdf)
+    assert "Ada Cached" in again.text and again.sha256 == first.sha256
+    assert "Ada Brill" in load_document(text_pdf, use_cache=False).text
+
+
+def test_normalize_nfkc_hyphens_and_newlines() -> None:
+    assert normalize("e\ufb03cient   \r\nwork") == "efficient\nwork"
+    assert normalize("a long docu-\n  ment here") == "a long document here"
+    assert normalize("keep well-known words") == "keep well-known words"
+    assert normalize("one\n\n\n\n\ntwo") == "one\n\ntwo"
+
+
+def test_markdown_and_form_feed_pages(tmp_path: Path) -> None:
+    plain = tmp_path / "notes.md"
+    plain.write_text("# Notes\n\nJust one page.\n", encoding="utf-8")
+    doc = load_document(plain)
+    assert doc.kind == "text" and not doc.paged and doc.text == "# Notes\n\nJust one page."
+    paged = tmp_path / "rfc.txt"
+    paged.write_text("Page one.\f\nPage two.\n\f", encoding="utf-8")
+    doc = load_document(paged)
+    assert doc.paged and doc.pages == ("Page one.", "Page two.")
+    assert doc.text == "[p. 1]\nPage one.\n\n[p. 2]\nPage two."
+
+
+def test_latin1_text_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.txt"
+    path.write_bytes("Caf\xe9 cr\xe8me".encode("cp1252"))
+    assert load_document(path).text == "Café crème"
+
+
+def test_page_range_and_join(text_pdf: Path, tmp_path: Path) -> None:
+    doc = load_document(text_pdf)
+    part = doc.parse_range("2-3")
+    assert part.first_page == 2 and part.text.startswith("[p. 2]") and part.page(1) is None
+    assert part.parse_range("3").pages == (doc.page(3),)
+    for bad in ("0-2", "3-9", "two", "3-2"):
+        with pytest.raises(PageRangeError, match="page range within 1–3"):
+            doc.parse_range(bad)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Extra notes.", encoding="utf-8")
+    joined = Document.join([doc, load_document(notes)])
+    assert len(joined.pages) == 4 and joined.page(4).startswith("## notes.txt")
+    assert joined.title == "manual.pdf + notes.txt"
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def test_encrypted_pdf(text_pdf: Path, tmp_path: Path) -> None:
+    writer = PdfWriter(clone_from=PdfReader(str(text_pdf)))
+    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
+    locked = tmp_path / "locked.pdf"
+    with locked.open("wb") as fh:
+        writer.write(fh)
+    with pytest.raises(EncryptedPdfError, match="is an encrypted PDF; remove its password"):
+        load_document(locked)
+
+
+def test_owner_password_only_pdf_opens(text_pdf: Path, tmp_path: Path) -> None:
+    writer = PdfWriter(clone_from=PdfReader(str(text_pdf)))
+    writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")
+    restricted = tmp_path / "restricted.pdf"
+    with restricted.open("wb") as fh:
+        writer.write(fh)
+    assert "Ada Brill" in load_document(restricted).text
+
+
+def test_corrupt_pdf(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.7\n" + bytes(range(1, 200)) * 5)
+    with pytest.raises(CorruptPdfError, match="is a damaged PDF that cannot be read"):
+        load_document(broken)
+
+
+def test_scanned_pdf_without_text_layer(tmp_path: Path) -> None:
+    pdf = FPDF()
+    for _ in range(2):
+        pdf.add_page()
+        pdf.rect(20, 20, 100, 60, style="F")  # an "image" of a page, no text
+    scanned = tmp_path / "scan.pdf"
+    pdf.output(str(scanned))
+    with pytest.raises(ScannedPdfError, match="has no text layer on any of its 2 page") as info:
+        load_document(scanned)
+    assert info.value.pages == 2
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(EmptyDocumentError, match="is empty; pick a document that contains text"):
+        load_document(empty)
+    blank = tmp_path / "blank.md"
+    blank.write_text("  \n\n \f \n")
+    with pytest.raises(EmptyDocumentError):
+        load_document(blank)
+
+
+def test_binary_file(tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    with pytest.raises(BinaryFileError, match="is a binary file, not text or PDF"):
+        load_document(image)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DocumentNotFoundError, match="There is no file at .*nowhere.pdf; check the path"):
+        load_document(tmp_path / "nowhere.pdf")
+
+
+def test_document_too_large(tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 1000)
+    with pytest.raises(DocumentTooLargeError, match="over the 0 MiB limit; split it or raise FRAQTL_MAX_DOCUMENT_MB") as info:
+        load_document(big, max_bytes=1000)
+    assert (info.value.size, info.value.limit) == (5000, 1000)
