@@ -133,8 +133,10 @@ def _run_one(document: Document, question: str, settings: Settings, model_path: 
         result.status, result.reason = "failed", str(exc)
     finally:
         if sampler is not None and sampler.available and result.status == "done":
-            sampler.sample_now()  # one sample at the end, in case the answer beat the sampler's interval
-            result.peak_vram = peak_between(sampler, m0, time.monotonic())
+            last = sampler.sample_now()  # one sample at the end, in case the answer beat the sampler's interval
+            peak = peak_between(sampler, m0, time.monotonic())
+            ending = sampler.process_estimate(last) if last is not None else None
+            result.peak_vram = max(v for v in (peak, ending, 0) if v is not None) if (peak or ending) else None
         conversation.close()
         result.seconds = time.perf_counter() - t0
     on_update(result, None)

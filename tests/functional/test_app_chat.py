@@ -11,7 +11,7 @@ from app.settings import Settings
 from app.ui import create_app
 from app.ui.screens import OverflowDialog
 from app.ui.widgets import AnswerView, QuestionView
-from conftest import wait_for
+from app_pilot import wait_for
 
 
 def small_settings(**changes) -> Settings:

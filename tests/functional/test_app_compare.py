@@ -6,7 +6,7 @@ from app.settings import Settings
 from app.ui import create_app
 from app.ui.screens import CompareScreen
 from app.ui.widgets import ArmPanel
-from conftest import wait_for
+from app_pilot import wait_for
 
 
 async def test_compare_renders_three_arms_and_saves_a_report(model_path, app_dirs, short_document):

@@ -11,7 +11,7 @@ from engine.errors import ArmUnavailableError, ContextOverflowError, EngineCrash
 from engine.events import AnswerDone, EngineFailed, Token
 from engine.worker import EngineSpec, EngineWorker, rebuild_error
 
-from conftest import SHORT_DOCUMENT
+from app_pilot import SHORT_DOCUMENT
 
 QUESTION = [{"role": "system", "content": "Answer using only this document.\n\n" + SHORT_DOCUMENT},
             {"role": "user", "content": "Who is the harbour master?"}]

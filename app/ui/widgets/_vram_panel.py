@@ -88,7 +88,7 @@ class VramPanel(Vertical):
                 live.update(Text.assemble(
                     (f"{getattr(self.sampler.device, 'name', 'GPU')}\n", "bold"),
                     f"device {human(last.device_used)} / {human(last.device_total)}\n",
-                    (f"engine {human(mine)}", "bold green"), f" ({source}) · peak {human(self.sampler.peak_used)}"))
+                    (f"engine {human(mine)}", "bold green"), f" ({source})\ndevice peak {human(self.sampler.peak_used)}"))
                 spark.data = [self.sampler.process_estimate(s) / MIB for s in history[-60:]]
         self.query_one("#vram-estimates", Static).update(self._estimates())
 

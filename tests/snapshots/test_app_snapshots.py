@@ -1,0 +1,97 @@
+"""Snapshots of each main screen at fixed terminal sizes, with a fake engine and NVML sampler.
+
+Update after a deliberate UI change with ``pytest tests/snapshots --snapshot-update``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input
+
+from app.samples import DEFAULT_SAMPLE
+from app.settings import Settings
+from app.ui import create_app
+from app_fakes import FakeEngine, FakeSampler
+
+SIZE = (130, 40)
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    from engine.models import resolve
+
+    try:
+        return resolve(None)  # only its GGUF metadata is read (for the estimates)
+    except Exception as exc:  # pragma: no cover
+        pytest.skip(f"default model unavailable: {exc}")
+
+
+@pytest.fixture(autouse=True)
+def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("CACHE", "DATA", "CONFIG"):
+        monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))
+    return tmp_path
+
+
+def make_app(model_path: Path, gpu: bool = True, factory=FakeEngine, **settings):
+    values = dict(n_ctx=8192, max_tokens=64)
+    values.update(settings)
+    return create_app(Settings(**values), [DEFAULT_SAMPLE], model_path, factory=factory,
+                      sampler=FakeSampler(available=gpu), vram_refresh_s=0)
+
+
+async def settle(pilot, condition, steps: int = 200) -> None:
+    for _ in range(steps):
+        if condition():
+            break
+        await pilot.pause(0.02)
+    for input_ in pilot.app.screen.query(Input):
+        input_.cursor_blink = False
+    await pilot.pause()
+
+
+async def ask_sample_question(pilot) -> None:
+    screen = pilot.app.chat_screen
+    await settle(pilot, lambda: screen.state == "ready")
+    screen.query_one("#question").value = "Who designed the railway?"
+    await pilot.press("enter")
+    await settle(pilot, lambda: screen.state == "ready" and screen.last_done is not None)
+
+
+def test_chat_screen_with_gpu_telemetry(snap_compare, model_path) -> None:
+    assert snap_compare(make_app(model_path), terminal_size=SIZE, run_before=ask_sample_question)
+
+
+def test_chat_screen_without_gpu(snap_compare, model_path) -> None:
+    assert snap_compare(make_app(model_path, gpu=False), terminal_size=SIZE, run_before=ask_sample_question)
+
+
+def test_overflow_dialog(snap_compare, model_path) -> None:
+    async def refused(pilot) -> None:
+        await settle(pilot, lambda: bool(pilot.app.screen.query("#overflow-numbers")))
+
+    app = make_app(model_path, gpu=False, factory=lambda spec: FakeEngine(spec, tokens_per_word=40.0))
+    assert snap_compare(app, terminal_size=SIZE, run_before=refused)
+
+
+def test_compare_screen(snap_compare, model_path) -> None:
+    async def compared(pilot) -> None:
+        await ask_sample_question(pilot)
+        await pilot.press("f2")
+        await settle(pilot, lambda: bool(pilot.app.screen.query("#compare-run")))
+        await pilot.click("#compare-run")
+        await settle(pilot, lambda: bool(getattr(pilot.app.screen, "results", None)))
+        pilot.app.clear_notifications()
+
+    assert snap_compare(make_app(model_path), terminal_size=SIZE, run_before=compared)
+
+
+def test_settings_screen(snap_compare, model_path) -> None:
+    async def settings(pilot) -> None:
+        await settle(pilot, lambda: pilot.app.chat_screen.state == "ready")
+        await pilot.press("f4")
+        await settle(pilot, lambda: bool(pilot.app.screen.query("#settings-save")))
+
+    assert snap_compare(make_app(model_path, gpu=False), terminal_size=SIZE, run_before=settings)
