@@ -70,7 +70,7 @@ class CompareScreen(Screen[None]):
 
     @on(Input.Submitted, "#compare-question")
     @on(Button.Pressed, "#compare-run")
-    def action_run(self) -> None:
+    async def action_run(self) -> None:
         question = self.query_one("#compare-question", Input).value.strip()
         if not question:
             self.notify("Type the question every arm should answer.", severity="warning")
@@ -86,7 +86,7 @@ class CompareScreen(Screen[None]):
         self.question = question
         self.query_one("#compare-save", Button).disabled = True
         for panel in self.query(ArmPanel):
-            panel.show(ArmResult(panel.arm))
+            await panel.show(ArmResult(panel.arm))
         self.run_arms(question)
 
     @work(thread=True, exclusive=True, group="compare")
@@ -102,16 +102,16 @@ class CompareScreen(Screen[None]):
         self.post_message(ComparisonCompleted(results))
 
     @on(ArmUpdated)
-    def arm_updated(self, message: ArmUpdated) -> None:
+    async def arm_updated(self, message: ArmUpdated) -> None:
         panel = self.query_one(f"#arm-{message.result.arm.replace(':', '-')}", ArmPanel)
-        panel.show(message.result)
+        await panel.show(message.result)
 
     @on(ComparisonCompleted)
-    def comparison_completed(self, message: ComparisonCompleted) -> None:
+    async def comparison_completed(self, message: ComparisonCompleted) -> None:
         self.running = False
-        self.results = message.results
         for result in message.results:
-            self.arm_updated(ArmUpdated(result))
+            await self.arm_updated(ArmUpdated(result))
+        self.results = message.results
         self.query_one("#compare-save", Button).disabled = False
         done = sum(r.ok for r in message.results)
         self.notify(f"Compared {len(message.results)} arms: {done} answered.")

@@ -36,15 +36,16 @@ class ArmPanel(Vertical):
             yield Markdown("", classes="arm-answer")
         yield Static("", classes="arm-stats")
 
-    def show(self, result: ArmResult) -> None:
-        self.result = result
+    async def show(self, result: ArmResult) -> None:
+        previous, self.result = self.result, result
         self.set_class(result.status == "unavailable", "unavailable")
         self.set_class(result.status == "failed", "failed")
         status = _STATUS.get(result.status, result.status)
         if result.reason:
             status = f"{status}: {result.reason}"
         self.query_one(".arm-status", Label).update(status)
-        self.query_one(".arm-answer", Markdown).update(result.answer)
+        if result.answer != previous.answer or not result.answer:
+            await self.query_one(".arm-answer", Markdown).update(result.answer)  # awaited: updates stay in order
         self.query_one(".arm-stats", Static).update(self._stats(result))
 
     @staticmethod
