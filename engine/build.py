@@ -52,6 +52,7 @@ MARKER_NAME = "fraqtl-llama-build.json"
 # Parts of the sdist that are never compiled: skipping them keeps the tree (and the
 # export tarball) small.
 _SKIP_PARTS = (
+    ".git",
     "vendor/llama.cpp/.git",
     "vendor/llama.cpp/docs",
     "vendor/llama.cpp/models",

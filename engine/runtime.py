@@ -70,8 +70,10 @@ class Runtime:
         self.n_evaluated_total = 0
         kwargs: dict[str, Any] = {}
         if yarn and n_ctx > self.info.n_ctx_train > 0:
+            # the same scaling calibration uses above the trained context
             kwargs.update(
                 rope_scaling_type=self.llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
+                rope_freq_scale=self.info.n_ctx_train / n_ctx,
                 yarn_orig_ctx=self.info.n_ctx_train,
             )
         self.d2_settings: D2Settings | None = None

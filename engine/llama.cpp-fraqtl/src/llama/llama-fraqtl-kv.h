@@ -36,7 +36,8 @@ struct llama_fraqtl_kv {
     ggml_type type_v    = GGML_TYPE_F16;
 
     // indexed by model layer; nullptr where the layer has no KV cache
-    std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: x -> coefficients
+    std::vector<ggml_tensor *> rot_q;   // [hd_k, hd_k, n_head_kv] f32: q -> coefficients times scale
+    std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: k -> coefficients over scale
     std::vector<ggml_tensor *> rot_v;   // [hd_v, hd_v, n_head_kv] f32
     std::vector<ggml_tensor *> unrot_v; // [hd_v, hd_v, n_head_kv] f32: coefficients -> x
     std::vector<ggml_tensor *> exact_k; // [hd_k*n_head_kv, n_exact + 1] f16, rotated

@@ -1,0 +1,225 @@
+"""The D2 KV cache in our llama.cpp build, driven through the engine on the real SmolLM2.
+
+Controls prove the rotation algebra (identity and signed-permutation bases with every
+direction in fp16 reproduce the f16 arm; a dense random basis stays within fp16 rounding),
+the allocation equals the recipe's formula, prefix reuse and seq_rm keep the exact
+sink/window copies right, and bad sidecars are clear errors, never an abort.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import sidecar as sc
+from engine.arms import ArmConfig, Recipe
+from engine.d2 import D2Settings
+from engine.errors import ArmUnavailableError
+from engine.estimates import kv_bytes as estimate_kv_bytes
+from engine.events import AnswerDone
+from engine.gguf import read_gguf
+from engine.runtime import Runtime
+
+N_TOKENS = 1024
+NO_EXACT = Recipe(sinks=0, window=0)
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    from engine.models import resolve
+
+    return resolve(None)
+
+
+@pytest.fixture(scope="module")
+def tokens(model: Path) -> list[int]:
+    text = (Path(__file__).resolve().parents[2] / "engine" / "corpus" / "technical-prose.txt").read_text()
+    rt = Runtime(model, "f16", n_ctx=256)
+    try:
+        toks = rt.tokenize(text)
+    finally:
+        rt.close()
+    assert len(toks) >= N_TOKENS
+    return toks[:N_TOKENS]
+
+
+def run_logits(model: Path, toks: list[int], arm: str, d2: D2Settings | None = None) -> np.ndarray:
+    rt = Runtime(model, arm, n_ctx=2048, logits_all=True, d2=d2)
+    try:
+        rt.llm.eval(toks)
+        return np.array(rt.llm.scores[: len(toks)], dtype=np.float64)
+    finally:
+        rt.close()
+
+
+def kld(ref: np.ndarray, other: np.ndarray) -> float:
+    la = ref - ref.max(1, keepdims=True)
+    la -= np.log(np.exp(la).sum(1, keepdims=True))
+    lb = other - other.max(1, keepdims=True)
+    lb -= np.log(np.exp(lb).sum(1, keepdims=True))
+    return float((np.exp(la) * (la - lb)).sum(1).mean())
+
+
+@pytest.fixture(scope="module")
+def f16_logits(model: Path, tokens: list[int]) -> np.ndarray:
+    return run_logits(model, tokens, "f16")
+
+
+def test_identity_basis_all_fp16_matches_f16(model: Path, tokens: list[int], f16_logits: np.ndarray) -> None:
+    # compressed path only (no exact copies) and the exact-copy path: both reproduce f16
+    for recipe in (NO_EXACT, Recipe(sinks=8, window=256)):
+        d2 = D2Settings(recipe=recipe, basis="identity", k_protect=64, v_protect=64)
+        logits = run_logits(model, tokens, "d2", d2)
+        assert np.abs(logits - f16_logits).max() <= 1e-3
+
+
+def control_basis(model: Path, tmp_path: Path, mode: str) -> D2Settings:
+    """Signed identity ("sign") or signed permutation ("perm"): orthonormal and exact in fp16."""
+    info = read_gguf(model)
+    rng = np.random.default_rng(11)
+    basis = np.zeros((info.n_layer, info.n_head_kv, 64, 64), dtype=np.float32)
+    for il in range(info.n_layer):
+        for h in range(info.n_head_kv):
+            perm = np.arange(64) if mode == "sign" else rng.permutation(64)
+            basis[il, h, np.arange(64), perm] = rng.choice([-1.0, 1.0], size=64)
+    k = sc.write_sidecar(sc.SidecarFile("k", basis, ranks=np.full((info.n_layer, info.n_head_kv), 64, np.int32)),
+                         tmp_path / f"{mode}.fraqtl-k-eigenbasis.bin")
+    v = sc.write_sidecar(sc.SidecarFile("v", basis, protect=64), tmp_path / f"sidecar_real_u_{mode}.bin")
+    return D2Settings(recipe=NO_EXACT, k_sidecar=k, v_sidecar=v, k_protect=64, v_protect=64)
+
+
+def test_per_head_sign_basis_matches_f16_exactly(model: Path, tokens: list[int], f16_logits: np.ndarray,
+                                                 tmp_path: Path) -> None:
+    # different matrices per (layer, KV head): a wrong head mapping for Q, K, V or the output
+    # would break this, and fp16 rounding commutes with a sign flip
+    logits = run_logits(model, tokens, "d2", control_basis(model, tmp_path, "sign"))
+    assert np.abs(logits - f16_logits).max() <= 1e-3
+
+
+def test_dense_random_basis_is_within_fp16_rounding(model: Path, tokens: list[int], f16_logits: np.ndarray,
+                                                    tmp_path: Path) -> None:
+    # Reordering head dimensions (a signed permutation: exact algebra, exact fp16 values) only
+    # changes the order of the fp16 dot products, yet this 135M model amplifies that to a
+    # visible KLD: that is the rounding floor. A dense random basis must stay at that floor.
+    floor = kld(f16_logits, run_logits(model, tokens, "d2", control_basis(model, tmp_path, "perm")))
+    dense = run_logits(model, tokens, "d2",
+                       D2Settings(recipe=NO_EXACT, basis="random", seed=5, k_protect=64, v_protect=64))
+    assert 0 < floor < 0.01
+    assert kld(f16_logits, dense) < 1.5 * floor
+    assert np.mean(dense.argmax(1) == f16_logits.argmax(1)) > 0.95
+
+
+def test_allocation_equals_the_recipe_formula(model: Path) -> None:
+    info = read_gguf(model)
+    for recipe, (type_k, type_v) in ((Recipe(), (43, 44)), (Recipe(k_rank=32, v_rank=64), (44, 45))):
+        arm = ArmConfig("d2", recipe)
+        rt = Runtime(model, arm, n_ctx=1000, d2=D2Settings(recipe=recipe, basis="identity"))
+        try:
+            mem = rt.kv_memory()
+        finally:
+            rt.close()
+        assert mem is not None and mem.d2
+        assert (mem.type_k, mem.type_v) == (type_k, type_v)
+        cells = 1024  # llama.cpp pads the context to 256 cells
+        k_block = 2 + 2 * recipe.protected(64, "k") + (64 - recipe.protected(64, "k")) * 3 // 8
+        v_block = 2 + 2 * recipe.protected(64, "v") + (64 - recipe.protected(64, "v")) * 3 // 8
+        assert mem.k_bytes == cells * info.n_layer * info.n_head_kv * k_block
+        assert mem.v_bytes == cells * info.n_layer * info.n_head_kv * v_block
+        assert mem.kv_bytes == estimate_kv_bytes(info, arm, 1000)
+        # exact copies: sinks + window (capped at the cache) + one scratch row, f16
+        rows = min(recipe.sinks + recipe.window, cells) + 1
+        assert mem.exact_bytes == rows * info.n_layer * info.n_head_kv * 128 * 2
+    # the locked recipe at head_dim 64 is the same 5.69 bits per element as at 128
+    assert ArmConfig.parse("d2").bits_per_element(64, 64) == pytest.approx(5.6875)
+    assert ArmConfig.parse("d2").bits_per_element(128, 128) == pytest.approx(5.6875)
+
+
+def test_seq_rm_keeps_exact_copies_consistent(model: Path, tokens: list[int]) -> None:
+    # a small window so that the ring wraps; removing a tail and evaluating other tokens
+    # must give the logits a fresh context gives for the same sequence
+    d2 = D2Settings(recipe=Recipe(sinks=8, window=64), basis="random", seed=2)
+    a, b, c = tokens[:300], tokens[300:420], tokens[600:700]
+    rt = Runtime(model, "d2", n_ctx=1024, logits_all=True, d2=d2)
+    try:
+        rt.llm.eval(a + b)
+        rt.truncate(len(a))
+        rt.llm.eval(c)
+        reused = np.array(rt.llm.scores[len(a) : len(a) + len(c)])
+    finally:
+        rt.close()
+    rt = Runtime(model, "d2", n_ctx=1024, logits_all=True, d2=d2)
+    try:
+        rt.llm.eval(a + c)
+        fresh = np.array(rt.llm.scores[len(a) : len(a) + len(c)])
+    finally:
+        rt.close()
+    assert np.abs(reused - fresh).max() <= 1e-3
+
+
+def test_follow_up_question_reuses_the_document(model: Path) -> None:
+    # the shipped calibrated sidecars, with a small window so that the document is compressed
+    document = ("The research station Kestrel Point lies on the island of Varn. Its director is Maren Oduya. "
+                "The station was opened in 1962 and its radio call sign is KPX-44.\n") * 6
+    rt = Runtime(model, "d2:k16v32s8w32", n_ctx=2048)
+    try:
+        def ask(question: str) -> AnswerDone:
+            messages = [{"role": "user", "content": f"{document}\n{question}"}]
+            return [ev for ev in rt.answer(messages, max_tokens=24) if isinstance(ev, AnswerDone)][0]
+
+        first = ask("Who is the director of the station?")
+        n_doc = len(rt.chat_tokens([{"role": "user", "content": document}]))
+        second = ask("In which year was the station opened?")
+    finally:
+        rt.close()
+    assert first.n_evaluated == first.n_prompt
+    assert second.n_evaluated < second.n_prompt - n_doc + 16  # the document was not evaluated again
+    assert "Maren" in first.text or "Oduya" in first.text
+    # the reused cache answers exactly as a fresh prefill of the same prompt does
+    fresh_rt = Runtime(model, "d2:k16v32s8w32", n_ctx=2048)
+    try:
+        messages = [{"role": "user", "content": f"{document}\nIn which year was the station opened?"}]
+        fresh = [ev for ev in fresh_rt.answer(messages, max_tokens=24) if isinstance(ev, AnswerDone)][0]
+    finally:
+        fresh_rt.close()
+    assert fresh.n_evaluated == fresh.n_prompt
+    assert second.token_ids == fresh.token_ids
+
+
+def write_bad(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_bad_sidecars_are_clear_errors(model: Path, tmp_path: Path) -> None:
+    info = read_gguf(model)
+    good_v = sc.write_sidecar(sc.control_sidecar("v", info.n_layer, info.n_head_kv, 64, 16, basis="identity"),
+                              tmp_path / "good_v.bin")
+    wrong_model = sc.write_sidecar(
+        sc.SidecarFile("k", np.tile(np.eye(64, dtype=np.float32), (info.n_layer + 2, info.n_head_kv, 1, 1)),
+                       ranks=np.full((info.n_layer + 2, info.n_head_kv), 8, np.int32)),
+        tmp_path / "other.fraqtl-k-eigenbasis.bin")
+    good_k = sc.write_sidecar(
+        sc.SidecarFile("k", np.tile(np.eye(64, dtype=np.float32), (info.n_layer, info.n_head_kv, 1, 1)),
+                       ranks=np.full((info.n_layer, info.n_head_kv), 8, np.int32)),
+        tmp_path / "good.fraqtl-k-eigenbasis.bin")
+    raw = good_k.read_bytes()
+    truncated = write_bad(tmp_path, "truncated.bin", raw[: len(raw) - 100])
+    bad_magic = write_bad(tmp_path, "magic.bin", b"XXXX" + raw[4:])
+    cases = {
+        wrong_model: "dims",
+        truncated: "truncated",
+        bad_magic: "magic",
+    }
+    for path, word in cases.items():
+        with pytest.raises(ArmUnavailableError) as err:
+            Runtime(model, "d2", n_ctx=512, d2=D2Settings(k_sidecar=path, v_sidecar=good_v))
+        assert str(path) in str(err.value) and word in str(err.value)
+
+
+def test_unsupported_recipe_is_an_error_not_an_abort(model: Path) -> None:
+    with pytest.raises(ArmUnavailableError) as err:
+        Runtime(model, "d2", n_ctx=512, d2=D2Settings(basis="identity", k_protect=24))
+    assert "protected directions" in str(err.value)
