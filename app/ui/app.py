@@ -25,7 +25,11 @@ from engine.worker import EngineWorker
 
 def engine_pids() -> list[int]:
     """This process and its engine processes: what the VRAM panel watches."""
-    return [os.getpid(), *(p.pid for p in mp.active_children() if p.pid)]
+    try:
+        children = mp.active_children()
+    except RuntimeError:  # the set of children changed while a process was starting: try next time
+        children = []
+    return [os.getpid(), *(p.pid for p in children if p.pid)]
 
 
 class FraqtlCommands(Provider):

@@ -10,7 +10,7 @@ from app_pilot import wait_for
 
 
 async def test_compare_renders_three_arms_and_saves_a_report(model_path, app_dirs, short_document):
-    settings = Settings(n_ctx=1024, max_tokens=16, n_threads=2)
+    settings = Settings(n_ctx=512, max_tokens=16, n_threads=2)
     app = create_app(settings, [short_document], model_path)
     async with app.run_test(size=(140, 40)) as pilot:
         screen = app.chat_screen

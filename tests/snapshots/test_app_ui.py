@@ -1,0 +1,126 @@
+"""Pilot tests of the UI's paths that need no model: bad inputs, sessions, the palette, settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input
+
+from app.errors import BinaryFileError, DocumentNotFoundError, EmptyDocumentError
+from app.samples import DEFAULT_SAMPLE
+from app.sessions import Session, Turn
+from app.settings import Settings
+from app.ui import create_app
+from app.ui.screens import CompareScreen, OpenDialog, SettingsScreen
+from app.ui.widgets import AnswerView, QuestionView
+from app_fakes import FakeEngine, FakeSampler
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    from engine.models import resolve
+
+    try:
+        return resolve(None)
+    except Exception as exc:  # pragma: no cover
+        pytest.skip(f"default model unavailable: {exc}")
+
+
+@pytest.fixture(autouse=True)
+def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("CACHE", "DATA", "CONFIG"):
+        monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))
+    return tmp_path
+
+
+def make_app(model_path: Path, paths=(DEFAULT_SAMPLE,), **kwargs):
+    return create_app(Settings(n_ctx=8192, max_tokens=64), list(paths), model_path, factory=FakeEngine,
+                      sampler=FakeSampler(available=False), vram_refresh_s=0, **kwargs)
+
+
+async def until(pilot, condition, steps: int = 250) -> None:
+    for _ in range(steps):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("the app did not get there")
+
+
+def status(screen) -> str:
+    return str(screen.query_one("#doc-status").render())
+
+
+async def test_bad_inputs_are_shown_in_one_sentence(model_path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    app = make_app(model_path, paths=())
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        for path, error in ((empty, EmptyDocumentError), (binary, BinaryFileError)):
+            screen.open_paths([path])
+            await until(pilot, lambda: screen.state == "empty")
+            await pilot.pause(0.1)
+            assert status(screen) == str(error(str(path)))
+        # the Open dialog names a missing file and stays open
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: isinstance(app.screen, OpenDialog))
+        app.screen.query_one("#open-path", Input).value = f"'{tmp_path / 'gone.pdf'}'"
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert str(app.screen.query_one("#open-error").render()) == str(DocumentNotFoundError(str(tmp_path / "gone.pdf")))
+        app.screen.query_one("#open-path", Input).value = f"file://{DEFAULT_SAMPLE}"
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready")
+        assert app.document is not None and app.document.title == DEFAULT_SAMPLE.name
+
+
+async def test_a_saved_session_reopens_with_its_transcript(model_path) -> None:
+    from app.ingest import load_document
+
+    doc = load_document(DEFAULT_SAMPLE)
+    session = Session(str(DEFAULT_SAMPLE), doc.title, doc.sha256,
+                      turns=[Turn("user", "Who designed the railway?"), Turn("assistant", "Marta Quell.", "f16")])
+    session.save()
+    app = make_app(model_path, paths=(), session=Session.load(session.id))
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        assert [q.render().plain for q in screen.query(QuestionView)] == ["Who designed the railway?"]
+        assert [a.text for a in screen.query(AnswerView)] == ["Marta Quell."]
+        # the next question carries the transcript and is saved into the same session file
+        assert screen.conversation.messages_for("And when?")[1]["content"] == "Who designed the railway?"
+        screen.query_one("#question").value = "When did it open?"
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready" and screen.last_done is not None)
+        saved = json.loads(session.path.read_text())
+        assert [t["content"] for t in saved["turns"]][-2] == "When did it open?"
+
+
+async def test_command_palette_reaches_compare_and_settings(model_path, app_dirs: Path) -> None:
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: app.chat_screen.state == "ready")
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*"compare arms")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+        await pilot.press("escape")
+        await pilot.press("f4")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        app.screen.query_one("#set-ctx", Input).value = "100"
+        await pilot.click("#settings-save")
+        await pilot.pause(0.1)
+        assert "between 256 and 131,072 tokens, not 100" in str(app.screen.query_one("#settings-error").render())
+        app.screen.query_one("#set-ctx", Input).value = "4096"
+        await pilot.click("#settings-save")
+        await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+        assert app.settings.n_ctx == 4096
+        assert json.loads((app_dirs / "config" / "settings.json").read_text())["n_ctx"] == 4096
+        await until(pilot, lambda: app.chat_screen.state == "ready")  # the engine restarted
+        assert app.conversation.engine.spec.n_ctx == 4096
