@@ -330,6 +330,10 @@ def sync_tree(fresh: Path, stable: Path) -> int:
             if (p.is_file() or p.is_symlink()) and p.relative_to(stable) not in fresh_files:
                 p.unlink()
                 changed += 1
+        fresh_dirs = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_dir()}
+        for p in sorted(stable.rglob("*"), reverse=True):
+            if p.is_dir() and not p.is_symlink() and p.relative_to(stable) not in fresh_dirs and not any(p.iterdir()):
+                p.rmdir()
     for rel in sorted(fresh_files):
         src, dst = fresh / rel, stable / rel
         if dst.is_file() and not src.is_symlink() and dst.read_bytes() == src.read_bytes():
