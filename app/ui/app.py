@@ -118,7 +118,7 @@ class FraqtlApp(App[None]):
             after = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
                      self.settings.sidecar)
             self.model_path = resolve(self.settings.model)
-            if after != before and self.conversation is not None:
+            if after != before and self.conversation is not None and self.chat_screen.state != "answering":
                 self.conversation.model_path = self.model_path
                 self.chat_screen.start_engine()
                 self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.")

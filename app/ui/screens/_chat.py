@@ -7,6 +7,7 @@ from :mod:`app.ui.messages`; the event loop never waits on the model.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
@@ -172,28 +174,34 @@ class ChatScreen(Screen[None]):
         self.query_one(DocumentBar).set_progress(0, 1)
         self.run_engine_start(self.conversation, n_ctx)
 
+    def post_for(self, conversation: Conversation, message: Message) -> None:
+        """Post a worker's message unless its conversation was replaced meanwhile (a new document)."""
+        if conversation is self.conversation:
+            self.post_message(message)
+
     @work(thread=True, exclusive=True, group="engine")
     def run_engine_start(self, conversation: Conversation, n_ctx: int | None) -> None:
+        post = partial(self.post_for, conversation)
         try:
             loaded = conversation.start_engine(n_ctx=n_ctx)
-            self.post_message(EngineStarted(loaded))
+            post(EngineStarted(loaded))
             fit = conversation.measure()
         except EngineError as exc:
-            self.post_message(EngineFailedMessage(str(exc), type(exc).__name__))
+            post(EngineFailedMessage(str(exc), type(exc).__name__))
             return
-        self.post_message(FitMeasured(fit))
+        post(FitMeasured(fit))
         if not fit.fits:
             return
         done: AnswerDone | None = None
         for event in conversation.prefill():
             if isinstance(event, PrefillProgress):
-                self.post_message(PrefillProgressed(event, "document"))
+                post(PrefillProgressed(event, "document"))
             elif isinstance(event, AnswerDone):
                 done = event
             elif isinstance(event, EngineFailed):
-                self.post_message(EngineFailedMessage(event.message, event.kind))
+                post(EngineFailedMessage(event.message, event.kind))
                 return
-        self.post_message(DocumentReady(done))
+        post(DocumentReady(done))
 
     @on(EngineStarted)
     def engine_started(self, message: EngineStarted) -> None:
@@ -227,6 +235,7 @@ class ChatScreen(Screen[None]):
         elif kind == "range":
             document = self.conversation.document.parse_range(str(value))
             self.conversation.session.page_range = str(value)
+            self.pending_session = self.conversation.session  # the session remembers the range
             self.post_message(DocumentLoaded(document))
 
     @on(PrefillProgressed)
@@ -300,6 +309,7 @@ class ChatScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="answer")
     def answer_worker(self, conversation: Conversation, question: str) -> None:
+        post = partial(self.post_for, conversation)
         buffer = ""
         last_post = time.monotonic()
         try:
@@ -307,13 +317,13 @@ class ChatScreen(Screen[None]):
                 if isinstance(event, Token):
                     buffer += event.text
                     if time.monotonic() - last_post >= STREAM_BATCH_S:
-                        self.post_message(AnswerStreamed(buffer))
+                        post(AnswerStreamed(buffer))
                         buffer, last_post = "", time.monotonic()
                 elif isinstance(event, PrefillProgress):
-                    self.post_message(PrefillProgressed(event, "answer"))
+                    post(PrefillProgressed(event, "answer"))
                 elif isinstance(event, AnswerDone):
                     if buffer:
-                        self.post_message(AnswerStreamed(buffer))
+                        post(AnswerStreamed(buffer))
                         buffer = ""
                     citations = check_citations(event.text, conversation.document)
                     try:
@@ -321,11 +331,11 @@ class ChatScreen(Screen[None]):
                     except OSError as exc:
                         self.app.call_from_thread(self.notify, f"The session could not be saved ({exc}).",
                                                   severity="warning")
-                    self.post_message(AnswerCompleted(event, citations))
+                    post(AnswerCompleted(event, citations))
                 elif isinstance(event, EngineFailed):
-                    self.post_message(EngineFailedMessage(event.message, event.kind))
+                    post(EngineFailedMessage(event.message, event.kind))
         except EngineError as exc:
-            self.post_message(EngineFailedMessage(str(exc), type(exc).__name__))
+            post(EngineFailedMessage(str(exc), type(exc).__name__))
 
     @on(AnswerStreamed)
     async def answer_streamed(self, message: AnswerStreamed) -> None:
@@ -382,6 +392,9 @@ class ChatScreen(Screen[None]):
     def action_restart_engine(self) -> None:
         if self.conversation is None:
             self.notify("Open a document first.", severity="warning")
+            return
+        if self.state == "answering":
+            self.notify("An answer is streaming; press Esc to stop it, then restart.", severity="warning")
             return
         self.start_engine()
 
