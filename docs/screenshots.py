@@ -57,10 +57,11 @@ async def main() -> None:
             await wait(pilot, lambda: chat.state == "ready")
         chat.query_one("#question").cursor_blink = False
         save(app, "chat")
+        app.settings.max_tokens = 24  # quantized caches decode slowly on a CPU
         await pilot.press("f2")
         await wait(pilot, lambda: bool(app.screen.query("#compare-run")), 10)
         await pilot.click("#compare-run")
-        await wait(pilot, lambda: bool(app.screen.results))
+        await wait(pilot, lambda: bool(app.screen.results), 900)
         app.screen.query_one("#compare-question").cursor_blink = False
         save(app, "compare")
         await pilot.press("escape")
