@@ -114,11 +114,11 @@ async def test_command_palette_reaches_compare_and_settings(model_path, app_dirs
         await pilot.press("f4")
         await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
         app.screen.query_one("#set-ctx", Input).value = "100"
-        await pilot.click("#settings-save")
+        await pilot.press("ctrl+s")
         await pilot.pause(0.1)
         assert "between 256 and 131,072 tokens, not 100" in str(app.screen.query_one("#settings-error").render())
         app.screen.query_one("#set-ctx", Input).value = "4096"
-        await pilot.click("#settings-save")
+        await pilot.press("ctrl+s")
         await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
         assert app.settings.n_ctx == 4096
         assert json.loads((app_dirs / "config" / "settings.json").read_text())["n_ctx"] == 4096

@@ -255,7 +255,7 @@ class ChatScreen(Screen[None]):
             self.set_state("failed", "Prefill cancelled; press F5 to prefill again.")
             return
         rate = f" at {done.prefill_tok_s:,.0f} tok/s" if done and done.n_evaluated else ""
-        self.set_state("ready", f"Ready: document prefilled{rate}. Ask a question.")
+        self.set_state("ready", f"Ready: prefilled{rate}; ask a question.")
         if self.pending_question:
             question, self.pending_question = self.pending_question, None
             self.run_question(question)

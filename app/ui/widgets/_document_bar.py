@@ -15,8 +15,8 @@ class DocumentBar(Vertical):
     DocumentBar #doc-tokens { width: auto; }
     DocumentBar #progress-line { height: 1; }
     DocumentBar #doc-status { width: 1fr; color: $text-muted; }
-    DocumentBar ProgressBar { width: 34; }
-    DocumentBar Bar { width: 22; }
+    DocumentBar ProgressBar { width: 28; }
+    DocumentBar Bar { width: 20; }
     """
 
     def compose(self) -> ComposeResult:
