@@ -84,3 +84,11 @@ class FakeSampler:
 
     def stop(self) -> None:
         pass
+
+
+def fake_estimate(info, arm, n_ctx: int, n_ubatch: int = 512):
+    """Fixed estimates, so that snapshots do not move when the engine's memory model is refined."""
+    from engine.estimates import KvEstimate
+
+    per_token = {"f16": 23040, "q8_0": 12240, "q4_0": 6480, "d2": 8190}[arm.name]
+    return KvEstimate(arm.label, n_ctx, 96 * MIB, per_token * n_ctx, 0, 40 * MIB)

@@ -13,7 +13,7 @@ from textual.widgets import Input
 from app.samples import DEFAULT_SAMPLE
 from app.settings import Settings
 from app.ui import create_app
-from app_fakes import FakeEngine, FakeSampler
+from app_fakes import FakeEngine, FakeSampler, fake_estimate
 
 SIZE = (130, 40)
 
@@ -30,6 +30,8 @@ def model_path() -> Path:
 
 @pytest.fixture(autouse=True)
 def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr("app.ui.widgets._vram_panel.estimate", fake_estimate)
+    monkeypatch.setattr("app.compare.estimate", fake_estimate)
     for name in ("CACHE", "DATA", "CONFIG"):
         monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))
     return tmp_path
