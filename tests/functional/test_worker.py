@@ -78,3 +78,17 @@ def test_a_killed_engine_becomes_engine_failed_and_the_parent_survives(model_pat
             worker.count_tokens("hello")
     finally:
         worker.close()
+
+
+def test_stop_cancels_a_prefill_within_a_batch(model_path):
+    spec = EngineSpec(str(model_path), "f16", n_ctx=2048, n_batch=32, n_threads=2)
+    with EngineWorker(spec) as worker:
+        long = [{"role": "user", "content": " ".join(f"Line {i}: the tide was high." for i in range(60))}]
+        events = []
+        for event in worker.answer(long, 8):
+            events.append(event)
+            if len(events) == 2:  # the first batch is done
+                worker.stop()
+        done = events[-1]
+        assert isinstance(done, AnswerDone) and done.finish == "cancelled"
+        assert done.n_evaluated < done.n_prompt and done.n_generated == 0
