@@ -103,7 +103,7 @@ class Conversation:
         n_ctx = n_ctx or self.settings.n_ctx
         return EngineSpec(str(self.model_path), arm or self.settings.arm, n_ctx=n_ctx,
                           yarn=self.settings.yarn or n_ctx > self.info.n_ctx_train > 0,
-                          n_threads=self.settings.n_threads or None)
+                          n_threads=self.settings.n_threads or None, sidecar=self.settings.sidecar)
 
     def start_engine(self, arm: str | None = None, n_ctx: int | None = None) -> EngineLoaded:
         """(Re)start the engine process; the transcript stays."""

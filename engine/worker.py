@@ -42,6 +42,7 @@ class EngineSpec:
     n_batch: int = 256
     n_threads: int | None = None
     n_gpu_layers: int = -1
+    sidecar: str | None = None  # a folder of D2 sidecars (with manifest); None: found by model sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +79,35 @@ def rebuild_error(kind: str, message: str, attrs: dict[str, Any]) -> EngineError
 # ---------------------------------------------------------------------------- the child
 
 
+def _sidecar_settings(spec: EngineSpec) -> Any:
+    """D2 settings from the sidecar folder the user chose (None: the engine finds them by sha256)."""
+    if not (spec.sidecar and spec.arm.startswith("d2")):
+        return None
+    from engine import d2 as d2_module
+    from engine import sidecar
+    from engine.arms import ArmConfig
+    from engine.gguf import read_gguf
+    from engine.models import model_sha256
+
+    info = read_gguf(spec.model_path)
+    arm = ArmConfig.parse(spec.arm)
+    found = sidecar.find_sidecars(model_sha256(info.path), dirs=[Path(spec.sidecar).expanduser()])
+    if not found:
+        raise ArmUnavailableError(arm.label, f"no sidecar for {info.name} in {spec.sidecar}; choose the folder "
+                                             "that `fraqtl-calibrate` wrote for this model.")
+    k_path, v_path, manifest = found
+    recipe_for = getattr(d2_module, "recipe_for", None)
+    recipe = recipe_for(info, arm, manifest.data) if recipe_for else arm.recipe
+    return d2_module.D2Settings(recipe=recipe, k_sidecar=Path(k_path), v_sidecar=Path(v_path))
+
+
 def _load_runtime(spec: EngineSpec) -> Any:
     from engine.runtime import Runtime
 
     try:
         return Runtime(spec.model_path, spec.arm, n_ctx=spec.n_ctx, n_batch=spec.n_batch,
-                       n_gpu_layers=spec.n_gpu_layers, yarn=spec.yarn, n_threads=spec.n_threads)
+                       n_gpu_layers=spec.n_gpu_layers, yarn=spec.yarn, n_threads=spec.n_threads,
+                       d2=_sidecar_settings(spec))
     except ImportError as exc:  # the D2 module is not in this build yet
         if spec.arm.startswith("d2"):
             raise ArmUnavailableError(spec.arm, f"this build has no D2 cache yet ({exc.name or exc}).") from exc

@@ -92,3 +92,9 @@ def test_stop_cancels_a_prefill_within_a_batch(model_path):
         done = events[-1]
         assert isinstance(done, AnswerDone) and done.finish == "cancelled"
         assert done.n_evaluated < done.n_prompt and done.n_generated == 0
+
+
+def test_a_sidecar_folder_without_this_models_sidecars_is_refused(model_path, tmp_path):
+    spec = EngineSpec(str(model_path), "d2", n_ctx=256, n_threads=2, sidecar=str(tmp_path))
+    with pytest.raises(ArmUnavailableError, match=f"no sidecar for .* in {tmp_path}"):
+        EngineWorker(spec).start()
