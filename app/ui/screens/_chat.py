@@ -73,6 +73,7 @@ class ChatScreen(Screen[None]):
         self.last_question = ""
         self.pending_question: str | None = None
         self.pending_session: Session | None = None
+        self.state_before_ingest = "empty"
 
     @property
     def fraqtl(self) -> FraqtlApp:
@@ -111,6 +112,7 @@ class ChatScreen(Screen[None]):
     def open_paths(self, paths: list[Path]) -> None:
         if self.busy() and self.conversation is not None:
             self.conversation.stop()
+        self.state_before_ingest = self.state if self.state != "ingesting" else self.state_before_ingest
         self.set_state("ingesting", f"Reading {', '.join(p.name for p in paths)}…")
         self.ingest(paths)
 
@@ -131,7 +133,7 @@ class ChatScreen(Screen[None]):
 
     @on(DocumentFailed)
     def document_failed(self, message: DocumentFailed) -> None:
-        self.set_state("empty" if self.conversation is None else "ready", message.message)
+        self.set_state(self.state_before_ingest, message.message)  # the open document stays usable
         self.notify(message.message, title="Could not open the document", severity="error", timeout=10)
 
     @on(DocumentLoaded)
