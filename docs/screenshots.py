@@ -51,10 +51,10 @@ async def main() -> None:
         chat = app.chat_screen
         await wait(pilot, lambda: chat.state == "ready")
         for question in ("Who designed the railway?", "How long is the Brannock Tunnel?"):
+            before = chat.last_done
             chat.query_one("#question").value = question
             await pilot.press("enter")
-            await wait(pilot, lambda: chat.state == "answering", 30)
-            await wait(pilot, lambda: chat.state == "ready")
+            await wait(pilot, lambda: chat.last_done is not before and chat.state == "ready")
         chat.query_one("#question").cursor_blink = False
         save(app, "chat")
         app.settings.max_tokens = 24  # quantized caches decode slowly on a CPU

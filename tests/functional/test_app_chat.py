@@ -21,9 +21,12 @@ def small_settings(**changes) -> Settings:
 
 
 async def ask(pilot, screen, question: str) -> None:
+    """Submit a question and wait until its answer has started (or already finished)."""
+    before = screen.last_done
     screen.query_one("#question").value = question
     await pilot.press("enter")
-    await wait_for(pilot, lambda: screen.state == "answering", 30, "the answer to start")
+    await wait_for(pilot, lambda: screen.current_answer is not None or screen.last_done is not before,
+                   30, "the answer to start")
 
 
 async def test_pasted_path_opens_document_and_answer_streams_a_fact(model_path, app_dirs, short_document):
