@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How the committed GPU receipts were made on a lent H200 (no network there).
 #   phase build: wheels + CUDA build of the exported source, shaped Mistral-7B model
+#   phase d2:    SmolLM2 KLD + NIAH with the D2 arms (after build)
 #   phase smol:  Mistral-shape memory grid, SmolLM2 KLD + NIAH (the model travels in two parts, see the receipts' README)
 # Expects: .whl/ (gguf, platformdirs, diskcache), .dev/src-lite.tar.gz (engine.build export-source,
 # without .git), .dev/smol.part00 / part01. Receipts land in $OUT as one tarball.
@@ -24,8 +25,10 @@ build)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheel/*.whl
   echo "build done in $(( $(date +%s) - t0 )) s"
   python3 -c "import llama_cpp; print(llama_cpp.llama_cpp.llama_fraqtl_version())"
-  python3 -m bench.cli shape-model -o /tmp/mistral-shape-q4km.gguf
-  echo "shape done in $(( $(date +%s) - t0 )) s"
+  if [ "${FRAQTL_SKIP_SHAPE:-0}" != 1 ]; then
+    python3 -m bench.cli shape-model -o /tmp/mistral-shape-q4km.gguf
+    echo "shape done in $(( $(date +%s) - t0 )) s"
+  fi
   ;;
 smol)
   cat /tmp/smol.part00 .dev/smol.part01 > /tmp/smol.gguf
@@ -36,6 +39,15 @@ smol)
     --out /tmp/receipts 2>&1 | grep -v "━" || true
   python3 -m bench.cli niah --model /tmp/smol.gguf --arms f16,q8_0,q4_0,d2 --timeout 150 \
     --out /tmp/receipts 2>&1 | grep -v "━" || true
+  ;;
+d2)
+  # the D2 arms beside the upstream ones (D2 runs with its cache in host memory on CUDA builds)
+  cat /tmp/smol.part00 .dev/smol.part01 > /tmp/smol.gguf
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/smol.gguf" | sha256sum -c
+  python3 -m bench.cli kld --model /tmp/smol.gguf --arms f16,q8_0,q4_0,d2,d2:k16v32 --timeout 150 \
+    --name kld-smollm2-135m-d2-h200 --out /tmp/receipts 2>&1 | grep -v "━" || true
+  python3 -m bench.cli niah --model /tmp/smol.gguf --arms f16,d2 --timeout 150 \
+    --name niah-smollm2-135m-d2-h200 --out /tmp/receipts 2>&1 | grep -v "━" || true
   ;;
 esac
 tar cf "$OUT/receipts-$phase.tar" -C /tmp/receipts . 2>/dev/null || true

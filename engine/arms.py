@@ -93,6 +93,9 @@ class ArmConfig:
 
     name: str
     recipe: Recipe | None = None
+    # plain "d2": the recipe the model's sidecar manifest recommends at the locked recipe's
+    # memory, else the locked recipe itself
+    model_default: bool = False
 
     @classmethod
     def parse(cls, text: str) -> ArmConfig:
@@ -100,7 +103,7 @@ class ArmConfig:
         if text in _UPSTREAM:
             return cls(text)
         if text == "d2":
-            return cls("d2", LOCKED)
+            return cls("d2", LOCKED, model_default=True)
         if text.startswith("d2:"):
             return cls("d2", Recipe.parse(text[3:]))
         raise EngineError(f"'{text}' is not an arm; choose one of f16, q8_0, q4_0, d2 or d2:<recipe>.")
@@ -109,7 +112,7 @@ class ArmConfig:
     def label(self) -> str:
         if self.recipe is None:
             return self.name
-        return "d2" if self.recipe == LOCKED else f"d2:{self.recipe.label}"
+        return "d2" if self.model_default else f"d2:{self.recipe.label}"
 
     @property
     def is_d2(self) -> bool:

@@ -139,8 +139,24 @@ def settings_for(info: GgufInfo, arm: ArmConfig, model_sha256: str | None = None
             arm.label,
             f"no calibrated sidecar for {info.name}; run `fraqtl-calibrate {info.path}` or choose sidecar files in Settings.",
         )
-    k_path, v_path = found[0], found[1]
-    return D2Settings(recipe=arm.recipe, k_sidecar=Path(k_path), v_sidecar=Path(v_path))
+    k_path, v_path, manifest = found
+    return D2Settings(recipe=recipe_for(info, arm, manifest.data), k_sidecar=Path(k_path), v_sidecar=Path(v_path))
+
+
+def recipe_for(info: GgufInfo, arm: ArmConfig, manifest: dict[str, Any]) -> Recipe:
+    """The arm's recipe; for plain "d2", the manifest's recommended one when it costs the same."""
+    assert arm.recipe is not None
+    text = (manifest.get("recipe") or {}).get("recommended") if arm.model_default else None
+    if not text:
+        return arm.recipe
+    try:
+        rec = Recipe.parse(str(text))
+    except Exception:
+        return arm.recipe  # a manifest we cannot read keeps the locked recipe
+    rec = dataclasses.replace(rec, sinks=arm.recipe.sinks, window=arm.recipe.window, tail_bits=arm.recipe.tail_bits)
+    same_memory = arm.kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v) == ArmConfig(
+        "d2", rec).kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v)
+    return rec if same_memory else arm.recipe
 
 
 def bind(llama_cpp: Any) -> Any:

@@ -517,18 +517,19 @@ ggml_tensor * llama_fraqtl_build_input_slots(ggml_context * ctx, const llama_fra
     return t;
 }
 
-ggml_tensor * llama_fraqtl_build_input_cells(ggml_context * ctx, const llama_fraqtl_kv * d2) {
+ggml_tensor * llama_fraqtl_build_input_rows(ggml_context * ctx, const llama_kv_cache_context * mctx) {
+    const llama_fraqtl_kv * d2 = llama_fraqtl_of(mctx);
     if (!d2 || d2->n_exact == 0) {
         return nullptr;
     }
-    ggml_tensor * t = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, d2->n_exact + 1);
+    ggml_tensor * t = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, mctx->get_n_kv());
     ggml_set_input(t);
-    ggml_set_name(t, "fraqtl_inp_cells");
+    ggml_set_name(t, "fraqtl_inp_rows");
     return t;
 }
 
 void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ubatch * ubatch,
-        ggml_tensor * slots, ggml_tensor * cells) {
+        ggml_tensor * slots, ggml_tensor * rows) {
     llama_fraqtl_kv * d2 = mctx && mctx->get_cache() ? mctx->get_cache()->fraqtl.get() : nullptr;
     if (!d2 || d2->n_exact == 0) {
         return;
@@ -559,23 +560,22 @@ void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ub
         }
     }
 
-    if (cells && cells->buffer) {
-        GGML_ASSERT(ggml_backend_buffer_is_host(cells->buffer));
-        int64_t * data = (int64_t *) cells->data;
-        const uint32_t n_kv = mctx->get_n_kv();
-        // slots whose position is not in the cache point at the padding row n_kv
-        for (int32_t s = 0; s <= d2->n_exact; ++s) {
-            data[s] = n_kv;
-        }
+    if (rows && rows->buffer) {
+        GGML_ASSERT(ggml_backend_buffer_is_host(rows->buffer));
+        int32_t * data = (int32_t *) rows->data;
+        const int32_t n_kv = (int32_t) rows->ne[0];
+        // row i of the attended K/V: the compressed row i, or exact slot s (at n_kv + s)
+        // when cell i holds the position that slot s keeps exact
         const auto & kv_cells = mctx->get_cache()->get_cells(0);
-        for (uint32_t i = 0; i < n_kv && i < kv_cells.size(); ++i) {
-            if (kv_cells.is_empty(i) || !kv_cells.seq_has(i, 0)) {
+        for (int32_t i = 0; i < n_kv; ++i) {
+            data[i] = i;
+            if ((uint32_t) i >= kv_cells.size() || kv_cells.is_empty(i) || !kv_cells.seq_has(i, 0)) {
                 continue;
             }
             const llama_pos p = kv_cells.pos_get(i);
             const int32_t s = d2->slot_of(p);
             if (s >= 0 && d2->slot_pos[s] == p) {
-                data[s] = i;
+                data[i] = n_kv + s;
             }
         }
     }
@@ -607,32 +607,34 @@ void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int
     *v = fraqtl_rotate(ctx, *v, d2->rot_v[il]);
 }
 
-// cache view [hd, n_head_kv, n_kv, 1] with the exact rows put back, as f32
-static ggml_tensor * fraqtl_with_exact(ggml_context * ctx, ggml_tensor * view, ggml_tensor * exact, ggml_tensor * cells) {
+// cache view [hd, n_head_kv, n_kv, 1] with the exact rows put back, as f32: the compressed
+// rows and the exact copies side by side, then one gather (no in-place op, so the
+// scheduler may place every step on any backend)
+static ggml_tensor * fraqtl_with_exact(ggml_context * ctx, ggml_tensor * view, ggml_tensor * exact, ggml_tensor * rows) {
     const int64_t hd   = view->ne[0];
     const int64_t nh   = view->ne[1];
     const int64_t n_kv = view->ne[2];
     ggml_tensor * cur = ggml_cast(ctx, view, GGML_TYPE_F32);
     cur = ggml_reshape_2d(ctx, cur, hd*nh, n_kv);
-    cur = ggml_pad(ctx, cur, 0, 1, 0, 0); // row n_kv takes the copies that are not in the view
-    cur = ggml_set_rows(ctx, cur, exact, cells);
-    return ggml_view_4d(ctx, cur, hd, nh, n_kv, 1,
-            cur->nb[0]*hd, cur->nb[1], cur->nb[1]*n_kv, 0);
+    cur = ggml_concat(ctx, cur, ggml_cast(ctx, exact, GGML_TYPE_F32), 1);
+    cur = ggml_get_rows(ctx, cur, rows);
+    return ggml_reshape_4d(ctx, cur, hd, nh, n_kv, 1);
 }
 
 void llama_fraqtl_build_kv(ggml_context * ctx, ggml_cgraph * gf, const llama_fraqtl_kv * d2, int32_t il,
-        ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * cells,
+        ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
         ggml_tensor ** k, ggml_tensor ** v) {
-    if (d2->n_exact == 0 || !slots || !cells) {
+    if (d2->n_exact == 0 || !slots || !rows) {
         return;
     }
     ggml_tensor * k2 = ggml_reshape_2d(ctx, k_cur, k_cur->ne[0]*k_cur->ne[1], k_cur->ne[2]);
     ggml_tensor * v2 = ggml_reshape_2d(ctx, v_cur, v_cur->ne[0]*v_cur->ne[1], v_cur->ne[2]);
-    // the exact copies of this ubatch are written before attention reads them
-    ggml_build_forward_expand(gf, ggml_set_rows(ctx, d2->exact_k[il], k2, slots));
-    ggml_build_forward_expand(gf, ggml_set_rows(ctx, d2->exact_v[il], v2, slots));
-    *k = fraqtl_with_exact(ctx, *k, d2->exact_k[il], cells);
-    *v = fraqtl_with_exact(ctx, *v, d2->exact_v[il], cells);
+    GGML_UNUSED(gf);
+    // the gather must read the copies after this ubatch's writes: order it after them
+    ggml_tensor * ek = ggml_set_rows(ctx, d2->exact_k[il], k2, slots);
+    ggml_tensor * ev = ggml_set_rows(ctx, d2->exact_v[il], v2, slots);
+    *k = fraqtl_with_exact(ctx, *k, ek, rows);
+    *v = fraqtl_with_exact(ctx, *v, ev, rows);
 }
 
 ggml_tensor * llama_fraqtl_unrotate_out(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il, ggml_tensor * cur) {

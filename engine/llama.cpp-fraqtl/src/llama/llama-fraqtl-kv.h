@@ -40,7 +40,7 @@ struct llama_fraqtl_kv {
     std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: k -> coefficients over scale
     std::vector<ggml_tensor *> rot_v;   // [hd_v, hd_v, n_head_kv] f32
     std::vector<ggml_tensor *> unrot_v; // [hd_v, hd_v, n_head_kv] f32: coefficients -> x
-    std::vector<ggml_tensor *> exact_k; // [hd_k*n_head_kv, n_exact + 1] f16, rotated
+    std::vector<ggml_tensor *> exact_k; // [hd_k*n_head_kv, n_exact + 1] f16, rotated; last row: scratch
     std::vector<ggml_tensor *> exact_v; // [hd_v*n_head_kv, n_exact + 1] f16, rotated
 
     std::vector<llama_pos> slot_pos;    // position held by each exact slot, -1 if none
@@ -75,10 +75,11 @@ void llama_fraqtl_set_error(const std::string & msg);
 const llama_fraqtl_kv * llama_fraqtl_of(const llama_kv_cache_context * mctx);
 
 ggml_tensor * llama_fraqtl_build_input_slots(ggml_context * ctx, const llama_fraqtl_kv * d2, const llama_ubatch & ubatch);
-ggml_tensor * llama_fraqtl_build_input_cells(ggml_context * ctx, const llama_fraqtl_kv * d2);
+// I32 [n_kv]: for each attended row, the compressed row or n_kv + its exact slot
+ggml_tensor * llama_fraqtl_build_input_rows(ggml_context * ctx, const llama_kv_cache_context * mctx);
 
 void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ubatch * ubatch,
-        ggml_tensor * slots, ggml_tensor * cells);
+        ggml_tensor * slots, ggml_tensor * rows);
 
 // rotates q, k (post-RoPE) and v into the D2 bases of layer il
 void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
@@ -87,7 +88,7 @@ void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int
 // stores the exact copies of k_cur/v_cur and replaces the cache views *k/*v by views in
 // which the sink and window rows come from the exact copies
 void llama_fraqtl_build_kv(ggml_context * ctx, ggml_cgraph * gf, const llama_fraqtl_kv * d2, int32_t il,
-        ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * cells,
+        ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
         ggml_tensor ** k, ggml_tensor ** v);
 
 // rotates the attention output [hd_v*n_head, n_tokens] back out of the V basis
