@@ -13,28 +13,9 @@ from textual.widgets import Input
 from app.samples import DEFAULT_SAMPLE
 from app.settings import Settings
 from app.ui import create_app
-from app_fakes import FakeEngine, FakeSampler, fake_estimate
+from app_fakes import FakeEngine, FakeSampler
 
 SIZE = (130, 40)
-
-
-@pytest.fixture(scope="module")
-def model_path() -> Path:
-    from engine.models import resolve
-
-    try:
-        return resolve(None)  # only its GGUF metadata is read (for the estimates)
-    except Exception as exc:  # pragma: no cover
-        pytest.skip(f"default model unavailable: {exc}")
-
-
-@pytest.fixture(autouse=True)
-def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr("app.ui.widgets._vram_panel.estimate", fake_estimate)
-    monkeypatch.setattr("app.compare.estimate", fake_estimate)
-    for name in ("CACHE", "DATA", "CONFIG"):
-        monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))
-    return tmp_path
 
 
 def make_app(model_path: Path, gpu: bool = True, factory=FakeEngine, **settings):

@@ -15,26 +15,7 @@ from app.settings import Settings
 from app.ui import create_app
 from app.ui.screens import CompareScreen, OpenDialog, SettingsScreen
 from app.ui.widgets import AnswerView, QuestionView
-from app_fakes import FakeEngine, FakeSampler, fake_estimate
-
-
-@pytest.fixture(scope="module")
-def model_path() -> Path:
-    from engine.models import resolve
-
-    try:
-        return resolve(None)
-    except Exception as exc:  # pragma: no cover
-        pytest.skip(f"default model unavailable: {exc}")
-
-
-@pytest.fixture(autouse=True)
-def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr("app.ui.widgets._vram_panel.estimate", fake_estimate)
-    monkeypatch.setattr("app.compare.estimate", fake_estimate)
-    for name in ("CACHE", "DATA", "CONFIG"):
-        monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))
-    return tmp_path
+from app_fakes import FakeEngine, FakeSampler
 
 
 def make_app(model_path: Path, paths=(DEFAULT_SAMPLE,), **kwargs):
