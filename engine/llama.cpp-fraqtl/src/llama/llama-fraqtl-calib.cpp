@@ -18,8 +18,11 @@ struct llama_fraqtl_calib {
     int32_t hd_v;
     std::vector<std::vector<double>> mk; // [layer] -> [head][hd_k][hd_k]
     std::vector<std::vector<double>> mv; // [layer] -> [head][hd_v][hd_v]
+    std::vector<std::vector<double>> mq; // [layer] -> [KV head][hd_k][hd_k], summed over its query heads
     std::vector<int64_t> nk;             // rows folded per layer
     std::vector<int64_t> nv;
+    std::vector<int64_t> nq;
+    int32_t n_head = 0;                  // 0: queries are not captured
     std::vector<float> buf;
 };
 
@@ -74,8 +77,44 @@ static int fraqtl_calib_layer(const char * name, const char * prefix) {
     return (end && *end == '\0') ? (int) il : -1;
 }
 
+static bool fraqtl_calib_eval_q(llama_fraqtl_calib * c, struct ggml_tensor * t, int il, bool ask) {
+    // post-RoPE queries, folded into the moments of the KV head each query head reads
+    if (c->n_head <= 0 || t->op != GGML_OP_ROPE || t->ne[0] != c->hd_k || t->ne[1] != c->n_head || !ggml_is_contiguous(t)) {
+        return ask ? false : true;
+    }
+    if (ask) {
+        return true;
+    }
+    const int64_t n_tokens = t->ne[2]*t->ne[3];
+    const int32_t hd  = c->hd_k;
+    const int32_t gqa = c->n_head/c->n_head_kv;
+    c->buf.resize((size_t) ggml_nelements(t));
+    ggml_backend_tensor_get(t, c->buf.data(), 0, ggml_nbytes(t));
+    std::vector<double> row(hd);
+    for (int64_t tok = 0; tok < n_tokens; ++tok) {
+        for (int32_t h = 0; h < c->n_head; ++h) {
+            const float * xr = c->buf.data() + (tok*c->n_head + h)*hd;
+            for (int32_t i = 0; i < hd; ++i) {
+                row[i] = xr[i];
+            }
+            double * mh = c->mq[il].data() + (size_t) (h/gqa)*hd*hd;
+            for (int32_t i = 0; i < hd; ++i) {
+                for (int32_t j = i; j < hd; ++j) {
+                    mh[(size_t) i*hd + j] += row[i]*row[j];
+                }
+            }
+        }
+    }
+    c->nq[il] += n_tokens;
+    return true;
+}
+
 static bool fraqtl_calib_eval(struct ggml_tensor * t, bool ask, void * user_data) {
     auto * c = (llama_fraqtl_calib *) user_data;
+    const int iq = fraqtl_calib_layer(t->name, "Qcur-");
+    if (iq >= 0 && iq < c->n_layer && t->type == GGML_TYPE_F32) {
+        return fraqtl_calib_eval_q(c, t, iq, ask);
+    }
     int il = fraqtl_calib_layer(t->name, "Kcur-");
     bool is_k = true;
     if (il < 0) {
@@ -111,19 +150,35 @@ ggml_backend_sched_eval_callback llama_fraqtl_calib_callback(void) {
     return fraqtl_calib_eval;
 }
 
+bool llama_fraqtl_calib_enable_q(struct llama_fraqtl_calib * calib, int32_t n_head) {
+    if (!calib || n_head <= 0 || n_head % calib->n_head_kv != 0) {
+        return false;
+    }
+    calib->n_head = n_head;
+    calib->mq.assign(calib->n_layer, std::vector<double>((size_t) calib->n_head_kv*calib->hd_k*calib->hd_k, 0.0));
+    calib->nq.assign(calib->n_layer, 0);
+    return true;
+}
+
 int64_t llama_fraqtl_calib_tokens(const struct llama_fraqtl_calib * calib, int32_t il, char kind) {
     if (!calib || il < 0 || il >= calib->n_layer) {
         return -1;
     }
-    return kind == 'k' ? calib->nk[il] : calib->nv[il];
+    switch (kind) {
+        case 'k': return calib->nk[il];
+        case 'v': return calib->nv[il];
+        case 'q': return calib->n_head > 0 ? calib->nq[il] : -1;
+        default:  return -1;
+    }
 }
 
 bool llama_fraqtl_calib_moments(const struct llama_fraqtl_calib * calib, int32_t il, char kind, double * out) {
-    if (!calib || il < 0 || il >= calib->n_layer || (kind != 'k' && kind != 'v')) {
+    if (!calib || il < 0 || il >= calib->n_layer || (kind != 'k' && kind != 'v' && kind != 'q') ||
+        (kind == 'q' && calib->n_head <= 0)) {
         return false;
     }
-    const int32_t hd = kind == 'k' ? calib->hd_k : calib->hd_v;
-    const auto & m = kind == 'k' ? calib->mk[il] : calib->mv[il];
+    const int32_t hd = kind == 'v' ? calib->hd_v : calib->hd_k;
+    const auto & m = kind == 'k' ? calib->mk[il] : kind == 'v' ? calib->mv[il] : calib->mq[il];
     for (int32_t h = 0; h < calib->n_head_kv; ++h) {
         const double * mh = m.data() + (size_t) h*hd*hd;
         double * oh = out + (size_t) h*hd*hd;

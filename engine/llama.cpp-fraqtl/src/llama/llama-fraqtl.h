@@ -70,7 +70,11 @@ LLAMA_API struct llama_fraqtl_calib * llama_fraqtl_calib_init(
 LLAMA_API void llama_fraqtl_calib_free(struct llama_fraqtl_calib * calib);
 LLAMA_API ggml_backend_sched_eval_callback llama_fraqtl_calib_callback(void);
 
-// rows folded into layer il's moments for kind 'k' or 'v' (-1 on a bad argument)
+// also capture post-RoPE queries (kind 'q'): moments per KV head, summed over the query heads
+// that read it; n_head must be a multiple of n_head_kv
+LLAMA_API bool llama_fraqtl_calib_enable_q(struct llama_fraqtl_calib * calib, int32_t n_head);
+
+// rows folded into layer il's moments for kind 'k', 'v' or 'q' (-1 on a bad argument)
 LLAMA_API int64_t llama_fraqtl_calib_tokens(const struct llama_fraqtl_calib * calib, int32_t il, char kind);
 
 // writes n_head_kv * head_dim * head_dim doubles (symmetric, row-major per head)
