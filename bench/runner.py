@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.build import runtime_env
 from engine.nvml import MIB, NvmlSampler
 
 #: llama.cpp's buffer report, e.g. "llama_kv_cache:      CUDA0 KV buffer size =  4096.00 MiB"
@@ -92,6 +93,7 @@ def run_arm(
     job_path.write_text(json.dumps(job))
     result_path.unlink(missing_ok=True)
     env = dict(os.environ, FRAQTL_LLAMA_VERBOSE="1", PYTHONUNBUFFERED="1")
+    env.update(runtime_env(env))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                        env.get("PYTHONPATH", "")]))
     child: dict[str, int] = {}

@@ -465,6 +465,31 @@ def patched_build_works() -> bool:
     return result.returncode == 0 and result.stdout.startswith("fraqtl")
 
 
+def runtime_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment variables a fresh engine process needs for the installed build.
+
+    CUDA builds: on a CUDA 13 host the wheel crashed at model load because libllama's C++ code
+    bound to libstdc++ symbols exported by libggml-cuda; preloading the system libstdc++ fixed
+    it, so engine processes get it (``FRAQTL_NO_PRELOAD=1`` turns this off).
+    """
+    env = dict(os.environ if environ is None else environ)
+    marker = Path(sys.prefix) / MARKER_NAME
+    try:
+        backend = json.loads(marker.read_text()).get("backend")
+    except (OSError, json.JSONDecodeError):
+        backend = None
+    if backend != "cuda" or env.get("FRAQTL_NO_PRELOAD"):
+        return {}
+    for candidate in ("/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
+                      "/usr/lib64/libstdc++.so.6", "/lib/aarch64-linux-gnu/libstdc++.so.6"):
+        if Path(candidate).exists():
+            preload = env.get("LD_PRELOAD", "")
+            if candidate in preload.split(":"):
+                return {}
+            return {"LD_PRELOAD": ":".join(filter(None, [candidate, preload]))}
+    return {}
+
+
 def install_wheel(wheel: Path, key: str, plan: BuildPlan, progress: Progress) -> None:
     progress.step(f"installing {wheel.name}")
     subprocess.run(

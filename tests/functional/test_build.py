@@ -105,3 +105,17 @@ def test_patched_build_is_detected() -> None:
     from engine.runtime import fraqtl_version
 
     assert fraqtl_version().startswith("fraqtl ")
+
+
+def test_runtime_env_preloads_libstdcxx_for_cuda_builds_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / build.MARKER_NAME
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    marker.write_text(json.dumps({"key": "x", "backend": "cpu"}))
+    assert build.runtime_env({}) == {}
+    marker.write_text(json.dumps({"key": "x", "backend": "cuda"}))
+    env = build.runtime_env({})
+    if env:  # a libstdc++ was found at a known path
+        assert env["LD_PRELOAD"].endswith("libstdc++.so.6")
+        assert build.runtime_env({"LD_PRELOAD": env["LD_PRELOAD"]}) == {}
+        assert build.runtime_env({"FRAQTL_NO_PRELOAD": "1"}) == {}
+    assert Path("/lib/x86_64-linux-gnu/libstdc++.so.6").exists() <= bool(env)
