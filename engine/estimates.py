@@ -51,18 +51,32 @@ def exact_copy_bytes(info: GgufInfo, arm: ArmConfig, n_ctx: int) -> int:
     return rows * info.n_layer * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
 
 
-def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = 512) -> int:
-    """Approximate graph buffer: logits plus attention scratch for one ubatch."""
+def _n_vocab(info: GgufInfo) -> int:
     n_vocab = int(info.metadata.get(f"{info.arch}.vocab_size", 0) or 0)
     if not n_vocab:
         tokens = info.metadata.get("tokenizer.ggml.tokens")
         n_vocab = int(tokens.get("array_len", 32000)) if isinstance(tokens, dict) else 32000
+    return n_vocab
+
+
+def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = 512, arm: ArmConfig | None = None) -> int:
+    """llama.cpp's GPU compute buffer for one ubatch with flash attention.
+
+    The graph allocator's peak is the larger of two phases: the output/FFN phase (logits,
+    FFN activations and two residual rows, f32, plus the f16 mask) and, for quantized caches,
+    the attention phase, where the kernels see K and V converted to f16. Fitted to, and equal
+    within 0.1 MiB to, the buffers llama.cpp reported for the Mistral-7B shape at 32K/64K/128K
+    with n_ubatch 2048 (bench/receipts/2026-11-29-memory-mistral-7b-instruct-v0.3-h200).
+    """
+    n_kv = padded_ctx(n_ctx)
     ffn = int(info.metadata.get(f"{info.arch}.feed_forward_length", 4 * info.n_embd) or 0)
-    activations = n_ubatch * (4 * info.n_embd + 2 * ffn) * 4
-    attention = n_ubatch * padded_ctx(n_ctx) * 4 // 4  # flash attention tiles, masks (f16 mask)
-    return n_vocab * n_ubatch * 4 + activations + attention
-
-
+    mask = n_kv * n_ubatch * 2
+    output_phase = n_ubatch * 4 * (_n_vocab(info) + ffn + 2 * info.n_embd) + mask
+    if arm is None or arm.name == "f16":
+        return output_phase
+    kv_f16 = n_kv * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
+    attention_phase = mask + kv_f16 + n_ubatch * info.n_embd * 4 * 4
+    return max(output_phase, attention_phase)
 def estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = 512) -> KvEstimate:
     return KvEstimate(
         arm=arm.label,
@@ -70,5 +84,5 @@ def estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = 512) ->
         weights_bytes=info.weights_bytes,
         kv_bytes=kv_bytes(info, arm, n_ctx),
         exact_copy_bytes=exact_copy_bytes(info, arm, n_ctx),
-        compute_bytes=compute_bytes(info, n_ctx, n_ubatch),
+        compute_bytes=compute_bytes(info, n_ctx, n_ubatch, arm),
     )

@@ -1,0 +1,38 @@
+"""Estimates against what llama.cpp itself allocated (H200 receipt of the Mistral-7B shape)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.arms import ArmConfig
+from engine.estimates import MIB, compute_bytes, kv_bytes
+from engine.gguf import GgufInfo
+
+RECEIPT = Path(__file__).resolve().parents[2] / "bench/receipts/2026-11-29-memory-mistral-7b-instruct-v0.3-h200/receipt.json"
+
+
+def mistral_shape() -> GgufInfo:
+    meta = {
+        "general.architecture": "llama", "llama.block_count": 32, "llama.embedding_length": 4096,
+        "llama.attention.head_count": 32, "llama.attention.head_count_kv": 8,
+        "llama.feed_forward_length": 14336, "llama.vocab_size": 32768, "llama.context_length": 32768,
+    }
+    return GgufInfo(Path("mistral-shape.gguf"), 3, meta, (), 0)
+
+
+@pytest.mark.parametrize("row", json.loads(RECEIPT.read_text())["results"], ids=lambda r: f"{r['arm']}-{r['n_ctx']}")
+def test_estimate_matches_llama_cpp_buffers_within_one_percent(row: dict) -> None:
+    info = mistral_shape()
+    arm = ArmConfig.parse(row["arm"])
+    buffers = row["buffers_mib"]
+    assert kv_bytes(info, arm, row["n_ctx"]) / MIB == buffers["CUDA0 KV"]
+    compute = compute_bytes(info, row["n_ctx"], 2048, arm) / MIB
+    assert compute == pytest.approx(buffers["CUDA0 compute"], abs=0.5)
+    # weights as the GGUF states them (device copy + the CPU-mapped token embedding)
+    weights = buffers["CUDA0 model"] + buffers["CPU_Mapped model"]
+    allocated = weights + buffers["CUDA0 KV"] + buffers["CUDA0 compute"]
+    estimated = weights + kv_bytes(info, arm, row["n_ctx"]) / MIB + compute
+    assert estimated == pytest.approx(allocated, rel=0.01)
