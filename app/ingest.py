@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app.atomic import write_atomic
+from engine.files import write_atomic
 from app.errors import (
     BinaryFileError,
     CorruptPdfError,

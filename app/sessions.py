@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from app.atomic import write_atomic
+from engine.files import write_atomic
 from engine import locations
 
 

@@ -13,7 +13,7 @@ import os
 import typing
 from pathlib import Path
 
-from app.atomic import write_atomic
+from engine.files import write_atomic
 from engine import locations
 from engine.arms import ArmConfig
 from engine.errors import EngineError

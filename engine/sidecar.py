@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +28,7 @@ import numpy as np
 
 from engine import locations
 from engine.errors import SidecarFormatError, SidecarMismatchError
+from engine.files import write_atomic
 from engine.gguf import GgufInfo
 
 V_MAGIC = 0x46524151  # "FRAQ"
@@ -225,26 +224,10 @@ def sidecar_bytes(sidecar: SidecarFile) -> bytes:
     return header + basis16.tobytes()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; sidecars are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_sidecar(sidecar: SidecarFile, path: str | Path) -> Path:
     """Write ``sidecar`` in format v1, atomically; returns the path."""
     p = Path(path)
-    write_atomic(p, sidecar_bytes(sidecar))
+    write_atomic(p, sidecar_bytes(sidecar), mode=0o644)  # sidecars are meant to be shared
     return p
 
 
@@ -318,7 +301,7 @@ class SidecarManifest:
 
 def write_manifest(path: str | Path, data: dict[str, Any]) -> Path:
     p = Path(path)
-    write_atomic(p, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+    write_atomic(p, json.dumps(data, indent=2, sort_keys=False) + "\n", mode=0o644)
     return p
 
 

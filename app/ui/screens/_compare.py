@@ -13,7 +13,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Static
 
-from app.atomic import write_atomic
+from engine.files import write_atomic
 from app.compare import ArmResult, compare_arms, report_markdown, run_comparison
 from app.ui.messages import ArmUpdated, ComparisonCompleted
 from app.ui.widgets import ArmPanel

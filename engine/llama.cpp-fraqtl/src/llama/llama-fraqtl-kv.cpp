@@ -38,8 +38,6 @@ struct llama_fraqtl_params llama_fraqtl_default_params(void) {
     p.n_window  = 1024;
     p.basis     = LLAMA_FRAQTL_BASIS_SIDECAR;
     p.seed      = 0;
-    p.k_scale   = nullptr;
-    p.v_scale   = nullptr;
     return p;
 }
 
@@ -290,31 +288,6 @@ static std::vector<int32_t> fraqtl_block_order(int32_t hd, int32_t protect) {
     return perm;
 }
 
-// whitening scales, floored at 1e-3 of each head's largest so that no coefficient blows up
-static std::vector<float> fraqtl_scales(const float * in, int32_t n_mat, int32_t hd, const char * which) {
-    std::vector<float> out;
-    if (!in) {
-        return out;
-    }
-    out.assign(in, in + (size_t) n_mat*hd);
-    for (int32_t m = 0; m < n_mat; ++m) {
-        float mx = 0.0f;
-        for (int32_t j = 0; j < hd; ++j) {
-            const float v = out[(size_t) m*hd + j];
-            if (!std::isfinite(v) || v < 0.0f) {
-                char msg[256];
-                snprintf(msg, sizeof(msg), "D2 %s scale %g of matrix %d is not a finite, non-negative number", which, v, m);
-                fraqtl_fail(msg);
-            }
-            mx = std::max(mx, v);
-        }
-        for (int32_t j = 0; j < hd; ++j) {
-            out[(size_t) m*hd + j] = mx > 0.0f ? std::max(out[(size_t) m*hd + j], 1e-3f*mx) : 1.0f;
-        }
-    }
-    return out;
-}
-
 void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & fp, llama_memory_i * mem) {
     auto * kv = dynamic_cast<llama_kv_cache *>(mem);
     if (!kv) {
@@ -367,15 +340,12 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         uv = fp.v_sidecar ? fraqtl_read_sidecar(fp.v_sidecar, 0x46524151u, false, n_layer, d2->n_head_kv, d2->hd_v)
                           : fraqtl_identity(n_mat, d2->hd_v);
     }
-    const std::vector<float> sk = fraqtl_scales(fp.k_scale, n_mat, d2->hd_k, "K");
-    const std::vector<float> sv = fraqtl_scales(fp.v_scale, n_mat, d2->hd_v, "V");
     const auto perm_k = fraqtl_block_order(d2->hd_k, d2->k_protect);
     const auto perm_v = fraqtl_block_order(d2->hd_v, d2->v_protect);
 
     // one ggml context per buffer type: each layer's tensors live beside its cache
     std::map<ggml_backend_buffer_type_t, ggml_context *> ctx_map;
     std::vector<ggml_context_ptr> owned;
-    d2->rot_q.assign(n_layer, nullptr);
     d2->rot_k.assign(n_layer, nullptr);
     d2->rot_v.assign(n_layer, nullptr);
     d2->unrot_v.assign(n_layer, nullptr);
@@ -402,11 +372,9 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         const int64_t hk = d2->hd_k;
         const int64_t hv = d2->hd_v;
         const int64_t nh = d2->n_head_kv;
-        d2->rot_q[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hk, hk, nh);
         d2->rot_k[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hk, hk, nh);
         d2->rot_v[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
         d2->unrot_v[il] = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
-        ggml_format_name(d2->rot_q[il],   "fraqtl_rot_q_l%d", il);
         ggml_format_name(d2->rot_k[il],   "fraqtl_rot_k_l%d", il);
         ggml_format_name(d2->rot_v[il],   "fraqtl_rot_v_l%d", il);
         ggml_format_name(d2->unrot_v[il], "fraqtl_unrot_v_l%d", il);
@@ -438,26 +406,21 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         if (!d2->rot_k[il]) {
             continue;
         }
-        // passes: 0 rot_q (times scale), 1 rot_k (over scale), 2 rot_v (over scale), 3 unrot_v (times scale)
-        for (int pass = 0; pass < 4; ++pass) {
-            const bool is_k = pass <= 1;
+        // passes: 0 rot_k, 1 rot_v, 2 unrot_v
+        for (int pass = 0; pass < 3; ++pass) {
+            const bool is_k = pass == 0;
             const int32_t hd = is_k ? d2->hd_k : d2->hd_v;
             const auto & u    = is_k ? uk : uv;
-            const auto & sc   = is_k ? sk : sv;
             const auto & perm = is_k ? perm_k : perm_v;
-            const bool times  = pass == 0 || pass == 3;
-            ggml_tensor * t = pass == 0 ? d2->rot_q[il] : pass == 1 ? d2->rot_k[il] : pass == 2 ? d2->rot_v[il] : d2->unrot_v[il];
+            ggml_tensor * t = pass == 0 ? d2->rot_k[il] : pass == 1 ? d2->rot_v[il] : d2->unrot_v[il];
             tmp.assign((size_t) d2->n_head_kv*hd*hd, 0.0f);
             for (int32_t h = 0; h < d2->n_head_kv; ++h) {
-                const size_t  mat = (size_t) il*d2->n_head_kv + h;
-                const float * uh  = u.data() + mat*hd*hd; // U[d][c]
+                const float * uh = u.data() + ((size_t) il*d2->n_head_kv + h)*hd*hd; // U[d][c]
                 float * th = tmp.data() + (size_t) h*hd*hd;
                 for (int32_t j = 0; j < hd; ++j) {
-                    const float s = sc.empty() ? 1.0f : sc[mat*hd + perm[j]];
-                    const float f = times ? s : 1.0f/s;
                     for (int32_t d = 0; d < hd; ++d) {
-                        const float val = uh[(size_t) d*hd + perm[j]]*f;
-                        if (pass < 3) {
+                        const float val = uh[(size_t) d*hd + perm[j]];
+                        if (pass < 2) {
                             th[(size_t) j*hd + d] = val; // row j of the rotation: coefficient j
                         } else {
                             th[(size_t) d*hd + j] = val; // row d of the inverse: output dim d
@@ -602,7 +565,7 @@ static ggml_tensor * fraqtl_rotate(ggml_context * ctx, ggml_tensor * x, ggml_ten
 
 void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v) {
-    *q = fraqtl_rotate(ctx, *q, d2->rot_q[il]);
+    *q = fraqtl_rotate(ctx, *q, d2->rot_k[il]);
     *k = fraqtl_rotate(ctx, *k, d2->rot_k[il]);
     *v = fraqtl_rotate(ctx, *v, d2->rot_v[il]);
 }
@@ -621,7 +584,7 @@ static ggml_tensor * fraqtl_with_exact(ggml_context * ctx, ggml_tensor * view, g
     return ggml_reshape_4d(ctx, cur, hd, nh, n_kv, 1);
 }
 
-void llama_fraqtl_build_kv(ggml_context * ctx, ggml_cgraph * gf, const llama_fraqtl_kv * d2, int32_t il,
+void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
         ggml_tensor ** k, ggml_tensor ** v) {
     if (d2->n_exact == 0 || !slots || !rows) {
@@ -629,7 +592,6 @@ void llama_fraqtl_build_kv(ggml_context * ctx, ggml_cgraph * gf, const llama_fra
     }
     ggml_tensor * k2 = ggml_reshape_2d(ctx, k_cur, k_cur->ne[0]*k_cur->ne[1], k_cur->ne[2]);
     ggml_tensor * v2 = ggml_reshape_2d(ctx, v_cur, v_cur->ne[0]*v_cur->ne[1], v_cur->ne[2]);
-    GGML_UNUSED(gf);
     // the gather must read the copies after this ubatch's writes: order it after them
     ggml_tensor * ek = ggml_set_rows(ctx, d2->exact_k[il], k2, slots);
     ggml_tensor * ev = ggml_set_rows(ctx, d2->exact_v[il], v2, slots);

@@ -36,8 +36,7 @@ struct llama_fraqtl_kv {
     ggml_type type_v    = GGML_TYPE_F16;
 
     // indexed by model layer; nullptr where the layer has no KV cache
-    std::vector<ggml_tensor *> rot_q;   // [hd_k, hd_k, n_head_kv] f32: q -> coefficients times scale
-    std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: k -> coefficients over scale
+    std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: q or k -> coefficients
     std::vector<ggml_tensor *> rot_v;   // [hd_v, hd_v, n_head_kv] f32
     std::vector<ggml_tensor *> unrot_v; // [hd_v, hd_v, n_head_kv] f32: coefficients -> x
     std::vector<ggml_tensor *> exact_k; // [hd_k*n_head_kv, n_exact + 1] f16, rotated; last row: scratch
@@ -87,7 +86,7 @@ void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int
 
 // stores the exact copies of k_cur/v_cur and replaces the cache views *k/*v by views in
 // which the sink and window rows come from the exact copies
-void llama_fraqtl_build_kv(ggml_context * ctx, ggml_cgraph * gf, const llama_fraqtl_kv * d2, int32_t il,
+void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
         ggml_tensor ** k, ggml_tensor ** v);
 

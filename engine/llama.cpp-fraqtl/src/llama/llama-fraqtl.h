@@ -32,12 +32,6 @@ struct llama_fraqtl_params {
     int32_t      n_window;   // most recent tokens kept exact (1024)
     int32_t      basis;      // enum llama_fraqtl_basis
     uint32_t     seed;       // for LLAMA_FRAQTL_BASIS_RANDOM
-
-    // optional per-coefficient whitening, [n_layer][n_head_kv][head_dim] in eigen order
-    // (sqrt of the calibration eigenvalues): coefficients are stored divided by it, and Q and
-    // the output are scaled to match, so the tail quantizer sees unit-variance values
-    const float * k_scale;   // NULL: none
-    const float * v_scale;   // NULL: none
 };
 
 LLAMA_API struct llama_fraqtl_params llama_fraqtl_default_params(void);
