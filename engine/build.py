@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -214,8 +215,20 @@ def detect_backend(requested: str) -> str:
     return "cuda" if has_nvcc and has_gpu else "cpu"
 
 
+def _host_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def make_plan(backend: str, cuda_arch: str) -> BuildPlan:
     args = list(COMMON_CMAKE_ARGS)
+    if _host_has_amx():
+        # -march=native turns on ggml's AMX matmul, which segfaulted in decode on a Sapphire
+        # Rapids VM (SmolLM2 Q4_1); explicit -mno-* flags win over -march in GCC and clang.
+        no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        args += [f"-DCMAKE_C_FLAGS={no_amx}", f"-DCMAKE_CXX_FLAGS={no_amx}"]
     if backend == "cuda":
         arch = cuda_arch or "native"
         args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"]
@@ -423,7 +436,7 @@ def build_wheel(tree: Path, plan: BuildPlan, key: str, progress: Progress) -> Pa
     shutil.rmtree(tmp_out, ignore_errors=True)
     _ensure_build_backend(progress)
     env = dict(os.environ)
-    env["CMAKE_ARGS"] = " ".join(plan.cmake_args)
+    env["CMAKE_ARGS"] = shlex.join(plan.cmake_args)
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
     cmd = [
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",

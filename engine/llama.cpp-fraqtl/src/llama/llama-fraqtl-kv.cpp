@@ -129,17 +129,6 @@ bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params
     params.type_v = tv;
     params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED; // D2 V blocks are read by flash attention only
 
-    // the D2 block types have CPU kernels only: keep the cache and attention on the host
-    // rather than let the scheduler abort on a GPU buffer it cannot write
-    bool has_gpu = false;
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-        has_gpu |= ggml_backend_dev_type(ggml_backend_dev_get(i)) == GGML_BACKEND_DEVICE_TYPE_GPU;
-    }
-    if (has_gpu && params.offload_kqv && (tk != GGML_TYPE_F16 || tv != GGML_TYPE_F16)) {
-        LLAMA_LOG_WARN("%s: D2 cache: no GPU kernels for the D2 block types yet - the KV cache stays in host memory\n", __func__);
-        params.offload_kqv = false;
-    }
-
     LLAMA_LOG_INFO("%s: D2 cache: K %s (%d fp16 of %d), V %s (%d fp16 of %d), sinks %d, window %d\n", __func__,
             ggml_type_name(tk), fp.k_protect, hd_k, ggml_type_name(tv), fp.v_protect, hd_v, fp.n_sink, fp.n_window);
     return true;
@@ -157,41 +146,48 @@ static std::vector<float> fraqtl_read_sidecar(const char * path, uint32_t magic_
         snprintf(msg, sizeof(msg), "sidecar %s: cannot open (%s)", path, strerror(errno));
         fraqtl_fail(msg);
     }
-    std::vector<uint8_t> data;
-    {
-        uint8_t buf[1 << 16];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
-            data.insert(data.end(), buf, buf + n);
-        }
-        fclose(f);
-    }
+    // the header first, then a payload only of the size this model implies: a large wrong
+    // file is refused unread
     int32_t hdr[8];
-    if (data.size() < sizeof(hdr)) {
-        snprintf(msg, sizeof(msg), "sidecar %s: %zu bytes is shorter than the 32-byte header", path, data.size());
-        fraqtl_fail(msg);
+    const size_t n_hdr = fread(hdr, 1, sizeof(hdr), f);
+    long file_size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        file_size = ftell(f);
     }
-    memcpy(hdr, data.data(), sizeof(hdr));
+    auto fail_closed = [&]() { fclose(f); fraqtl_fail(msg); };
+    if (n_hdr < sizeof(hdr)) {
+        snprintf(msg, sizeof(msg), "sidecar %s: %zu bytes is shorter than the 32-byte header", path, n_hdr);
+        fail_closed();
+    }
     if ((uint32_t) hdr[0] != magic_want) {
         snprintf(msg, sizeof(msg), "sidecar %s: magic 0x%08X, expected 0x%08X (%s basis file)", path,
                 (uint32_t) hdr[0], magic_want, has_ranks ? "a K" : "a V");
-        fraqtl_fail(msg);
+        fail_closed();
     }
     if (hdr[1] != 1) {
         snprintf(msg, sizeof(msg), "sidecar %s: version %d, expected 1", path, hdr[1]);
-        fraqtl_fail(msg);
+        fail_closed();
     }
     if (hdr[2] != n_layer || hdr[3] != n_head_kv || hdr[4] != hd) {
         snprintf(msg, sizeof(msg), "sidecar %s: dims %d layers x %d KV heads x head_dim %d, the model has %d x %d x %d",
                 path, hdr[2], hdr[3], hdr[4], n_layer, n_head_kv, hd);
-        fraqtl_fail(msg);
+        fail_closed();
     }
     const size_t n_mat   = (size_t) n_layer*n_head_kv;
     const size_t n_ranks = has_ranks ? n_mat : 0;
     const size_t want    = sizeof(hdr) + n_ranks*sizeof(int32_t) + n_mat*hd*hd*sizeof(ggml_fp16_t);
-    if (data.size() != want) {
-        snprintf(msg, sizeof(msg), "sidecar %s: %zu bytes, expected exactly %zu (%s)", path, data.size(), want,
-                data.size() < want ? "truncated" : "trailing bytes");
+    if (file_size < 0 || (size_t) file_size != want) {
+        snprintf(msg, sizeof(msg), "sidecar %s: %ld bytes, expected exactly %zu (%s)", path, file_size, want,
+                file_size >= 0 && (size_t) file_size < want ? "truncated" : "trailing bytes");
+        fail_closed();
+    }
+    std::vector<uint8_t> data(want);
+    memcpy(data.data(), hdr, sizeof(hdr));
+    const bool read_ok = fseek(f, sizeof(hdr), SEEK_SET) == 0 &&
+        fread(data.data() + sizeof(hdr), 1, want - sizeof(hdr), f) == want - sizeof(hdr);
+    fclose(f);
+    if (!read_ok) {
+        snprintf(msg, sizeof(msg), "sidecar %s: read error (%s)", path, strerror(errno));
         fraqtl_fail(msg);
     }
     for (size_t i = 0; i < n_ranks; ++i) {
@@ -286,6 +282,58 @@ static std::vector<int32_t> fraqtl_block_order(int32_t hd, int32_t protect) {
         }
     }
     return perm;
+}
+
+// the device holding a layer's cache must run every D2 op of that layer: no silent host fallback
+static void fraqtl_check_device(const llama_fraqtl_kv & d2, int32_t n_head, ggml_backend_buffer_type_t buft) {
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+    if (!dev) {
+        return;
+    }
+    ggml_init_params ip = { 16*ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true };
+    ggml_context_ptr ctx(ggml_init(ip));
+    ggml_context * c = ctx.get();
+    const int64_t n_kv  = 256;
+    const int64_t nh    = d2.n_head_kv;
+    const int64_t n_ex  = std::max(d2.n_exact, 1) + 1;
+
+    std::vector<std::pair<const char *, ggml_tensor *>> ops;
+    for (const bool is_v : { false, true }) {
+        const ggml_type type = is_v ? d2.type_v : d2.type_k;
+        const int64_t   hd   = is_v ? d2.hd_v : d2.hd_k;
+        if (type == GGML_TYPE_F16) {
+            continue;
+        }
+        ggml_tensor * cache = ggml_new_tensor_2d(c, type, hd*nh, n_kv);
+        ggml_tensor * src   = ggml_new_tensor_2d(c, GGML_TYPE_F32, hd*nh, 1);
+        ggml_tensor * idx   = ggml_new_tensor_1d(c, GGML_TYPE_I64, 1);
+        ops.emplace_back(is_v ? "the V cache write (set_rows)" : "the K cache write (set_rows)", ggml_set_rows(c, cache, src, idx));
+    }
+    ggml_tensor * q    = ggml_new_tensor_4d(c, GGML_TYPE_F32, d2.hd_k, 1, n_head, 1);
+    ggml_tensor * k    = ggml_new_tensor_4d(c, d2.type_k, d2.hd_k, n_kv, nh, 1);
+    ggml_tensor * v    = ggml_new_tensor_4d(c, d2.type_v, d2.hd_v, n_kv, nh, 1);
+    ggml_tensor * mask = ggml_new_tensor_4d(c, GGML_TYPE_F16, n_kv, 1, 1, 1);
+    ggml_tensor * fa   = ggml_flash_attn_ext(c, q, k, v, mask, 1.0f, 0.0f, 0.0f);
+    ggml_flash_attn_ext_set_prec(fa, GGML_PREC_F32);
+    if (d2.n_exact > 0) {
+        llama_fraqtl_exact ex;
+        ex.k    = ggml_new_tensor_2d(c, GGML_TYPE_F16, d2.hd_k*nh, n_ex);
+        ex.v    = ggml_new_tensor_2d(c, GGML_TYPE_F16, d2.hd_v*nh, n_ex);
+        ex.rows = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv);
+        llama_fraqtl_bind_exact(fa, ex);
+    }
+    ops.emplace_back("attention over the D2 cache (flash_attn_ext)", fa);
+
+    for (const auto & [what, op] : ops) {
+        if (!ggml_backend_dev_supports_op(dev, op)) {
+            char msg[512];
+            snprintf(msg, sizeof(msg),
+                    "D2 cannot run on %s: this build has no kernel there for %s (K %s, V %s, head size %d). "
+                    "Rebuild the engine with its GPU kernels (python -m engine.build --force), or run D2 with the KV cache on the CPU",
+                    ggml_backend_dev_name(dev), what, ggml_type_name(d2.type_k), ggml_type_name(d2.type_v), d2.hd_k);
+            fraqtl_fail(msg);
+        }
+    }
 }
 
 void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & fp, llama_memory_i * mem) {
@@ -399,6 +447,18 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         }
         ggml_backend_buffer_clear(buf, 0);
         d2->ctxs_bufs.emplace_back(std::move(owned[i]), buf);
+    }
+
+    d2->on_device.assign(n_layer, false);
+    for (int32_t il = 0; il < n_layer; ++il) {
+        if (!d2->rot_k[il]) {
+            continue;
+        }
+        ggml_backend_buffer_t buf = kv->get_k_storage(il)->buffer;
+        d2->on_device[il] = !ggml_backend_buffer_is_host(buf);
+        if (d2->on_device[il]) {
+            fraqtl_check_device(*d2, hp.n_head(il), ggml_backend_buffer_get_type(buf));
+        }
     }
 
     std::vector<float> tmp;
@@ -584,19 +644,45 @@ static ggml_tensor * fraqtl_with_exact(ggml_context * ctx, ggml_tensor * view, g
     return ggml_reshape_4d(ctx, cur, hd, nh, n_kv, 1);
 }
 
-void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
+llama_fraqtl_exact llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
         ggml_tensor ** k, ggml_tensor ** v) {
+    llama_fraqtl_exact exact;
     if (d2->n_exact == 0 || !slots || !rows) {
-        return;
+        return exact;
     }
     ggml_tensor * k2 = ggml_reshape_2d(ctx, k_cur, k_cur->ne[0]*k_cur->ne[1], k_cur->ne[2]);
     ggml_tensor * v2 = ggml_reshape_2d(ctx, v_cur, v_cur->ne[0]*v_cur->ne[1], v_cur->ne[2]);
-    // the gather must read the copies after this ubatch's writes: order it after them
+    // attention must read the copies after this ubatch's writes: it reads these results
     ggml_tensor * ek = ggml_set_rows(ctx, d2->exact_k[il], k2, slots);
     ggml_tensor * ev = ggml_set_rows(ctx, d2->exact_v[il], v2, slots);
+    if (d2->on_device[il]) {
+        if (d2->type_k != GGML_TYPE_F16 || d2->type_v != GGML_TYPE_F16) {
+            exact.k    = ek;
+            exact.v    = ev;
+            exact.rows = rows;
+        }
+        return exact; // an all-f16 cache is exact already; the copies are written but not read
+    }
     *k = fraqtl_with_exact(ctx, *k, ek, rows);
     *v = fraqtl_with_exact(ctx, *v, ev, rows);
+    return exact;
+}
+
+void llama_fraqtl_bind_exact(ggml_tensor * attn_out, const llama_fraqtl_exact & exact) {
+    if (!exact.k) {
+        return;
+    }
+    ggml_tensor * fa = attn_out;
+    while (fa && fa->op != GGML_OP_FLASH_ATTN_EXT &&
+           (fa->op == GGML_OP_RESHAPE || fa->op == GGML_OP_VIEW || fa->op == GGML_OP_PERMUTE || fa->op == GGML_OP_CONT)) {
+        fa = fa->src[0];
+    }
+    GGML_ASSERT(fa && fa->op == GGML_OP_FLASH_ATTN_EXT && "D2 on a device needs flash attention");
+    GGML_ASSERT(!fa->src[5] && !fa->src[6] && !fa->src[7]);
+    fa->src[5] = exact.k;
+    fa->src[6] = exact.v;
+    fa->src[7] = exact.rows;
 }
 
 ggml_tensor * llama_fraqtl_unrotate_out(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il, ggml_tensor * cur) {
