@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="direct: write quantized blocks with llama.cpp's type policy; llama: F16 then "
                         "llama_model_quantize")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-control-sidecars", action="store_true",
+                   help="do not write random-orthonormal control sidecars for its D2 arm")
     p.add_argument("-o", "--output", type=Path, required=True)
     return parser
 
@@ -128,6 +130,10 @@ def _shape_model(args: argparse.Namespace) -> int:
         path = write_shaped_gguf(args.output, shape, args.type, args.seed, args.method,
                                  progress=lambda d, t: bar.update(task, completed=d // (1 << 20), total=t // (1 << 20)))
     print(path)
+    if not args.no_control_sidecars:
+        from bench.controls import write_control_sidecars
+
+        print(write_control_sidecars(Path(path), seed=args.seed))
     return 0
 
 

@@ -36,7 +36,7 @@ def run(kind: str, args: argparse.Namespace, model: Path, argv: list[str] | None
                 job = {"op": "fill", "model": str(model), "arm": arm, "n_ctx": ctx, "n_batch": args.batch,
                        "n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads, "yarn": args.yarn,
                        "seed": args.seed, "decode_tokens": decode,
-                       "fill_tokens": max(ctx - decode - 8, 0) if fill else 0}
+                       "fill_tokens": max(ctx - decode - 16, 0) if fill else 0}
                 task = bar.add_task(f"{kind} {arm} @{ctx}", total=None)
                 outcome = runner.run_arm(job, work, timeout_s=args.timeout,
                                          on_progress=lambda d, t, task=task: bar.update(task, completed=d, total=t))

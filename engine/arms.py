@@ -96,10 +96,14 @@ class ArmConfig:
     # plain "d2": the recipe the model's sidecar manifest recommends at the locked recipe's
     # memory, else the locked recipe itself
     model_default: bool = False
+    # "<arm>@cpu": every layer and the cache on the CPU, the reference the GPU path must match
+    on_cpu: bool = False
 
     @classmethod
     def parse(cls, text: str) -> ArmConfig:
         text = text.strip().lower()
+        if text.endswith("@cpu"):
+            return dataclasses.replace(cls.parse(text[: -len("@cpu")]), on_cpu=True)
         if text in _UPSTREAM:
             return cls(text)
         if text == "d2":
@@ -110,9 +114,8 @@ class ArmConfig:
 
     @property
     def label(self) -> str:
-        if self.recipe is None:
-            return self.name
-        return "d2" if self.model_default else f"d2:{self.recipe.label}"
+        base = self.name if self.recipe is None else ("d2" if self.model_default else f"d2:{self.recipe.label}")
+        return base + ("@cpu" if self.on_cpu else "")
 
     @property
     def is_d2(self) -> bool:

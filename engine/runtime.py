@@ -90,7 +90,7 @@ class Runtime:
                 n_ctx=n_ctx,
                 n_batch=n_batch,
                 n_ubatch=n_batch,
-                n_gpu_layers=n_gpu_layers,
+                n_gpu_layers=0 if self.arm.on_cpu else n_gpu_layers,
                 flash_attn=True,
                 logits_all=logits_all,
                 n_threads=n_threads or max(os.cpu_count() or 1, 1),

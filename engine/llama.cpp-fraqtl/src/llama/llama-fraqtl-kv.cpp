@@ -499,6 +499,9 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
     LLAMA_LOG_INFO("%s: D2 bases %s, exact copies %d sinks + %d window: %.2f MiB, bases %.2f MiB\n", __func__,
             fp.basis == LLAMA_FRAQTL_BASIS_RANDOM ? "random" : (fp.k_sidecar || fp.v_sidecar ? "from sidecars" : "identity"),
             d2->n_sink, d2->n_window, d2->exact_bytes/1024.0/1024.0, d2->basis_bytes/1024.0/1024.0);
+    const size_t n_dev = std::count(d2->on_device.begin(), d2->on_device.end(), true);
+    LLAMA_LOG_INFO("%s: D2 cache in %s memory (%zu of %d layers on a device)\n", __func__,
+            n_dev > 0 ? "device" : "host", n_dev, n_layer);
 
     kv->fraqtl = std::move(d2);
 }

@@ -1,0 +1,160 @@
+"""D2 on an NVIDIA GPU: the cache lives in VRAM, attention runs there, and it agrees with the
+CPU reference. Runs only with a CUDA build on a machine with a GPU (the H200 recipe in
+bench/h200.sh); skipped everywhere else.
+
+``FRAQTL_GPU_RESULTS`` (a folder) receives the measured agreement as JSON for the receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
+N_PROMPT = 2048
+N_DECODE = 256  # the last tokens go one at a time: the single-query kernel
+
+
+def _cuda_ready() -> str | None:
+    try:
+        import llama_cpp
+    except Exception as exc:  # pragma: no cover - no build at all
+        return f"llama_cpp cannot be imported ({exc})"
+    if not llama_cpp.llama_supports_gpu_offload():
+        return "the installed llama.cpp build has no GPU backend"
+    smi = shutil.which("nvidia-smi")
+    if not smi or subprocess.run([smi, "-L"], capture_output=True, check=False).returncode != 0:
+        return "no NVIDIA GPU"
+    return None
+
+
+_why = _cuda_ready()
+if _why:
+    pytest.skip(_why, allow_module_level=True)
+
+from engine.events import AnswerDone  # noqa: E402
+from engine.runtime import Runtime  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    from engine.models import resolve
+
+    return resolve(None)
+
+
+@pytest.fixture(scope="module")
+def tokens(model: Path) -> list[int]:
+    corpus = Path(__file__).resolve().parents[2] / "engine" / "corpus"
+    text = "\n\n".join(p.read_text() for p in sorted(corpus.glob("*.txt")) if "LICENSE" not in p.name)
+    rt = Runtime(model, "f16", n_ctx=256)
+    try:
+        toks = rt.tokenize(text)
+    finally:
+        rt.close()
+    assert len(toks) >= N_PROMPT
+    return toks[:N_PROMPT]
+
+
+def _logits(model: Path, arm: str, toks: list[int]) -> np.ndarray:
+    rt = Runtime(model, arm, n_ctx=N_PROMPT + 256, n_batch=512, logits_all=True)
+    try:
+        head = N_PROMPT - N_DECODE
+        rt.llm.eval(toks[:head])
+        for t in toks[head:]:
+            rt.llm.eval([t])
+        return np.array(rt.llm.scores[:N_PROMPT], dtype=np.float64)
+    finally:
+        rt.close()
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
+def _kld(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
+    la, lb = _log_softmax(ref), _log_softmax(other)
+    return (np.exp(la) * (la - lb)).sum(1)
+
+
+def _llama_log(model: Path, arm: str) -> str:
+    """llama.cpp's own log of loading the model with this arm and decoding a few tokens."""
+    code = (
+        "import sys; from engine.runtime import Runtime\n"
+        f"rt = Runtime(sys.argv[1], {arm!r}, n_ctx=4096)\n"
+        "list(rt.generate(rt.tokenize('The harbour master wrote that the tide'), max_tokens=8))\n"
+        "rt.close()\n"
+    )
+    env = dict(os.environ, FRAQTL_LLAMA_VERBOSE="1")
+    out = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, env=env,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stderr
+
+
+def test_d2_cache_and_attention_live_on_the_gpu(model: Path) -> None:
+    d2_log = _llama_log(model, "d2")
+    f16_log = _llama_log(model, "f16")
+    assert re.search(r"CUDA0 KV buffer size", d2_log), "the D2 cache is not in device memory"
+    assert "D2 cache in device memory" in d2_log
+    assert not re.search(r"\bCPU KV buffer size", d2_log)
+    splits = [int(n) for n in re.findall(r"graph splits = (\d+)", d2_log)]
+    f16_splits = [int(n) for n in re.findall(r"graph splits = (\d+)", f16_log)]
+    assert splits and splits == f16_splits, f"d2 graph splits {splits} vs f16 {f16_splits}: an op fell back to the CPU"
+
+
+def test_d2_on_the_gpu_agrees_with_the_cpu_reference(model: Path, tokens: list[int]) -> None:
+    f16 = _logits(model, "f16", tokens)
+    gpu = _logits(model, "d2", tokens)
+    cpu = _logits(model, "d2@cpu", tokens)
+    scored = slice(N_PROMPT // 2, N_PROMPT)  # second half: well past the sinks, half beyond the window
+    decode = slice(N_PROMPT - N_DECODE, N_PROMPT)
+    result = {
+        "model": model.name,
+        "tokens": N_PROMPT,
+        "decoded_one_by_one": N_DECODE,
+        "top1_agreement_gpu_vs_cpu": float((gpu[scored].argmax(1) == cpu[scored].argmax(1)).mean()),
+        "kld_cpu_vs_gpu": float(_kld(cpu[scored], gpu[scored]).mean()),
+        "kld_cpu_vs_gpu_decode": float(_kld(cpu[decode], gpu[decode]).mean()),
+        "kld_vs_f16_gpu": float(_kld(f16[scored], gpu[scored]).mean()),
+        "kld_vs_f16_cpu": float(_kld(f16[scored], cpu[scored]).mean()),
+    }
+    folder = os.environ.get("FRAQTL_GPU_RESULTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "d2-gpu-vs-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    assert result["top1_agreement_gpu_vs_cpu"] >= 0.99
+    assert result["kld_cpu_vs_gpu"] <= 0.002
+    assert result["kld_cpu_vs_gpu_decode"] <= 0.002
+    assert abs(result["kld_vs_f16_gpu"] / result["kld_vs_f16_cpu"] - 1) <= 0.10
+    # and the compressed path is really read: d2 differs from f16 where a cache that ignored
+    # its compressed rows (or read only exact ones) would not
+    assert result["kld_vs_f16_gpu"] > 1e-4
+
+
+def test_an_answer_with_d2_on_the_gpu_uses_less_memory_than_q8_0(model: Path) -> None:
+    messages = [{"role": "user", "content": "In one sentence: what does a lighthouse keeper do?"}]
+    sizes = {}
+    for arm in ("d2", "q8_0"):
+        rt = Runtime(model, arm, n_ctx=8192)
+        try:
+            done = [e for e in rt.answer(messages, max_tokens=32) if isinstance(e, AnswerDone)][-1]
+            text = done.text
+            mem = rt.kv_memory()
+        finally:
+            rt.close()
+        assert isinstance(text, str) and len(text.strip()) > 0
+        assert mem is not None
+        sizes[arm] = mem.kv_bytes + mem.exact_bytes
+    assert sizes["d2"] < 0.8 * sizes["q8_0"]
