@@ -284,6 +284,30 @@ static std::vector<int32_t> fraqtl_block_order(int32_t hd, int32_t protect) {
     return perm;
 }
 
+namespace {
+// what flash attention must read besides a device cache: the exact copies after this
+// ubatch's writes and the row map
+struct fraqtl_exact {
+    ggml_tensor * k    = nullptr;
+    ggml_tensor * v    = nullptr;
+    ggml_tensor * rows = nullptr;
+};
+
+// handed from llama_fraqtl_build_kv to the flash-attention node built next over k_view
+struct fraqtl_pending {
+    const ggml_tensor * k_view = nullptr;
+    fraqtl_exact        exact;
+};
+thread_local fraqtl_pending g_fraqtl_pending;
+
+void fraqtl_attach_exact(ggml_tensor * fa, const fraqtl_exact & exact) {
+    GGML_ASSERT(fa->op == GGML_OP_FLASH_ATTN_EXT && !fa->src[5] && !fa->src[6] && !fa->src[7]);
+    fa->src[5] = exact.k;
+    fa->src[6] = exact.v;
+    fa->src[7] = exact.rows;
+}
+}
+
 // the device holding a layer's cache must run every D2 op of that layer: no silent host fallback
 static void fraqtl_check_device(const llama_fraqtl_kv & d2, int32_t n_head, ggml_backend_buffer_type_t buft) {
     ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
@@ -316,11 +340,11 @@ static void fraqtl_check_device(const llama_fraqtl_kv & d2, int32_t n_head, ggml
     ggml_tensor * fa   = ggml_flash_attn_ext(c, q, k, v, mask, 1.0f, 0.0f, 0.0f);
     ggml_flash_attn_ext_set_prec(fa, GGML_PREC_F32);
     if (d2.n_exact > 0) {
-        llama_fraqtl_exact ex;
+        fraqtl_exact ex;
         ex.k    = ggml_new_tensor_2d(c, GGML_TYPE_F16, d2.hd_k*nh, n_ex);
         ex.v    = ggml_new_tensor_2d(c, GGML_TYPE_F16, d2.hd_v*nh, n_ex);
         ex.rows = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv);
-        llama_fraqtl_bind_exact(fa, ex);
+        fraqtl_attach_exact(fa, ex);
     }
     ops.emplace_back("attention over the D2 cache (flash_attn_ext)", fa);
 
@@ -647,12 +671,12 @@ static ggml_tensor * fraqtl_with_exact(ggml_context * ctx, ggml_tensor * view, g
     return ggml_reshape_4d(ctx, cur, hd, nh, n_kv, 1);
 }
 
-llama_fraqtl_exact llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
+void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
         ggml_tensor ** k, ggml_tensor ** v) {
-    llama_fraqtl_exact exact;
+    g_fraqtl_pending = {};
     if (d2->n_exact == 0 || !slots || !rows) {
-        return exact;
+        return;
     }
     ggml_tensor * k2 = ggml_reshape_2d(ctx, k_cur, k_cur->ne[0]*k_cur->ne[1], k_cur->ne[2]);
     ggml_tensor * v2 = ggml_reshape_2d(ctx, v_cur, v_cur->ne[0]*v_cur->ne[1], v_cur->ne[2]);
@@ -661,31 +685,30 @@ llama_fraqtl_exact llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_
     ggml_tensor * ev = ggml_set_rows(ctx, d2->exact_v[il], v2, slots);
     if (d2->on_device[il]) {
         if (d2->type_k != GGML_TYPE_F16 || d2->type_v != GGML_TYPE_F16) {
-            exact.k    = ek;
-            exact.v    = ev;
-            exact.rows = rows;
+            g_fraqtl_pending = { *k, { ek, ev, rows } };
         }
-        return exact; // an all-f16 cache is exact already; the copies are written but not read
+        return; // an all-f16 cache is exact already: the copies are kept but not read
     }
     *k = fraqtl_with_exact(ctx, *k, ek, rows);
     *v = fraqtl_with_exact(ctx, *v, ev, rows);
-    return exact;
 }
 
-void llama_fraqtl_bind_exact(ggml_tensor * attn_out, const llama_fraqtl_exact & exact) {
-    if (!exact.k) {
+void llama_fraqtl_bind_exact(ggml_tensor * fa) {
+    const fraqtl_pending pending = g_fraqtl_pending;
+    if (!pending.k_view || !fa || fa->op != GGML_OP_FLASH_ATTN_EXT) {
         return;
     }
-    ggml_tensor * fa = attn_out;
-    while (fa && fa->op != GGML_OP_FLASH_ATTN_EXT &&
-           (fa->op == GGML_OP_RESHAPE || fa->op == GGML_OP_VIEW || fa->op == GGML_OP_PERMUTE || fa->op == GGML_OP_CONT)) {
-        fa = fa->src[0];
+    g_fraqtl_pending = {};
+    for (const ggml_tensor * t = fa->src[1]; t; t = t->src[0]) {
+        if (t == pending.k_view) {
+            fraqtl_attach_exact(fa, pending.exact);
+            return;
+        }
+        if (t->op != GGML_OP_VIEW && t->op != GGML_OP_PERMUTE && t->op != GGML_OP_RESHAPE && t->op != GGML_OP_TRANSPOSE) {
+            break;
+        }
     }
-    GGML_ASSERT(fa && fa->op == GGML_OP_FLASH_ATTN_EXT && "D2 on a device needs flash attention");
-    GGML_ASSERT(!fa->src[5] && !fa->src[6] && !fa->src[7]);
-    fa->src[5] = exact.k;
-    fa->src[6] = exact.v;
-    fa->src[7] = exact.rows;
+    GGML_ABORT("fraqtl: the flash-attention node does not read the D2 cache view it was built for");
 }
 
 ggml_tensor * llama_fraqtl_unrotate_out(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il, ggml_tensor * cur) {

@@ -88,24 +88,18 @@ void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ub
 void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v);
 
-// what flash attention must read besides the cache on a device: the exact copies after this
-// ubatch's writes and the row map (all null on the host path)
-struct llama_fraqtl_exact {
-    ggml_tensor * k    = nullptr;
-    ggml_tensor * v    = nullptr;
-    ggml_tensor * rows = nullptr;
-};
-
 // stores the exact copies of k_cur/v_cur. Host cache: replaces the cache views *k/*v by f32
 // views in which the sink and window rows come from the exact copies. Device cache: leaves
-// them and returns what llama_fraqtl_bind_exact hands to the flash-attention node.
-llama_fraqtl_exact llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
+// them, and the flash-attention node made over *k next receives the copies and the row map
+// (llama_fraqtl_bind_exact), so exact rows cost O(window) there.
+void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
         ggml_tensor ** k, ggml_tensor ** v);
 
-// attaches the exact copies and the row map as src[5..7] of the flash-attention node under
-// attn_out (no-op when exact is empty)
-void llama_fraqtl_bind_exact(ggml_tensor * attn_out, const llama_fraqtl_exact & exact);
+// called right after a flash-attention node is made (before it joins the graph): if its K is
+// the D2 cache view llama_fraqtl_build_kv just handed out, attaches the exact K/V copies and
+// the row map as src[5..7]
+void llama_fraqtl_bind_exact(ggml_tensor * fa);
 
 // rotates the attention output [hd_v*n_head, n_tokens] back out of the V basis
 ggml_tensor * llama_fraqtl_unrotate_out(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il, ggml_tensor * cur);
