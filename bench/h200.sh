@@ -71,6 +71,10 @@ build)
   ;;
 gpu)
   wait_build; smol
+  # which libstdc++ the image's python has mapped before llama.cpp loads (the preload question)
+  python3 -c "import numpy, ctypes; print([l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l][:1])"
+  python3 -c "import llama_cpp; from engine.runtime import Runtime; rt = Runtime('$SMOL', 'f16', n_ctx=512); print('loads without LD_PRELOAD')" 2>&1 | tail -1
+  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
   nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv
   FRAQTL_GPU_RESULTS=$OUT timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/functional/test_d2_cuda.py \
     2>&1 | tail -30
@@ -82,6 +86,7 @@ gpu)
   ;;
 long)
   wait_build
+  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
   timeout 400 python3 -m bench.cli memory --model $SHAPE --arms f16,q8_0,q4_0,d2 --ctx 128k --decode 64 \
     --timeout 200 --name memory-mistral-shape-d2-cuda-h200-128k --out /tmp/receipts 2>&1 | grep -v "━" | tail -20
   lb=$(find /tmp/build -name llama-bench -type f -perm -u+x | head -1)
