@@ -84,6 +84,18 @@ gpu)
   timeout 400 python3 -m bench.cli memory --model $SHAPE --arms f16,q8_0,q4_0,d2 --ctx ${CTX:-32k,64k} --decode 64 \
     --timeout 150 --name memory-mistral-shape-d2-cuda-h200 --out /tmp/receipts 2>&1 | grep -v "━" | tail -20
   ;;
+diag)
+  # the GPU d2 path against its CPU reference, piece by piece: all rows exact (window >= chunk),
+  # no exact rows at all (quantizer and dequantizer alone), and without CUDA op fusion
+  wait_build; smol
+  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
+  timeout 240 python3 -m bench.cli kld --model $SMOL --chunks 3 --timeout 60 --name kld-d2-cuda-diag --out /tmp/receipts \
+    --arms f16,d2,d2@cpu,d2:k32v16s8w8192,d2:k32v16s8w8192@cpu,d2:k32v16s0w0,d2:k32v16s0w0@cpu 2>&1 | grep -v "━" | tail -3
+  GGML_CUDA_DISABLE_FUSION=1 timeout 60 python3 -m bench.cli kld --model $SMOL --chunks 3 --timeout 60 \
+    --name kld-d2-cuda-diag-nofusion --out /tmp/receipts --arms f16,d2 2>&1 | grep -v "━" | tail -3
+  FRAQTL_GPU_RESULTS=$OUT timeout 200 python3 -m pytest -q -p no:cacheprovider tests/functional/test_d2_cuda.py \
+    -k "agrees or less_memory" 2>&1 | grep -v "^E  .*llama_\|print_info\|load_tensors" | tail -25
+  ;;
 long)
   wait_build
   export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
