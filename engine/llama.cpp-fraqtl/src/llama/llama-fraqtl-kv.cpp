@@ -214,6 +214,62 @@ static std::vector<float> fraqtl_read_sidecar(const char * path, uint32_t magic_
     return u;
 }
 
+// Sidecars store U in fp16, whose rounding leaves U^T U a few 1e-3 away from I; attention
+// then sees q U U^T k instead of q k even for rows kept exact. Re-orthonormalize each basis in
+// double (modified Gram-Schmidt in column order, so each leading span - the protected
+// directions - is kept) and refuse a file whose basis is far from orthonormal.
+static void fraqtl_orthonormalize(std::vector<float> & u, int32_t n_mat, int32_t n_head_kv, int32_t hd, const char * path) {
+    std::vector<double> col((size_t) hd*hd); // col[c*hd + d]
+    for (int32_t m = 0; m < n_mat; ++m) {
+        float * um = u.data() + (size_t) m*hd*hd;
+        double worst = 0.0;
+        for (int32_t c = 0; c < hd; ++c) {
+            for (int32_t d = 0; d < hd; ++d) {
+                col[(size_t) c*hd + d] = um[(size_t) d*hd + c];
+            }
+        }
+        for (int32_t c = 0; c < hd; ++c) {
+            double * x = col.data() + (size_t) c*hd;
+            for (int32_t p = 0; p < c; ++p) {
+                const double * y = col.data() + (size_t) p*hd;
+                double dot = 0.0;
+                for (int32_t d = 0; d < hd; ++d) {
+                    dot += x[d]*y[d];
+                }
+                worst = std::max(worst, std::fabs(dot));
+                for (int32_t d = 0; d < hd; ++d) {
+                    x[d] -= dot*y[d];
+                }
+            }
+            double norm = 0.0;
+            for (int32_t d = 0; d < hd; ++d) {
+                norm += x[d]*x[d];
+            }
+            norm = std::sqrt(norm);
+            worst = std::max(worst, std::fabs(norm - 1.0));
+            if (!(norm > 0.5)) {
+                worst = INFINITY;
+                break;
+            }
+            for (int32_t d = 0; d < hd; ++d) {
+                x[d] /= norm;
+            }
+        }
+        if (worst > 0.05) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "sidecar %s: the basis of layer %d head %d is not orthonormal "
+                    "(|U^T U - I| reaches %.3g; fp16 rounding gives about 0.005) - recalibrate or use another file",
+                    path, m/n_head_kv, m%n_head_kv, worst);
+            fraqtl_fail(msg);
+        }
+        for (int32_t c = 0; c < hd; ++c) {
+            for (int32_t d = 0; d < hd; ++d) {
+                um[(size_t) d*hd + c] = (float) col[(size_t) c*hd + d];
+            }
+        }
+    }
+}
+
 static std::vector<float> fraqtl_identity(int32_t n_mat, int32_t hd) {
     std::vector<float> u((size_t) n_mat*hd*hd, 0.0f);
     for (int32_t m = 0; m < n_mat; ++m) {
@@ -411,6 +467,12 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
                           : fraqtl_identity(n_mat, d2->hd_k);
         uv = fp.v_sidecar ? fraqtl_read_sidecar(fp.v_sidecar, 0x46524151u, false, n_layer, d2->n_head_kv, d2->hd_v)
                           : fraqtl_identity(n_mat, d2->hd_v);
+        if (fp.k_sidecar) {
+            fraqtl_orthonormalize(uk, n_mat, d2->n_head_kv, d2->hd_k, fp.k_sidecar);
+        }
+        if (fp.v_sidecar) {
+            fraqtl_orthonormalize(uv, n_mat, d2->n_head_kv, d2->hd_v, fp.v_sidecar);
+        }
     }
     const auto perm_k = fraqtl_block_order(d2->hd_k, d2->k_protect);
     const auto perm_v = fraqtl_block_order(d2->hd_v, d2->v_protect);
