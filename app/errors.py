@@ -13,6 +13,12 @@ class DocumentNotFoundError(DocumentError):
         super().__init__(f"There is no file at {path}; check the path and try again.")
 
 
+class FolderDroppedError(DocumentError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is a folder; drop or type the PDF, Markdown or text files inside it instead.")
+
+
 class EmptyDocumentError(DocumentError):
     def __init__(self, path: str) -> None:
         self.path = path

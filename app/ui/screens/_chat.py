@@ -23,7 +23,7 @@ from app.citations import check_citations
 from app.conversation import Conversation
 from app.errors import DocumentError
 from app.ingest import Document, load_document
-from app.paths import existing_files
+from app.paths import route_input
 from app.sessions import Session
 from app.ui.messages import (
     AnswerCompleted,
@@ -36,6 +36,7 @@ from app.ui.messages import (
     FitMeasured,
     IngestProgressed,
     PathsDropped,
+    PathsRefused,
     PrefillProgressed,
 )
 from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
@@ -273,12 +274,20 @@ class ChatScreen(Screen[None]):
         text = event.value.strip()
         if not text:
             return
-        event.input.value = ""
-        paths = existing_files(text)
-        if paths:
-            self.open_paths(paths)
+        route = route_input(text)
+        if route.kind == "refuse":  # a folder or a missing path is never sent to the model
+            self.paths_refused(PathsRefused(route.problem))
             return
-        self.ask(text)
+        event.input.value = ""
+        if route.files:
+            self.open_paths(list(route.files))
+            return
+        self.ask(route.question)
+
+    @on(PathsRefused)
+    def paths_refused(self, message: PathsRefused) -> None:
+        self.query_one(DocumentBar).set_status(message.message)
+        self.notify(message.message, title="Could not open", severity="error", timeout=10)
 
     def ask(self, question: str) -> None:
         if self.conversation is None:

@@ -13,9 +13,9 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from app.conversation import Fit
-from app.errors import DocumentNotFoundError
+from app.errors import DocumentNotFoundError, FolderDroppedError
 from app.ingest import Document
-from app.paths import parse_dropped_paths
+from app.paths import parse_dropped_paths, path_kind
 from app.sessions import Session
 
 DIALOG_CSS = """
@@ -50,11 +50,15 @@ class OpenDialog(ModalScreen[list[Path] | None]):
     @on(Button.Pressed, "#open-ok")
     def submit(self) -> None:
         paths = parse_dropped_paths(self.query_one("#open-path", Input).value)
-        missing = [p for p in paths if not p.is_file()]
+        kinds = [(p, path_kind(p)) for p in paths]
+        folder = next((p for p, kind in kinds if kind == "folder"), None)
+        missing = next((p for p, kind in kinds if kind == "missing"), None)
         if not paths:
             self.query_one("#open-error", Static).update("Type or drop the path of a file.")
-        elif missing:
-            self.query_one("#open-error", Static).update(str(DocumentNotFoundError(str(missing[0]))))
+        elif folder is not None:
+            self.query_one("#open-error", Static).update(str(FolderDroppedError(str(folder))))
+        elif missing is not None:
+            self.query_one("#open-error", Static).update(str(DocumentNotFoundError(str(missing))))
         else:
             self.dismiss(paths)
 
