@@ -37,6 +37,8 @@ class Settings:
     n_threads: int = 0  # 0: all cores
     compare_q4_0: bool = False  # add q4_0 to the arm comparison
     max_document_mb: int = 64
+    max_pages: int = 2000  # documents with more pages are refused before any page is read
+    ingest_timeout_s: int = 120  # reading one document stops after this long
 
     def validate(self) -> Settings:
         try:

@@ -6,6 +6,7 @@ from :mod:`app.ui.messages`; the event loop never waits on the model.
 
 from __future__ import annotations
 
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from textual.widgets import Footer, Header
 from app.citations import check_citations
 from app.conversation import Conversation
 from app.errors import DocumentError
-from app.ingest import Document, load_document
+from app.ingest import Document, IngestLimits, load_document
 from app.paths import route_input
 from app.sessions import Session
 from app.ui.messages import (
@@ -75,6 +76,7 @@ class ChatScreen(Screen[None]):
         self.pending_question: str | None = None
         self.pending_session: Session | None = None
         self.state_before_ingest = "empty"
+        self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
 
     @property
     def fraqtl(self) -> FraqtlApp:
@@ -113,24 +115,42 @@ class ChatScreen(Screen[None]):
     def open_paths(self, paths: list[Path]) -> None:
         if self.busy() and self.conversation is not None:
             self.conversation.stop()
+        self.ingest_stop.set()  # a document still being read is abandoned
+        self.ingest_stop = threading.Event()
         self.state_before_ingest = self.state if self.state != "ingesting" else self.state_before_ingest
-        self.set_state("ingesting", f"Reading {', '.join(p.name for p in paths)}…")
-        self.ingest(paths)
+        self.set_state("ingesting", f"Reading {', '.join(p.name for p in paths)}… Esc stops.")
+        self.ingest(paths, self.ingest_stop)
 
-    @work(thread=True, exclusive=True, group="ingest")
-    def ingest(self, paths: list[Path]) -> None:
-        limit = self.fraqtl.settings.max_document_bytes
+    @work(thread=True, group="ingest")
+    def ingest(self, paths: list[Path], stop: threading.Event) -> None:
+        settings = self.fraqtl.settings
+        limits = IngestLimits(settings.max_document_bytes, settings.max_pages, float(settings.ingest_timeout_s),
+                              should_stop=stop.is_set)
+
+        def post(message: Message) -> None:
+            # a reading abandoned for another document says nothing; one stopped by Esc says so
+            if stop is self.ingest_stop and (not stop.is_set() or isinstance(message, DocumentFailed)):
+                self.post_message(message)
+
+        def warn(text: str) -> None:
+            self.app.call_from_thread(self.notify, text, title="Document cache", severity="warning", timeout=10)
+
         try:
-            docs = [load_document(p, lambda d, t: self.post_message(IngestProgressed(d, t)), limit) for p in paths]
+            docs = [load_document(p, lambda d, t: post(IngestProgressed(d, t)), limits=limits, on_warning=warn)
+                    for p in paths]
         except DocumentError as exc:
-            self.post_message(DocumentFailed(str(exc)))
+            post(DocumentFailed(str(exc)))
             return
-        self.post_message(DocumentLoaded(Document.join(docs)))
+        except Exception as exc:  # a reader bug must cost the document, never the app
+            post(DocumentFailed(f"Reading {', '.join(p.name for p in paths)} failed ({type(exc).__name__}: "
+                                f"{exc}); please report it, and try another copy of the file."))
+            return
+        post(DocumentLoaded(Document.join(docs)))
 
     @on(IngestProgressed)
     def ingest_progressed(self, message: IngestProgressed) -> None:
         self.query_one(DocumentBar).set_progress(message.done, message.total)
-        self.query_one(DocumentBar).set_status(f"Extracting text: page {message.done} of {message.total}")
+        self.query_one(DocumentBar).set_status(f"Extracting text: page {message.done:,} of {message.total:,} · Esc stops")
 
     @on(DocumentFailed)
     def document_failed(self, message: DocumentFailed) -> None:
@@ -382,6 +402,10 @@ class ChatScreen(Screen[None]):
     # -------------------------------------------------------------- actions
 
     def action_stop(self) -> None:
+        if self.state == "ingesting":
+            self.ingest_stop.set()
+            self.query_one(DocumentBar).set_status("Stopping…")
+            return
         if self.conversation is not None and self.state in ("answering", "prefilling"):
             self.conversation.stop()
             self.query_one(DocumentBar).set_status("Stopping…")
