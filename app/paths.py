@@ -34,7 +34,7 @@ def _one(token: str) -> str:
     return token
 
 
-def _to_path(text: str) -> Path:
+def user_path(text: str) -> Path:
     path = Path(text)
     try:
         return path.expanduser()
@@ -59,13 +59,13 @@ def parse_dropped_paths(text: str) -> list[Path]:
     stripped = text.strip().strip("\x00").strip()
     if not stripped:
         return []
-    if len(stripped) <= PATH_MAX and "\n" not in stripped and path_kind(_to_path(stripped)) != "missing":
-        return [_to_path(stripped)]  # a path with spaces pasted without quotes
+    if len(stripped) <= PATH_MAX and "\n" not in stripped and path_kind(user_path(stripped)) != "missing":
+        return [user_path(stripped)]  # a path with spaces pasted without quotes
     try:
         tokens = shlex.split(stripped, posix=True)
     except ValueError:  # an unbalanced quote: take the text as one path
         tokens = [stripped.strip("'\"")]
-    return [_to_path(_one(token)) for token in tokens if token]
+    return [user_path(_one(token)) for token in tokens if token]
 
 
 def existing_files(text: str) -> list[Path]:

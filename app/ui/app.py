@@ -76,8 +76,10 @@ class FraqtlApp(App[None]):
 
     def __init__(self, settings: Settings, model_path: Path, paths: Iterable[Path] = (),
                  factory: EngineFactory = EngineWorker, sampler: Any = None,
-                 session: Session | None = None, vram_refresh_s: float = 0.5) -> None:
+                 session: Session | None = None, vram_refresh_s: float = 0.5,
+                 notes: Iterable[str] = ()) -> None:
         super().__init__()
+        self.start_notes = list(notes)  # what start-up fell back on (bad settings, an unusable session)
         self.settings = settings
         self.model_path = model_path
         self.initial_paths = list(paths)
@@ -95,6 +97,8 @@ class FraqtlApp(App[None]):
     def on_mount(self) -> None:
         if hasattr(self.sampler, "start"):
             self.sampler.start()
+        for note in self.start_notes:
+            self.notify(note, title="At start-up", severity="warning", timeout=20)
 
     def on_unmount(self) -> None:
         if self.conversation is not None:
@@ -134,8 +138,11 @@ class FraqtlApp(App[None]):
 
 def create_app(settings: Settings | None = None, paths: Iterable[Path] = (), model_path: Path | None = None,
                factory: EngineFactory = EngineWorker, sampler: Any = None, session: Session | None = None,
-               vram_refresh_s: float = 0.5) -> FraqtlApp:
+               vram_refresh_s: float = 0.5, notes: Iterable[str] = ()) -> FraqtlApp:
     """Build the app (the CLI and the tests both come through here)."""
-    settings = settings or Settings.load()
+    notes = list(notes)
+    if settings is None:
+        settings, loaded_notes = Settings.load_with_notes()
+        notes += loaded_notes
     return FraqtlApp(settings, model_path or resolve(settings.model), paths, factory, sampler, session,
-                     vram_refresh_s)
+                     vram_refresh_s, notes)
