@@ -102,7 +102,8 @@ def run_comparison(document: Document, question: str, settings: Settings, model_
 def _run_one(document: Document, question: str, settings: Settings, model_path: Path,
              factory: EngineFactory, sampler: NvmlSampler | None, result: ArmResult, on_update: Update) -> None:
     conversation = Conversation(document, settings, model_path, factory)
-    result.estimate_bytes = estimate(conversation.info, ArmConfig.parse(result.arm), settings.n_ctx).total_bytes
+    result.estimate_bytes = estimate(conversation.info, ArmConfig.parse(result.arm), settings.n_ctx,
+                                     n_ubatch=conversation.spec(result.arm).n_batch).total_bytes
     result.status = "loading"
     on_update(result, None)
     t0 = time.perf_counter()
