@@ -71,6 +71,12 @@ class Document:
     pages: tuple[str, ...]
     first_page: int = 1  # page number of pages[0] (a page range starts later)
     paged: bool = False  # True for PDFs and texts with form feeds: the model sees [p. N] markers
+    parts: tuple[str, ...] = ()  # the files of a document joined from several, in order
+
+    @property
+    def sources(self) -> list[str]:
+        """Every file this document was read from (one, or several when joined)."""
+        return list(self.parts) or [self.source]
 
     def __post_init__(self) -> None:
         if self.kind == "pdf" or len(self.pages) > 1:
@@ -122,7 +128,8 @@ class Document:
                 pages.append(f"## {doc.title}\n\n{page}" if i == 0 else page)
         digest = hashlib.sha256("".join(d.sha256 for d in documents).encode()).hexdigest()
         title = " + ".join(d.title for d in documents)
-        return cls(title, "\n".join(d.source for d in documents), digest, "pdf", tuple(pages))
+        sources = tuple(source for d in documents for source in d.sources)
+        return cls(title, sources[0], digest, "pdf", tuple(pages), parts=sources)
 
 
 # ---------------------------------------------------------------------------- text clean-up

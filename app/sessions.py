@@ -59,8 +59,10 @@ class Session:
 
     @property
     def sources(self) -> list[str]:
-        """The files of the document, one or several."""
-        return list(self.document_sources) or [self.document_source]
+        """The files of the document, one or several (0.1 joined several with newlines)."""
+        if self.document_sources:
+            return list(self.document_sources)
+        return [line for line in self.document_source.split("\n") if line] or [self.document_source]
 
     @staticmethod
     def folder() -> Path:

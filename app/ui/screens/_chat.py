@@ -22,7 +22,7 @@ from textual.widgets import Footer, Header
 
 from app.citations import check_citations
 from app.conversation import Conversation
-from app.errors import DocumentError
+from app.errors import DocumentError, PageRangeError
 from app.ingest import Document, IngestLimits, load_document
 from app.paths import route_input
 from app.sessions import Session
@@ -77,6 +77,7 @@ class ChatScreen(Screen[None]):
         self.pending_session: Session | None = None
         self.state_before_ingest = "empty"
         self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
+        self.session_notes: list[str] = []  # what reopening the last session had to tell the person
 
     @property
     def fraqtl(self) -> FraqtlApp:
@@ -112,7 +113,9 @@ class ChatScreen(Screen[None]):
 
     # -------------------------------------------------------------- opening documents
 
-    def open_paths(self, paths: list[Path]) -> None:
+    def open_paths(self, paths: list[Path], session: Session | None = None) -> None:
+        """Read ``paths`` as one document; ``session`` is the saved transcript to reopen with it."""
+        self.pending_session = session
         if self.busy() and self.conversation is not None:
             self.conversation.stop()
         self.ingest_stop.set()  # a document still being read is abandoned
@@ -162,11 +165,19 @@ class ChatScreen(Screen[None]):
         document = message.document
         if self.conversation is not None:
             self.conversation.close()
-        session = self.pending_session if (self.pending_session and
-                                           self.pending_session.document_sha256 == document.sha256) else None
+        session, self.pending_session = self.pending_session, None
+        notes: list[str] = []
+        if session is not None and session.document_sha256 != document.sha256:
+            # the file changed since the session was saved: keep the transcript, and say so
+            notes.append(f"{document.title} changed since this session was saved; its transcript is kept, and new "
+                         "answers read the new text.")
+            session.document_sha256, session.document_title = document.sha256, document.title
         if session is not None and session.page_range:
-            document = document.parse_range(session.page_range)
-        self.pending_session = None
+            try:
+                document = document.parse_range(session.page_range)
+            except PageRangeError as exc:
+                notes.append(f"{exc} The whole document is used.")
+                session.page_range = ""
         self.fraqtl.document = document
         self.conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path,
                                          self.fraqtl.factory, session=session)
@@ -183,10 +194,12 @@ class ChatScreen(Screen[None]):
                     await log.add_answer(turn.content, f"{turn.arm} · restored from the saved session")
         self.sub_title = document.title
         self.start_engine()
+        for note in notes:
+            self.notify(note, title="Session", severity="warning", timeout=15)
+        self.session_notes = notes
 
     def reopen(self, session: Session) -> None:
-        self.pending_session = session
-        self.open_paths([Path(session.document_source)])
+        self.open_paths([Path(source) for source in session.sources], session=session)
 
     # -------------------------------------------------------------- the engine
 
