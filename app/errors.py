@@ -103,3 +103,12 @@ class IngestCancelledError(DocumentError):
     def __init__(self, path: str, done: int, total: int) -> None:
         self.path, self.done, self.total = path, done, total
         super().__init__(f"Stopped reading {path} at page {done:,} of {total:,}; open it again when you want it.")
+
+
+class EngineHungError(Exception):
+    """The engine process is alive but has reported nothing for too long."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"The engine has reported nothing for {seconds:,.0f} s and seems hung; the transcript "
+                         "is kept.")

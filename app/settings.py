@@ -40,6 +40,7 @@ class Settings:
     max_document_mb: int = 64
     max_pages: int = 2000  # documents with more pages are refused before any page is read
     ingest_timeout_s: int = 120  # reading one document stops after this long
+    answer_timeout_s: int = 120  # an engine silent this long while answering is given up on (F5 restarts it)
 
     def validate(self) -> Settings:
         try:
@@ -52,6 +53,8 @@ class Settings:
             raise SettingsError(f"The page limit must be between 1 and 1,000,000, not {self.max_pages:,}.")
         if not 1 <= self.ingest_timeout_s <= 86_400:
             raise SettingsError(f"The reading time limit must be between 1 and 86,400 s, not {self.ingest_timeout_s:,}.")
+        if not 1 <= self.answer_timeout_s <= 86_400:
+            raise SettingsError(f"The answer time-out must be between 1 and 86,400 s, not {self.answer_timeout_s:,}.")
         if not 1 <= self.max_document_mb <= 65_536:
             raise SettingsError(f"The document size limit must be between 1 and 65,536 MiB, not {self.max_document_mb:,}.")
         if self.n_threads < 0:

@@ -22,7 +22,7 @@ from textual.widgets import Footer, Header
 
 from app.citations import check_citations
 from app.conversation import Conversation
-from app.errors import DocumentError, PageRangeError
+from app.errors import DocumentError, EngineHungError, PageRangeError
 from app.ingest import Document, IngestLimits, load_document
 from app.paths import route_input
 from app.sessions import Session
@@ -78,6 +78,8 @@ class ChatScreen(Screen[None]):
         self.state_before_ingest = "empty"
         self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
         self.session_notes: list[str] = []  # what reopening the last session had to tell the person
+        self.engine_epoch = 0  # bumped when the engine is (re)started or given up on as hung
+        self.last_engine_news = time.monotonic()  # when a worker last reported on the engine
 
     @property
     def fraqtl(self) -> FraqtlApp:
@@ -95,6 +97,7 @@ class ChatScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.set_interval(1.0, self.check_engine_hung)
         self.query_one(QuestionInput).focus()
         if self.fraqtl.initial_session is not None:
             self.reopen(self.fraqtl.initial_session)
@@ -163,8 +166,7 @@ class ChatScreen(Screen[None]):
     @on(DocumentLoaded)
     async def document_loaded(self, message: DocumentLoaded) -> None:
         document = message.document
-        if self.conversation is not None:
-            self.conversation.close()
+        previous = self.conversation  # closed by the engine worker, never here: closing can take seconds
         session, self.pending_session = self.pending_session, None
         notes: list[str] = []
         if session is not None and session.document_sha256 != document.sha256:
@@ -193,7 +195,7 @@ class ChatScreen(Screen[None]):
                 else:
                     await log.add_answer(turn.content, f"{turn.arm} · restored from the saved session")
         self.sub_title = document.title
-        self.start_engine()
+        self.start_engine(previous=previous)
         for note in notes:
             self.notify(note, title="Session", severity="warning", timeout=15)
         self.session_notes = notes
@@ -203,21 +205,26 @@ class ChatScreen(Screen[None]):
 
     # -------------------------------------------------------------- the engine
 
-    def start_engine(self, n_ctx: int | None = None) -> None:
+    def start_engine(self, n_ctx: int | None = None, previous: Conversation | None = None) -> None:
         assert self.conversation is not None
         arm = self.fraqtl.settings.arm
+        self.engine_epoch += 1  # whatever an earlier engine still reports is dropped
         self.set_state("loading", f"Loading the model with the {arm} cache…")
         self.query_one(DocumentBar).set_progress(0, 1)
-        self.run_engine_start(self.conversation, n_ctx)
+        self.run_engine_start(self.conversation, n_ctx, previous if previous is not self.conversation else None)
 
-    def post_for(self, conversation: Conversation, message: Message) -> None:
-        """Post a worker's message unless its conversation was replaced meanwhile (a new document)."""
-        if conversation is self.conversation:
+    def post_for(self, conversation: Conversation, message: Message, epoch: int | None = None) -> None:
+        """Post a worker's message unless its conversation or engine was replaced meanwhile."""
+        if conversation is self.conversation and (epoch is None or epoch == self.engine_epoch):
+            self.last_engine_news = time.monotonic()
             self.post_message(message)
 
     @work(thread=True, exclusive=True, group="engine")
-    def run_engine_start(self, conversation: Conversation, n_ctx: int | None) -> None:
-        post = partial(self.post_for, conversation)
+    def run_engine_start(self, conversation: Conversation, n_ctx: int | None,
+                         previous: Conversation | None = None) -> None:
+        if previous is not None:
+            previous.close()  # here, in a thread: a busy engine process takes seconds to end
+        post = partial(self.post_for, conversation, epoch=self.engine_epoch)
         try:
             loaded = conversation.start_engine(n_ctx=n_ctx)
             post(EngineStarted(loaded))
@@ -348,12 +355,13 @@ class ChatScreen(Screen[None]):
         await log.add_question(question)
         self.current_answer = await log.add_answer()
         self.last_question = question
+        self.last_engine_news = time.monotonic()
         self.set_state("answering", "Answering… Esc stops.")
-        self.answer_worker(self.conversation, question)
+        self.answer_worker(self.conversation, question, self.engine_epoch)
 
     @work(thread=True, exclusive=True, group="answer")
-    def answer_worker(self, conversation: Conversation, question: str) -> None:
-        post = partial(self.post_for, conversation)
+    def answer_worker(self, conversation: Conversation, question: str, epoch: int) -> None:
+        post = partial(self.post_for, conversation, epoch=epoch)
         buffer = ""
         last_post = time.monotonic()
         try:
@@ -404,13 +412,24 @@ class ChatScreen(Screen[None]):
             self.current_answer.add_class("failed")
             await self.current_answer.finish(None, [], note=message.message)
             self.current_answer = None
-        crashed = message.kind == "EngineCrashedError"
+        crashed = message.kind in ("EngineCrashedError", "EngineHungError")
         overflow = message.kind == "ContextOverflowError"
         if overflow and self.conversation is not None and self.conversation.engine is not None:
             self.set_state("ready", message.message)
         else:
             self.set_state("failed", message.message + (" Press F5 to restart the engine." if crashed else ""))
         self.notify(message.message, title="Engine", severity="error", timeout=10)
+
+    async def check_engine_hung(self) -> None:
+        """An engine that reports nothing for ``answer_timeout_s`` is given up on (F5 starts a new one)."""
+        limit = self.fraqtl.settings.answer_timeout_s
+        if self.state not in ("prefilling", "answering") or time.monotonic() - self.last_engine_news < limit:
+            return
+        self.engine_epoch += 1  # the hung worker's late news is dropped
+        if self.conversation is not None:
+            self.conversation.stop()
+        error = EngineHungError(limit)
+        await self.engine_failed(EngineFailedMessage(str(error), type(error).__name__))
 
     # -------------------------------------------------------------- actions
 
