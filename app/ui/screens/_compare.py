@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 class CompareScreen(Screen[None]):
     BINDINGS = [
-        Binding("escape", "back", "Back to chat"),
+        Binding("escape", "back", "Stop / back to chat"),
         Binding("ctrl+r", "run", "Run"),
         Binding("ctrl+s", "save_report", "Save report"),
     ]
@@ -44,6 +44,7 @@ class CompareScreen(Screen[None]):
         self.report_path = None
         self.running = False
         self._cancel = False
+        self.chat_engine_closed = False  # the chat's engine was closed so that peaks are one arm's
 
     @property
     def fraqtl(self) -> FraqtlApp:
@@ -60,7 +61,8 @@ class CompareScreen(Screen[None]):
             for arm in self.arms:
                 yield ArmPanel(arm)
         note = self.fraqtl.sampler.unavailable_reason
-        yield Static("Arms run one after another, each in its own engine process. " +
+        yield Static("Arms run one after another, each in its own engine process; the chat's engine is closed "
+                     "meanwhile and restarts when you go back. Esc stops the running arm. " +
                      (f"Peak VRAM: {note}" if note else "Peak VRAM is measured with NVML."), id="compare-note")
         yield Footer()
 
@@ -81,6 +83,10 @@ class CompareScreen(Screen[None]):
         if self.running:
             self.notify("A comparison is already running.", severity="warning")
             return
+        if self.fraqtl.chat_screen.busy():
+            self.notify("The chat is still preparing or answering; wait for it, or stop it with Esc in the chat.",
+                        severity="warning")
+            return
         self.running = True
         self._cancel = False
         self.question = question
@@ -93,6 +99,10 @@ class CompareScreen(Screen[None]):
     def run_arms(self, question: str) -> None:
         app = self.fraqtl
         assert app.document is not None
+        chat = app.conversation
+        if chat is not None and chat.engine is not None:
+            chat.close()  # its memory would count in every arm's peak
+            self.chat_engine_closed = True
         results = run_comparison(
             app.document, question, app.settings, app.model_path, self.arms, factory=app.factory,
             sampler=app.sampler if app.sampler.available else None,
@@ -131,5 +141,10 @@ class CompareScreen(Screen[None]):
         self.notify(f"Saved the report to {path}.")
 
     def action_back(self) -> None:
-        self._cancel = True
+        if self.running:  # Esc first stops the arm that is running, and the ones after it
+            self._cancel = True
+            self.notify("Stopping the comparison…")
+            return
         self.app.pop_screen()
+        if self.chat_engine_closed:
+            self.fraqtl.chat_screen.start_engine()
