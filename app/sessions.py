@@ -68,6 +68,35 @@ class Session:
     def folder() -> Path:
         return locations.sessions_dir()
 
+    def to_markdown(self, model: str = "") -> str:
+        """The transcript as Markdown: the document, then each question and its answer."""
+        lines = [f"# {self.document_title}", ""]
+        lines += [f"- Document: {', '.join(self.sources)}" + (f" (pages {self.page_range})" if self.page_range else "")]
+        if model:
+            lines.append(f"- Model: {model}")
+        lines += [f"- Session: {self.id}, saved {time.strftime('%Y-%m-%d %H:%M', time.localtime(self.updated))}", ""]
+        asked = 0
+        for turn in self.turns:
+            if turn.role == "user":
+                asked += 1
+                lines += [f"## Question {asked}", ""] + ["> " + line for line in turn.content.splitlines()] + [""]
+            else:
+                lines += [turn.content, ""]
+                notes = [turn.arm] if turn.arm else []
+                if turn.finish == "cancelled":
+                    notes.append("stopped")
+                elif turn.finish == "length":
+                    notes.append("cut at the answer limit")
+                if notes:
+                    lines += [f"_{' · '.join(notes)}_", ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def export(self, model: str = "") -> Path:
+        """Write the transcript as Markdown beside the reports; returns where it went."""
+        path = locations.data_dir() / "transcripts" / f"{self.id}.md"
+        write_atomic(path, self.to_markdown(model))
+        return path
+
     @property
     def path(self) -> Path:
         return self.folder() / f"{self.id}.json"

@@ -68,3 +68,19 @@ async def test_a_changed_document_keeps_the_transcript_and_says_so(model_path, t
         assert "Piet Oder" in app.document.text
         assert screen.conversation.session.id == session.id  # the same session goes on
         assert len(screen.conversation.history()) == 2
+
+
+async def test_ctrl_s_exports_the_transcript_as_markdown(model_path, tmp_path: Path) -> None:
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        await pilot.press("ctrl+s")
+        assert screen.exported_to is None  # nothing to export yet
+        screen.query_one("#question").value = "Who designed the railway?"
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready" and screen.last_done is not None)
+        await pilot.press("ctrl+s")
+        assert screen.exported_to == tmp_path / "data" / "transcripts" / f"{app.conversation.session.id}.md"
+        text = screen.exported_to.read_text()
+        assert "> Who designed the railway?" in text and "Marta Quell" in text

@@ -151,3 +151,15 @@ def test_an_unusable_session_file_is_a_named_error_and_left_alone(dirs: Path) ->
     with pytest.raises(SessionFileError, match=r"\(there is no such file\); F3 lists the saved sessions"):
         Session.load("nowhere")
     assert Session.list() == []
+
+
+def test_transcript_exports_as_markdown(dirs: Path) -> None:
+    session = Session("/docs/a.pdf", "a.pdf", "ab" * 32, page_range="2-3", document_sources=["/docs/a.pdf", "/b.md"],
+                      turns=[Turn("user", "Who ran it?\nAnd when?"), Turn("assistant", "Ada Brill [p. 2].", "d2", 9, "stop"),
+                             Turn("user", "More?"), Turn("assistant", "It opened", "f16", 5, "length")])
+    path = session.export("SmolLM2.gguf")
+    assert path == dirs / "data" / "transcripts" / f"{session.id}.md"
+    text = path.read_text()
+    assert text.startswith("# a.pdf\n\n- Document: /docs/a.pdf, /b.md (pages 2-3)\n- Model: SmolLM2.gguf\n")
+    assert "## Question 1\n\n> Who ran it?\n> And when?\n\nAda Brill [p. 2].\n\n_d2_\n" in text
+    assert "## Question 2\n\n> More?\n\nIt opened\n\n_f16 · cut at the answer limit_\n" in text

@@ -60,6 +60,7 @@ class ChatScreen(Screen[None]):
         Binding("f4", "settings", "Settings"),
         Binding("f5", "restart_engine", "Restart engine"),
         Binding("f9", "toggle_vram", "VRAM panel"),
+        Binding("ctrl+s", "export", "Export"),
     ]
     DEFAULT_CSS = """
     ChatScreen #chat-column { width: 1fr; }
@@ -78,6 +79,7 @@ class ChatScreen(Screen[None]):
         self.state_before_ingest = "empty"
         self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
         self.session_notes: list[str] = []  # what reopening the last session had to tell the person
+        self.exported_to: Path | None = None
         self.engine_epoch = 0  # bumped when the engine is (re)started or given up on as hung
         self.last_engine_news = time.monotonic()  # when a worker last reported on the engine
 
@@ -211,7 +213,8 @@ class ChatScreen(Screen[None]):
         self.engine_epoch += 1  # whatever an earlier engine still reports is dropped
         self.set_state("loading", f"Loading the model with the {arm} cache…")
         self.query_one(DocumentBar).set_progress(0, 1)
-        self.run_engine_start(self.conversation, n_ctx, previous if previous is not self.conversation else None)
+        self.run_engine_start(self.conversation, n_ctx, previous if previous is not self.conversation else None,
+                              self.engine_epoch)
 
     def post_for(self, conversation: Conversation, message: Message, epoch: int | None = None) -> None:
         """Post a worker's message unless its conversation or engine was replaced meanwhile."""
@@ -221,10 +224,10 @@ class ChatScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="engine")
     def run_engine_start(self, conversation: Conversation, n_ctx: int | None,
-                         previous: Conversation | None = None) -> None:
+                         previous: Conversation | None, epoch: int) -> None:
         if previous is not None:
             previous.close()  # here, in a thread: a busy engine process takes seconds to end
-        post = partial(self.post_for, conversation, epoch=self.engine_epoch)
+        post = partial(self.post_for, conversation, epoch=epoch)
         try:
             loaded = conversation.start_engine(n_ctx=n_ctx)
             post(EngineStarted(loaded))
@@ -470,6 +473,19 @@ class ChatScreen(Screen[None]):
 
     def action_settings(self) -> None:
         self.fraqtl.action_settings()
+
+    def action_export(self) -> None:
+        if self.conversation is None or not self.conversation.session.turns:
+            self.notify("Ask a question first: there is no transcript to export yet.", severity="warning")
+            return
+        try:
+            path = self.conversation.session.export(self.fraqtl.model_path.name)
+        except OSError as exc:
+            self.notify(f"The transcript could not be written ({exc.strerror}); free some disk space and try again.",
+                        severity="error", timeout=10)
+            return
+        self.exported_to = path
+        self.notify(f"Exported the transcript to {path}.")
 
     def action_toggle_vram(self) -> None:
         panel = self.query_one(VramPanel)
