@@ -163,3 +163,37 @@ def test_transcript_exports_as_markdown(dirs: Path) -> None:
     assert text.startswith("# a.pdf\n\n- Document: /docs/a.pdf, /b.md (pages 2-3)\n- Model: SmolLM2.gguf\n")
     assert "## Question 1\n\n> Who ran it?\n> And when?\n\nAda Brill [p. 2].\n\n_d2_\n" in text
     assert "## Question 2\n\n> More?\n\nIt opened\n\n_f16 · cut at the answer limit_\n" in text
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                        max_size=5), max_leaves=15)
+session_like = st.fixed_dictionaries(
+    {"document_source": st.one_of(st.text(max_size=30), json_values),
+     "document_title": st.one_of(st.text(max_size=30), json_values),
+     "document_sha256": st.one_of(st.text(max_size=64), json_values)},
+    optional={"turns": st.one_of(json_values, st.lists(st.fixed_dictionaries(
+                  {"role": st.sampled_from(["user", "assistant", 3]), "content": st.one_of(st.text(), json_values)},
+                  optional={"arm": json_values, "n_evaluated": json_values, "extra": json_values}), max_size=3)),
+              "id": st.one_of(st.text(max_size=20), json_values), "page_range": json_values, "updated": json_values,
+              "document_sources": json_values, "unknown": json_values, "future_field": json_values})
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(json_values, session_like))
+def test_no_json_in_a_session_file_escapes_as_anything_but_a_session_file_error(dirs: Path, value: object) -> None:
+    folder = dirs / "data" / "sessions"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "fuzz.json"
+    text = json.dumps(value)
+    path.write_text(text)
+    try:
+        session = Session.load("fuzz")
+    except SessionFileError as exc:
+        assert str(exc).endswith("it was left as it is.")
+        assert path.read_text() == text
+        return
+    assert isinstance(session.turns, list) and all(isinstance(t.content, str) for t in session.turns)
+    assert session.sources and all(isinstance(s, str) for s in session.sources)
+    session.save()  # whatever loaded can be saved again, to its own folder
+    assert session.path.parent == folder
