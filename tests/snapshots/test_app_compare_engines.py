@@ -101,3 +101,27 @@ async def test_esc_stops_the_running_arm(model_path) -> None:
         assert by_arm["f16"].status == "stopped" and by_arm["f16"].reason == "stopped with Esc"
         assert by_arm["q8_0"].status == "stopped" and by_arm["q8_0"].reason == "not run"
         assert "stopped" in str(compare.query_one("#arm-f16", ArmPanel).query_one(".arm-status").render())
+
+
+async def test_a_full_disk_costs_the_report_not_the_app(model_path, monkeypatch) -> None:
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("app.ui.screens._compare.write_atomic", full)
+    app = make(model_path)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, lambda: app.chat_screen.state == "ready")
+        await pilot.press("f2")
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+        compare = app.screen
+        compare.query_one("#compare-question").value = "Who designed the railway?"
+        await pilot.click("#compare-run")
+        await until(pilot, lambda: bool(compare.results), steps=500)
+        said: list[str] = []
+        monkeypatch.setattr(compare, "notify", lambda message, **kwargs: said.append(message))
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+        assert compare.report_path is None and app.is_running
+        assert said and "(No space left on device); free some disk space and press Ctrl+S again." in said[0]

@@ -136,7 +136,12 @@ class CompareScreen(Screen[None]):
         text = report_markdown(app.document, self.question, self.results, app.model_path.name, app.settings,
                                app.sampler.unavailable_reason)
         path = locations.data_dir() / "reports" / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.md"
-        write_atomic(path, text)
+        try:
+            write_atomic(path, text)
+        except OSError as exc:  # a full disk costs the report, never the comparison on screen
+            self.notify(f"The report could not be written to {path.parent} ({exc.strerror}); free some disk "
+                        "space and press Ctrl+S again.", severity="error", timeout=10)
+            return
         self.report_path = path
         self.notify(f"Saved the report to {path}.")
 
