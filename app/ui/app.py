@@ -99,7 +99,7 @@ class FraqtlApp(App[None]):
         if hasattr(self.sampler, "start"):
             self.sampler.start()
         for note in self.start_notes:
-            self.notify(note, title="At start-up", severity="warning", timeout=20)
+            self.notify(note, title="At start-up", severity="warning", timeout=20, markup=False)
 
     def on_unmount(self) -> None:
         if self.conversation is not None:
@@ -109,7 +109,7 @@ class FraqtlApp(App[None]):
 
     def action_compare(self) -> None:
         if self.document is None:
-            self.notify("Open a document first (ctrl+o).", severity="warning")
+            self.notify("Open a document first (ctrl+o).", severity="warning", markup=False)
             return
         self.push_screen(CompareScreen(self.chat_screen.last_question))
 
@@ -126,15 +126,15 @@ class FraqtlApp(App[None]):
             if after != before and self.conversation is not None and self.chat_screen.state != "answering":
                 self.conversation.model_path = self.model_path
                 self.chat_screen.start_engine()
-                self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.")
+                self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.", markup=False)
             else:
-                self.notify("Settings saved.")
+                self.notify("Settings saved.", markup=False)
 
         self.push_screen(SettingsScreen(), saved)
 
     def action_screenshot(self) -> None:
         path = self.save_screenshot()
-        self.notify(f"Saved a screenshot to {path}.")
+        self.notify(f"Saved a screenshot to {path}.", markup=False)
 
 
 def create_app(settings: Settings | None = None, paths: Iterable[Path] = (), model_path: Path | None = None,

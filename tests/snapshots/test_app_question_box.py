@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from textual import events
 
@@ -61,6 +61,9 @@ texts = st.one_of(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(text=texts, paste=st.booleans())
+@example(text="/tr[a=b", paste=False)  # the MarkupError this test found in a refused path
+@example(text="[bold]why[/] [/]", paste=True)
+@example(text="x" * 289, paste=False)
 def test_no_text_crashes_the_question_box(model_path, text: str, paste: bool) -> None:
     async def run() -> None:
         app = make_app(model_path)
@@ -82,3 +85,25 @@ def test_no_text_crashes_the_question_box(model_path, text: str, paste: bool) ->
         assert app.return_code in (None, 0)
 
     asyncio.run(run())
+
+
+async def test_markup_in_names_questions_and_paths_is_shown_as_typed(model_path, tmp_path: Path) -> None:
+    # found by the property test above: a refused path with "[x=" in it closed the app (MarkupError)
+    doc = tmp_path / "report [draft=1] [b].md"
+    doc.write_text("The railway was designed by Marta Quell.")
+    app = make_app(model_path, paths=(doc,))
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        assert "report [draft=1] [b].md" in str(screen.query_one("#doc-title").render())
+        box = screen.query_one("#question")
+        for question in ("[bold]Who[/] designed it? [/]", "[link=x]", "[@click=app.quit]quit[/]"):
+            box.value = question
+            await pilot.press("enter")
+            await until(pilot, lambda: screen.state == "ready" and screen.current_answer is None)
+        assert [q.render().plain for q in screen.query(QuestionView)][-1] == "[@click=app.quit]quit[/]"
+        box.value = f"'{tmp_path / '[a=b'}'"
+        await pilot.press("enter")
+        await pilot.pause(0.05)
+        assert status(screen).startswith(f"There is no file at {tmp_path / '[a=b'}")
+        assert app.is_running

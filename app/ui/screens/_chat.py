@@ -141,7 +141,8 @@ class ChatScreen(Screen[None]):
                 self.post_message(message)
 
         def warn(text: str) -> None:
-            self.app.call_from_thread(self.notify, text, title="Document cache", severity="warning", timeout=10)
+            self.app.call_from_thread(self.notify, text, title="Document cache", severity="warning", timeout=10,
+                                      markup=False)
 
         try:
             docs = [load_document(p, lambda d, t: post(IngestProgressed(d, t)), limits=limits, on_warning=warn)
@@ -163,7 +164,7 @@ class ChatScreen(Screen[None]):
     @on(DocumentFailed)
     def document_failed(self, message: DocumentFailed) -> None:
         self.set_state(self.state_before_ingest, message.message)  # the open document stays usable
-        self.notify(message.message, title="Could not open the document", severity="error", timeout=10)
+        self.notify(message.message, title="Could not open the document", severity="error", timeout=10, markup=False)
 
     @on(DocumentLoaded)
     async def document_loaded(self, message: DocumentLoaded) -> None:
@@ -199,7 +200,7 @@ class ChatScreen(Screen[None]):
         self.sub_title = document.title
         self.start_engine(previous=previous)
         for note in notes:
-            self.notify(note, title="Session", severity="warning", timeout=15)
+            self.notify(note, title="Session", severity="warning", timeout=15, markup=False)
         self.session_notes = notes
 
     def reopen(self, session: Session) -> None:
@@ -272,7 +273,7 @@ class ChatScreen(Screen[None]):
     def overflow_chosen(self, choice: tuple[str, object] | None) -> None:
         if choice is None or self.conversation is None:
             self.notify("The document was not loaded into the model; open another or pick a page range "
-                        "with ctrl+o.", severity="warning")
+                        "with ctrl+o.", severity="warning", markup=False)
             return
         kind, value = choice
         if kind == "context":
@@ -330,22 +331,22 @@ class ChatScreen(Screen[None]):
     @on(PathsRefused)
     def paths_refused(self, message: PathsRefused) -> None:
         self.query_one(DocumentBar).set_status(message.message)
-        self.notify(message.message, title="Could not open", severity="error", timeout=10)
+        self.notify(message.message, title="Could not open", severity="error", timeout=10, markup=False)
 
     def ask(self, question: str) -> None:
         if self.conversation is None:
-            self.notify("Open a document first (ctrl+o, or drop a file here).", severity="warning")
+            self.notify("Open a document first (ctrl+o, or drop a file here).", severity="warning", markup=False)
             return
         if self.state in ("loading", "prefilling", "ingesting"):
             self.pending_question = question
-            self.notify("The document is still being prepared; your question will be asked when it is ready.")
+            self.notify("The document is still being prepared; your question will be asked when it is ready.", markup=False)
             return
         if self.state == "answering":
-            self.notify("An answer is still streaming; press Esc to stop it first.", severity="warning")
+            self.notify("An answer is still streaming; press Esc to stop it first.", severity="warning", markup=False)
             return
         if self.state in ("failed", "refused"):
             self.notify("The engine is not ready: press F5 to restart it, or F4 to change the arm or context.",
-                        severity="warning")
+                        severity="warning", markup=False)
             return
         self.run_question(question)
 
@@ -385,7 +386,7 @@ class ChatScreen(Screen[None]):
                         conversation.session.save()
                     except OSError as exc:
                         self.app.call_from_thread(self.notify, f"The session could not be saved ({exc}).",
-                                                  severity="warning")
+                                                  severity="warning", markup=False)
                     post(AnswerCompleted(event, citations))
                 elif isinstance(event, EngineFailed):
                     post(EngineFailedMessage(event.message, event.kind))
@@ -421,7 +422,7 @@ class ChatScreen(Screen[None]):
             self.set_state("ready", message.message)
         else:
             self.set_state("failed", message.message + (" Press F5 to restart the engine." if crashed else ""))
-        self.notify(message.message, title="Engine", severity="error", timeout=10)
+        self.notify(message.message, title="Engine", severity="error", timeout=10, markup=False)
 
     async def check_engine_hung(self) -> None:
         """An engine that reports nothing for ``answer_timeout_s`` is given up on (F5 starts a new one)."""
@@ -461,10 +462,10 @@ class ChatScreen(Screen[None]):
 
     def action_restart_engine(self) -> None:
         if self.conversation is None:
-            self.notify("Open a document first.", severity="warning")
+            self.notify("Open a document first.", severity="warning", markup=False)
             return
         if self.state == "answering":
-            self.notify("An answer is streaming; press Esc to stop it, then restart.", severity="warning")
+            self.notify("An answer is streaming; press Esc to stop it, then restart.", severity="warning", markup=False)
             return
         self.start_engine()
 
@@ -476,16 +477,16 @@ class ChatScreen(Screen[None]):
 
     def action_export(self) -> None:
         if self.conversation is None or not self.conversation.session.turns:
-            self.notify("Ask a question first: there is no transcript to export yet.", severity="warning")
+            self.notify("Ask a question first: there is no transcript to export yet.", severity="warning", markup=False)
             return
         try:
             path = self.conversation.session.export(self.fraqtl.model_path.name)
         except OSError as exc:
             self.notify(f"The transcript could not be written ({exc.strerror}); free some disk space and try again.",
-                        severity="error", timeout=10)
+                        severity="error", timeout=10, markup=False)
             return
         self.exported_to = path
-        self.notify(f"Exported the transcript to {path}.")
+        self.notify(f"Exported the transcript to {path}.", markup=False)
 
     def action_toggle_vram(self) -> None:
         panel = self.query_one(VramPanel)

@@ -75,17 +75,17 @@ class CompareScreen(Screen[None]):
     async def action_run(self) -> None:
         question = self.query_one("#compare-question", Input).value.strip()
         if not question:
-            self.notify("Type the question every arm should answer.", severity="warning")
+            self.notify("Type the question every arm should answer.", severity="warning", markup=False)
             return
         if self.fraqtl.document is None:
-            self.notify("Open a document first.", severity="warning")
+            self.notify("Open a document first.", severity="warning", markup=False)
             return
         if self.running:
-            self.notify("A comparison is already running.", severity="warning")
+            self.notify("A comparison is already running.", severity="warning", markup=False)
             return
         if self.fraqtl.chat_screen.busy():
             self.notify("The chat is still preparing or answering; wait for it, or stop it with Esc in the chat.",
-                        severity="warning")
+                        severity="warning", markup=False)
             return
         self.running = True
         self._cancel = False
@@ -124,12 +124,12 @@ class CompareScreen(Screen[None]):
         self.results = message.results
         self.query_one("#compare-save", Button).disabled = False
         done = sum(r.ok for r in message.results)
-        self.notify(f"Compared {len(message.results)} arms: {done} answered.")
+        self.notify(f"Compared {len(message.results)} arms: {done} answered.", markup=False)
 
     @on(Button.Pressed, "#compare-save")
     def action_save_report(self) -> None:
         if not self.results:
-            self.notify("Run the comparison first.", severity="warning")
+            self.notify("Run the comparison first.", severity="warning", markup=False)
             return
         app = self.fraqtl
         assert app.document is not None
@@ -140,15 +140,15 @@ class CompareScreen(Screen[None]):
             write_atomic(path, text)
         except OSError as exc:  # a full disk costs the report, never the comparison on screen
             self.notify(f"The report could not be written to {path.parent} ({exc.strerror}); free some disk "
-                        "space and press Ctrl+S again.", severity="error", timeout=10)
+                        "space and press Ctrl+S again.", severity="error", timeout=10, markup=False)
             return
         self.report_path = path
-        self.notify(f"Saved the report to {path}.")
+        self.notify(f"Saved the report to {path}.", markup=False)
 
     def action_back(self) -> None:
         if self.running:  # Esc first stops the arm that is running, and the ones after it
             self._cancel = True
-            self.notify("Stopping the comparison…")
+            self.notify("Stopping the comparison…", markup=False)
             return
         self.app.pop_screen()
         if self.chat_engine_closed:

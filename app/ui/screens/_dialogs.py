@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -56,9 +57,9 @@ class OpenDialog(ModalScreen[list[Path] | None]):
         if not paths:
             self.query_one("#open-error", Static).update("Type or drop the path of a file.")
         elif folder is not None:
-            self.query_one("#open-error", Static).update(str(FolderDroppedError(str(folder))))
+            self.query_one("#open-error", Static).update(Text(str(FolderDroppedError(str(folder)))))
         elif missing is not None:
-            self.query_one("#open-error", Static).update(str(DocumentNotFoundError(str(missing))))
+            self.query_one("#open-error", Static).update(Text(str(DocumentNotFoundError(str(missing)))))
         else:
             self.dismiss(paths)
 
@@ -117,7 +118,7 @@ class OverflowDialog(ModalScreen[tuple[str, object] | None]):
         try:
             self.document.parse_range(text)
         except Exception as exc:  # PageRangeError: one sentence
-            self.query_one("#overflow-error", Static).update(str(exc))
+            self.query_one("#overflow-error", Static).update(Text(str(exc)))
             return
         self.dismiss(("range", text))
 

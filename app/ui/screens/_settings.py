@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -94,7 +95,7 @@ class SettingsScreen(ModalScreen[bool]):
             ).validate()
             candidate.save()
         except (SettingsError, ValueError, OSError) as exc:
-            self.query_one("#settings-error", Static).update(str(exc))
+            self.query_one("#settings-error", Static).update(Text(str(exc)))
             return
         for field, value in vars(candidate).items():
             setattr(current, field, value)

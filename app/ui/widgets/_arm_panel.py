@@ -48,7 +48,7 @@ class ArmPanel(Vertical):
         status = _STATUS.get(result.status, result.status)
         if result.reason:
             status = f"{status}: {result.reason}"
-        self.query_one(".arm-status", Label).update(status)
+        self.query_one(".arm-status", Label).update(Text(status))
         if result.answer != previous.answer or not result.answer:
             await self.query_one(".arm-answer", Markdown).update(result.answer)  # awaited: updates stay in order
         self.query_one(".arm-stats", Static).update(self._stats(result))
