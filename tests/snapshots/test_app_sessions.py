@@ -84,3 +84,25 @@ async def test_ctrl_s_exports_the_transcript_as_markdown(model_path, tmp_path: P
         assert screen.exported_to == tmp_path / "data" / "transcripts" / f"{app.conversation.session.id}.md"
         text = screen.exported_to.read_text()
         assert "> Who designed the railway?" in text and "Marta Quell" in text
+
+
+async def test_f3_lists_sessions_whose_titles_look_like_markup(model_path, tmp_path: Path) -> None:
+    from app.ui.screens._dialogs import SessionsDialog
+
+    doc = tmp_path / "notes [x=1].md"
+    doc.write_text("The harbour master is Ilse Varga.")
+    saved = Session(str(doc), doc.name, load_document(doc).sha256,
+                    turns=[Turn("user", "Who?"), Turn("assistant", "Ilse Varga.", "f16")])
+    saved.save()
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        await pilot.press("f3")
+        await until(pilot, lambda: isinstance(app.screen, SessionsDialog))
+        options = app.screen.query_one("#sessions-list")
+        assert str(options.get_option_at_index(0).prompt).startswith("notes [x=1].md · 1 question(s)")
+        options.focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready" and app.document.title == doc.name)
+        assert [a.text for a in screen.query(AnswerView)] == ["Ilse Varga."]

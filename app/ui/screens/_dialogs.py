@@ -140,8 +140,8 @@ class SessionsDialog(ModalScreen[Session | None]):
             if not self.sessions:
                 yield Static("No saved sessions yet: a session is saved after each answer.")
             options = [
-                Option(f"{s.document_title} · {sum(t.role == 'user' for t in s.turns)} question(s) · "
-                       f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(s.updated))}", id=s.id)
+                Option(Text(f"{s.document_title} · {sum(t.role == 'user' for t in s.turns)} question(s) · "
+                            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(s.updated))}"), id=s.id)
                 for s in self.sessions
             ]
             yield OptionList(*options, id="sessions-list")
