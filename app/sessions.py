@@ -131,7 +131,7 @@ class Session:
         turns: list[Turn] = []
         turn_fields = {f.name for f in dataclasses.fields(Turn)}
         for i, raw in enumerate(record.get("turns", [])):
-            if not isinstance(raw, dict) or not isinstance(raw.get("role"), str) or not isinstance(raw.get("content"), str):
+            if not (isinstance(raw, dict) and isinstance(raw.get("role"), str) and isinstance(raw.get("content"), str)):
                 raise SessionFileError(str(path), f"turn {i + 1} has no role and content")
             _check(raw, {"arm": str, "n_evaluated": int, "finish": str}, f"turn {i + 1}'s ", path)
             turns.append(Turn(**{k: v for k, v in raw.items() if k in turn_fields}))

@@ -52,11 +52,13 @@ class Settings:
         if not 1 <= self.max_pages <= 1_000_000:
             raise SettingsError(f"The page limit must be between 1 and 1,000,000, not {self.max_pages:,}.")
         if not 1 <= self.ingest_timeout_s <= 86_400:
-            raise SettingsError(f"The reading time limit must be between 1 and 86,400 s, not {self.ingest_timeout_s:,}.")
+            raise SettingsError(
+                f"The reading time limit must be between 1 and 86,400 s, not {self.ingest_timeout_s:,}.")
         if not 1 <= self.answer_timeout_s <= 86_400:
             raise SettingsError(f"The answer time-out must be between 1 and 86,400 s, not {self.answer_timeout_s:,}.")
         if not 1 <= self.max_document_mb <= 65_536:
-            raise SettingsError(f"The document size limit must be between 1 and 65,536 MiB, not {self.max_document_mb:,}.")
+            raise SettingsError(
+                f"The document size limit must be between 1 and 65,536 MiB, not {self.max_document_mb:,}.")
         if self.n_threads < 0:
             raise SettingsError(f"The thread count must be 0 (all cores) or more, not {self.n_threads}.")
         if not 1 <= self.max_tokens <= 8192:

@@ -159,7 +159,8 @@ class ChatScreen(Screen[None]):
     @on(IngestProgressed)
     def ingest_progressed(self, message: IngestProgressed) -> None:
         self.query_one(DocumentBar).set_progress(message.done, message.total)
-        self.query_one(DocumentBar).set_status(f"Extracting text: page {message.done:,} of {message.total:,} · Esc stops")
+        self.query_one(DocumentBar).set_status(
+            f"Extracting text: page {message.done:,} of {message.total:,} · Esc stops")
 
     @on(DocumentFailed)
     def document_failed(self, message: DocumentFailed) -> None:
@@ -339,7 +340,8 @@ class ChatScreen(Screen[None]):
             return
         if self.state in ("loading", "prefilling", "ingesting"):
             self.pending_question = question
-            self.notify("The document is still being prepared; your question will be asked when it is ready.", markup=False)
+            self.notify("The document is still being prepared; your question will be asked when it is ready.",
+                        markup=False)
             return
         if self.state == "answering":
             self.notify("An answer is still streaming; press Esc to stop it first.", severity="warning", markup=False)
