@@ -90,3 +90,32 @@ async def test_closing_the_engine_for_a_new_document_does_not_freeze_the_ui(mode
         await until(pilot, lambda: screen.state == "ready" and app.document.title == "other.md", steps=1000)
         timer.stop()
         assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+
+
+class SlowToStartEngine(FakeEngine):
+    open_engines: set[int] = set()
+
+    def start(self):
+        time.sleep(0.5)  # a model loading
+        loaded = super().start()
+        SlowToStartEngine.open_engines.add(id(self))
+        return loaded
+
+    def close(self) -> None:
+        SlowToStartEngine.open_engines.discard(id(self))
+
+
+async def test_switching_documents_while_the_engine_loads_leaves_one_engine(model_path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first.md", tmp_path / "second.md"
+    first.write_text("The lighthouse was built in 1847.")
+    second.write_text("The harbour master is Ilse Varga.")
+    SlowToStartEngine.open_engines = set()
+    app = create_app(Settings(n_ctx=8192, max_tokens=64), [first], model_path, factory=SlowToStartEngine,
+                     sampler=FakeSampler(available=False), vram_refresh_s=0)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "loading")
+        screen.open_paths([second])  # while the first document's engine is still loading
+        await until(pilot, lambda: screen.state == "ready" and app.document.title == "second.md", steps=500)
+        await pilot.pause(0.8)  # the first engine's start has long returned
+        assert SlowToStartEngine.open_engines == {id(app.conversation.engine)}

@@ -232,6 +232,9 @@ class ChatScreen(Screen[None]):
         post = partial(self.post_for, conversation, epoch=epoch)
         try:
             loaded = conversation.start_engine(n_ctx=n_ctx)
+            if conversation is not self.conversation:  # another document took over while this engine loaded
+                conversation.close()
+                return
             post(EngineStarted(loaded))
             fit = conversation.measure()
         except EngineError as exc:
