@@ -42,6 +42,7 @@ INGEST_VERSION = 1  # bump when extraction changes, so cached text is extracted 
 DEFAULT_MAX_BYTES = 64 * 2**20
 DEFAULT_MAX_PAGES = 2000  # far more than 128K tokens hold; a page range is chosen after reading
 DEFAULT_MAX_SECONDS = 120.0  # checked between pages
+DEFAULT_MAX_PAGE_CONTENT = 2**20  # a page's drawing instructions; pypdf reads ~0.1 MB of them a second
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text", ""}
 
 #: ``on_progress(done_pages, total_pages)``
@@ -57,6 +58,7 @@ class IngestLimits:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pages: int = DEFAULT_MAX_PAGES
     max_seconds: float = DEFAULT_MAX_SECONDS
+    max_page_content: int = DEFAULT_MAX_PAGE_CONTENT  # bytes; a larger page is skipped with a warning
     should_stop: Callable[[], bool] = lambda: False  # a person pressed Esc
 
 
@@ -150,7 +152,8 @@ def normalize(text: str) -> str:
 # ---------------------------------------------------------------------------- readers
 
 
-def _read_pdf(path: Path, on_progress: Progress | None, limits: IngestLimits) -> list[str]:
+def _read_pdf(path: Path, on_progress: Progress | None, limits: IngestLimits,
+              on_warning: Warn | None = None) -> list[str]:
     import pypdf
     from pypdf import filters
     from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PdfReadError
@@ -174,7 +177,15 @@ def _read_pdf(path: Path, on_progress: Progress | None, limits: IngestLimits) ->
                 raise IngestCancelledError(str(path), done, total)
             if time.monotonic() - started > limits.max_seconds:
                 raise IngestTimeoutError(str(path), time.monotonic() - started, done, total)
-            pages.append(normalize(reader.pages[done].extract_text() or ""))
+            page = reader.pages[done]
+            contents = page.get_contents()
+            size = len(contents.get_data()) if contents is not None else 0
+            if size > limits.max_page_content:  # one such page would hold the reader for minutes
+                pages.append("")
+                if on_warning:
+                    on_warning(str(PageSkippedWarning(path.name, done + 1, size, limits.max_page_content)))
+            else:
+                pages.append(normalize(page.extract_text() or ""))
             if on_progress:
                 on_progress(done + 1, total)
     except DocumentError:
@@ -279,8 +290,15 @@ def load_document(path: str | Path, on_progress: Progress | None = None,
         if on_progress:
             on_progress(len(pages), len(pages))
         return Document(path.name, str(path), digest, kind, tuple(pages))
+    left_out: list[str] = []  # a document with pages left out is not cached: the warning must come again
+
+    def warn(text: str) -> None:
+        left_out.append(text)
+        if on_warning:
+            on_warning(text)
+
     if data.startswith(b"%PDF") or path.suffix.lower() == ".pdf":
-        kind, pages = "pdf", _read_pdf(path, on_progress, limits)
+        kind, pages = "pdf", _read_pdf(path, on_progress, limits, warn)
     else:
         kind, pages = "text", _read_text(path, data)
         if len(pages) > limits.max_pages:
@@ -288,7 +306,8 @@ def load_document(path: str | Path, on_progress: Progress | None = None,
         if on_progress:
             on_progress(len(pages), len(pages))
     try:
-        write_atomic(cached, json.dumps({"kind": kind, "pages": pages, "source": str(path)}))
+        if not left_out:
+            write_atomic(cached, json.dumps({"kind": kind, "pages": pages, "source": str(path)}))
     except OSError as exc:  # a full or read-only disk costs the cache, not the document
         if on_warning:
             on_warning(str(CacheNotWrittenWarning(path.name, exc.strerror or type(exc).__name__)))
@@ -300,3 +319,10 @@ class CacheNotWrittenWarning(UserWarning):
         self.name, self.reason = name, reason
         super().__init__(f"The extracted text of {name} could not be cached ({reason}); it is open, but will be "
                          "read again next time: free some disk space.")
+
+
+class PageSkippedWarning(UserWarning):
+    def __init__(self, name: str, page: int, size: int, limit: int) -> None:
+        self.name, self.page, self.size, self.limit = name, page, size, limit
+        super().__init__(f"Page {page} of {name} was left out: it holds {size / 2**20:,.1f} MiB of drawing "
+                         f"instructions, over the {limit / 2**20:,.0f} MiB a page may hold; the other pages are open.")

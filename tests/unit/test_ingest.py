@@ -306,3 +306,24 @@ def test_pyproject_requires_a_pypdf_with_decompression_limits() -> None:
     assert tuple(int(x) for x in pypdf.__version__.split(".")[:2]) >= floor[:2]
     for limit in ("ZLIB_MAX_OUTPUT_LENGTH", "LZW_MAX_OUTPUT_LENGTH", "MAX_DECLARED_STREAM_LENGTH"):
         assert getattr(filters, limit) <= 75_000_000, limit
+
+
+def test_one_huge_page_is_left_out_with_a_warning_not_read_for_minutes(tmp_path: Path) -> None:
+    from pypdf.generic import DecodedStreamObject, NameObject
+
+    pdf = text_pages(tmp_path / "huge.pdf", 3)
+    writer = PdfWriter(clone_from=PdfReader(str(pdf)))
+    huge = DecodedStreamObject()
+    huge.set_data(b"BT /F1 12 Tf 72 720 Td " + b"(The dam holds water.) Tj 0 -14 Td " * 40_000 + b"ET\n")  # 1.4 MB
+    writer.pages[1][NameObject("/Contents")] = writer._add_object(huge)
+    with (tmp_path / "huge.pdf").open("wb") as fh:
+        writer.write(fh)
+    warnings: list[str] = []
+    started = time.monotonic()
+    doc = load_document(tmp_path / "huge.pdf", on_warning=warnings.append)
+    assert time.monotonic() - started < 5  # reading that page would take about 15 s
+    assert doc.pages[1] == "" and "pump station" in doc.pages[0] and "pump station" in doc.pages[2]
+    assert warnings == ["Page 2 of huge.pdf was left out: it holds 1.3 MiB of drawing instructions, over the 1 MiB "
+                        "a page may hold; the other pages are open."]
+    load_document(tmp_path / "huge.pdf", on_warning=warnings.append)
+    assert len(warnings) == 2  # not cached: the second open says so again

@@ -141,7 +141,7 @@ class ChatScreen(Screen[None]):
                 self.post_message(message)
 
         def warn(text: str) -> None:
-            self.app.call_from_thread(self.notify, text, title="Document cache", severity="warning", timeout=10,
+            self.app.call_from_thread(self.notify, text, title="Document", severity="warning", timeout=15,
                                       markup=False)
 
         try:
