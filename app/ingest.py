@@ -178,8 +178,7 @@ def _read_pdf(path: Path, on_progress: Progress | None, limits: IngestLimits,
             if time.monotonic() - started > limits.max_seconds:
                 raise IngestTimeoutError(str(path), time.monotonic() - started, done, total)
             page = reader.pages[done]
-            contents = page.get_contents()
-            size = len(contents.get_data()) if contents is not None else 0
+            size = _content_size(page)
             if size > limits.max_page_content:  # one such page would hold the reader for minutes
                 pages.append("")
                 if on_warning:
@@ -207,6 +206,22 @@ def _read_pdf(path: Path, on_progress: Progress | None, limits: IngestLimits,
     if not any(p.strip() for p in pages):
         raise ScannedPdfError(str(path), total)
     return pages
+
+
+def _content_size(page: object) -> int:
+    """Bytes of drawing instructions text extraction would read: the page's and its forms'."""
+    contents = page.get_contents()  # type: ignore[attr-defined]
+    data = contents.get_data() if contents is not None else b""
+    size = len(data)
+    resources = page.get("/Resources")  # type: ignore[attr-defined]
+    xobjects = resources.get_object().get("/XObject") if resources is not None else None
+    for name, ref in (xobjects.get_object().items() if xobjects is not None else ()):
+        if str(name).encode("latin-1", "replace") not in data:
+            continue  # resources are often shared by every page: count only the forms this page draws
+        form = ref.get_object()
+        if form.get("/Subtype") == "/Form":  # images are not decoded for text; forms are
+            size += len(form.get_data())
+    return size
 
 
 def _reason(exc: BaseException) -> str:

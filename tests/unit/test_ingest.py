@@ -327,3 +327,28 @@ def test_one_huge_page_is_left_out_with_a_warning_not_read_for_minutes(tmp_path:
                         "a page may hold; the other pages are open."]
     load_document(tmp_path / "huge.pdf", on_warning=warnings.append)
     assert len(warnings) == 2  # not cached: the second open says so again
+
+
+def test_a_huge_form_on_a_page_counts_as_its_content(tmp_path: Path) -> None:
+    from pypdf.generic import ArrayObject, DecodedStreamObject, DictionaryObject, FloatObject, NameObject
+
+    pdf = text_pages(tmp_path / "form.pdf", 2)
+    writer = PdfWriter(clone_from=PdfReader(str(pdf)))
+    form = DecodedStreamObject()
+    form.set_data(b"BT /F1 12 Tf 72 720 Td " + b"(The dam holds water.) Tj 0 -14 Td " * 40_000 + b"ET\n")
+    form.update({NameObject("/Type"): NameObject("/XObject"), NameObject("/Subtype"): NameObject("/Form"),
+                 NameObject("/BBox"): ArrayObject([FloatObject(0), FloatObject(0), FloatObject(612), FloatObject(792)])})
+    page = writer.pages[0]
+    resources = page["/Resources"].get_object()
+    resources[NameObject("/XObject")] = DictionaryObject({NameObject("/Fm1"): writer._add_object(form)})
+    small = DecodedStreamObject()
+    small.set_data(b"/Fm1 Do\n")
+    page[NameObject("/Contents")] = writer._add_object(small)
+    with (tmp_path / "form.pdf").open("wb") as fh:
+        writer.write(fh)
+    warnings: list[str] = []
+    started = time.monotonic()
+    doc = load_document(tmp_path / "form.pdf", on_warning=warnings.append)
+    assert time.monotonic() - started < 5
+    assert doc.pages[0] == "" and "pump station" in doc.pages[1]
+    assert warnings and warnings[0].startswith("Page 1 of form.pdf was left out: it holds 1.3 MiB")
