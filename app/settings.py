@@ -135,8 +135,14 @@ class Settings:
                 setattr(self, name, _convert(name, raw, hints[name]))
 
     def save(self, path: Path | None = None) -> Path:
+        """Write the settings; keys this version does not know (another version's) are kept."""
         path = path or self.path()
-        write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        try:
+            existing = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+        except (OSError, ValueError, RecursionError):
+            existing = {}
+        others = {k: v for k, v in existing.items() if k not in self._fields()} if isinstance(existing, dict) else {}
+        write_atomic(path, json.dumps({**others, **dataclasses.asdict(self)}, indent=2) + "\n")
         return path
 
     @classmethod

@@ -197,3 +197,13 @@ def test_no_json_in_a_session_file_escapes_as_anything_but_a_session_file_error(
     assert session.sources and all(isinstance(s, str) for s in session.sources)
     session.save()  # whatever loaded can be saved again, to its own folder
     assert session.path.parent == folder
+
+
+def test_saving_keeps_settings_of_another_version(dirs: Path) -> None:
+    path = _write(dirs, json.dumps({"arm": "q8_0", "theme": "dark", "recent_models": ["/m.gguf"]}))
+    settings, notes = Settings.load_with_notes(env={})
+    assert notes == [] and settings.arm == "q8_0"
+    settings.n_ctx = 4096
+    settings.save()
+    saved = json.loads(path.read_text())
+    assert saved["theme"] == "dark" and saved["recent_models"] == ["/m.gguf"] and saved["n_ctx"] == 4096
