@@ -65,12 +65,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.errors import DocumentNotFoundError
     from app.samples import DEFAULT_SAMPLE
-    from app.sessions import Session
+    from app.sessions import Session, SessionFileError
     from app.settings import Settings, SettingsError
     from engine.errors import EngineError
 
     try:
-        settings = Settings.load()
+        settings, notes = Settings.load_with_notes()
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
         if args.model:
             settings.model = args.model
         if args.arm:
@@ -90,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.session:
         try:
             session = Session.load(args.session)
-        except (OSError, ValueError) as exc:
-            print(f"error: the session {args.session} could not be read ({exc}).", file=sys.stderr)
-            return 2
+        except SessionFileError as exc:  # start anyway, and say so in the app too
+            print(f"warning: {exc}", file=sys.stderr)
+            notes.append(str(exc))
     files = args.files or ([] if session else [DEFAULT_SAMPLE])
     for path in files:
         if not path.expanduser().is_file():
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.ui import create_app
 
-    create_app(settings, files, model_path, session=session).run()
+    create_app(settings, files, model_path, session=session, notes=notes).run()
     return 0
 
 

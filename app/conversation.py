@@ -92,7 +92,8 @@ class Conversation:
         self.model_path = model_path
         self.factory = factory
         self.info: GgufInfo = read_gguf(model_path)
-        self.session = session or Session(document.source, document.title, document.sha256)
+        self.session = session or Session(document.source, document.title, document.sha256,
+                                          document_sources=document.sources if len(document.sources) > 1 else [])
         self.engine: Engine | None = None
         self.loaded: EngineLoaded | None = None
         self.fit: Fit | None = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from engine.files import write_atomic
 from engine import locations
 from engine.arms import ArmConfig
+from app.paths import path_kind, user_path
 from engine.errors import EngineError
 
 MAX_CONTEXT = 131072  # 128K: the most the app asks of any model, YaRN included
@@ -37,6 +38,9 @@ class Settings:
     n_threads: int = 0  # 0: all cores
     compare_q4_0: bool = False  # add q4_0 to the arm comparison
     max_document_mb: int = 64
+    max_pages: int = 2000  # documents with more pages are refused before any page is read
+    ingest_timeout_s: int = 120  # reading one document stops after this long
+    answer_timeout_s: int = 120  # an engine silent this long while answering is given up on (F5 restarts it)
 
     def validate(self) -> Settings:
         try:
@@ -45,9 +49,21 @@ class Settings:
             raise SettingsError(str(exc)) from exc
         if not 256 <= self.n_ctx <= MAX_CONTEXT:
             raise SettingsError(f"The context must be between 256 and {MAX_CONTEXT:,} tokens, not {self.n_ctx:,}.")
+        if not 1 <= self.max_pages <= 1_000_000:
+            raise SettingsError(f"The page limit must be between 1 and 1,000,000, not {self.max_pages:,}.")
+        if not 1 <= self.ingest_timeout_s <= 86_400:
+            raise SettingsError(
+                f"The reading time limit must be between 1 and 86,400 s, not {self.ingest_timeout_s:,}.")
+        if not 1 <= self.answer_timeout_s <= 86_400:
+            raise SettingsError(f"The answer time-out must be between 1 and 86,400 s, not {self.answer_timeout_s:,}.")
+        if not 1 <= self.max_document_mb <= 65_536:
+            raise SettingsError(
+                f"The document size limit must be between 1 and 65,536 MiB, not {self.max_document_mb:,}.")
+        if self.n_threads < 0:
+            raise SettingsError(f"The thread count must be 0 (all cores) or more, not {self.n_threads}.")
         if not 1 <= self.max_tokens <= 8192:
             raise SettingsError(f"The answer length must be between 1 and 8,192 tokens, not {self.max_tokens:,}.")
-        if self.model and not Path(self.model).expanduser().is_file():
+        if self.model and path_kind(user_path(self.model)) != "file":
             raise SettingsError(f"There is no model file at {self.model}; leave it empty for the default model.")
         return self
 
@@ -60,17 +76,56 @@ class Settings:
     @classmethod
     def load(cls, env: typing.Mapping[str, str] | None = None, path: Path | None = None) -> Settings:
         """Saved settings (defaults where absent or unreadable), then ``FRAQTL_*`` overrides."""
+        return cls.load_with_notes(env, path)[0]
+
+    @classmethod
+    def load_with_notes(cls, env: typing.Mapping[str, str] | None = None,
+                        path: Path | None = None) -> tuple[Settings, list[str]]:
+        """Like :meth:`load`, with one sentence for each saved value that was not used.
+
+        A file that is not JSON, not an object, or holds a value of the wrong type or out of
+        range never stops the app: each bad value falls back to its default, and the file is
+        copied to ``settings.json.bak`` before the app may write over it.
+        """
         env = os.environ if env is None else env
         path = path or cls.path()
-        values: dict[str, object] = {}
-        if path.is_file():
-            try:
-                values = {k: v for k, v in json.loads(path.read_text("utf-8")).items() if k in cls._fields()}
-            except ValueError:
-                values = {}
+        values, notes = cls._read_file(path)
         settings = cls(**values)  # type: ignore[arg-type]
+        if notes:
+            notes.append(_keep_backup(path))
         settings.apply_env(env)
-        return settings
+        return settings, notes
+
+    @classmethod
+    def _read_file(cls, path: Path) -> tuple[dict[str, object], list[str]]:
+        try:
+            if not path.is_file():
+                return {}, []
+            record = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            return {}, [f"{path} could not be read ({type(exc).__name__}); the default settings are used."]
+        if not isinstance(record, dict):
+            return {}, [f"{path} holds a JSON {type(record).__name__}, not an object of settings; the default "
+                        "settings are used."]
+        hints = typing.get_type_hints(cls)
+        defaults = cls()
+        values: dict[str, object] = {}
+        notes: list[str] = []
+        for name, value in record.items():
+            if name not in hints:
+                continue  # a setting of another version: ignored, and kept in the backup
+            if not _has_type(value, hints[name]):
+                notes.append(f"The saved {name} {json.dumps(value)[:60]} is not {_type_name(hints[name])}; "
+                             f"using {getattr(defaults, name)!r}.")
+                continue
+            try:
+                dataclasses.replace(defaults, **{name: value}).validate()
+            except SettingsError as exc:
+                notes.append(f"The saved {name} is not usable ({str(exc).rstrip('.')}); using "
+                             f"{getattr(defaults, name)!r}.")
+                continue
+            values[name] = value
+        return values, notes
 
     def apply_env(self, env: typing.Mapping[str, str]) -> None:
         hints = typing.get_type_hints(type(self))
@@ -80,8 +135,14 @@ class Settings:
                 setattr(self, name, _convert(name, raw, hints[name]))
 
     def save(self, path: Path | None = None) -> Path:
+        """Write the settings; keys this version does not know (another version's) are kept."""
         path = path or self.path()
-        write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        try:
+            existing = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+        except (OSError, ValueError, RecursionError):
+            existing = {}
+        others = {k: v for k, v in existing.items() if k not in self._fields()} if isinstance(existing, dict) else {}
+        write_atomic(path, json.dumps({**others, **dataclasses.asdict(self)}, indent=2) + "\n")
         return path
 
     @classmethod
@@ -91,6 +152,35 @@ class Settings:
     @property
     def max_document_bytes(self) -> int:
         return self.max_document_mb * 2**20
+
+
+def _has_type(value: object, hint: object) -> bool:
+    args = typing.get_args(hint)
+    allowed = args if args else (hint,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind in (bool, str) and isinstance(value, kind):  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def _type_name(hint: object) -> str:
+    names = {int: "a whole number", bool: "true or false", str: "text", type(None): "null"}
+    args = typing.get_args(hint) or (hint,)
+    return " or ".join(names.get(a, str(a)) for a in args)  # type: ignore[call-overload]
+
+
+def _keep_backup(path: Path) -> str:
+    """Copy the user's settings file beside it before the app may write over it."""
+    backup = path.with_name(path.name + ".bak")
+    try:
+        write_atomic(backup, path.read_bytes())
+    except OSError as exc:
+        return f"{path} could not be backed up ({exc.strerror}); save settings only once you have copied it."
+    return f"Your file was kept as {backup}."
 
 
 def _convert(name: str, raw: str, hint: object) -> object:

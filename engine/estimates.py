@@ -14,6 +14,7 @@ from engine.arms import ArmConfig
 from engine.gguf import GgufInfo
 
 KV_PAD = 256
+N_UBATCH = 256  # the engine's ubatch (EngineSpec.n_batch); estimates assume the same unless told
 MIB = 1024 * 1024
 
 
@@ -59,7 +60,7 @@ def _n_vocab(info: GgufInfo) -> int:
     return n_vocab
 
 
-def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = 512, arm: ArmConfig | None = None) -> int:
+def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: ArmConfig | None = None) -> int:
     """llama.cpp's GPU compute buffer for one ubatch with flash attention.
 
     The graph allocator's peak is the larger of two phases: the output/FFN phase (logits,
@@ -77,7 +78,7 @@ def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = 512, arm: ArmConfi
     kv_f16 = n_kv * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
     attention_phase = mask + kv_f16 + n_ubatch * info.n_embd * 4 * 4
     return max(output_phase, attention_phase)
-def estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = 512) -> KvEstimate:
+def estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = N_UBATCH) -> KvEstimate:
     return KvEstimate(
         arm=arm.label,
         n_ctx=n_ctx,

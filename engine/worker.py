@@ -26,6 +26,7 @@ from typing import Any
 
 from engine import errors
 from engine.errors import ArmUnavailableError, EngineCrashedError, EngineError
+from engine.estimates import N_UBATCH
 from engine.events import EngineFailed, Event
 
 _POLL_S = 0.1
@@ -39,7 +40,7 @@ class EngineSpec:
     arm: str = "f16"
     n_ctx: int = 8192
     yarn: bool = False
-    n_batch: int = 256
+    n_batch: int = N_UBATCH  # n_batch = n_ubatch; the estimates assume the same
     n_threads: int | None = None
     n_gpu_layers: int = -1
     sidecar: str | None = None  # a folder of D2 sidecars (with manifest); None: found by model sha256

@@ -43,6 +43,7 @@ class FraqtlCommands(Provider):
         ("Settings", "Model, arm, recipe, context, YaRN, sidecar", "settings"),
         ("Restart engine", "Start the engine process again (after a crash or a settings change)", "restart_engine"),
         ("Toggle VRAM panel", "Show or hide the GPU memory panel", "toggle_vram"),
+        ("Export transcript", "Save the questions and answers as Markdown", "export"),
         ("Save screenshot", "Save an SVG screenshot of this screen", "screenshot"),
     ]
 
@@ -76,8 +77,10 @@ class FraqtlApp(App[None]):
 
     def __init__(self, settings: Settings, model_path: Path, paths: Iterable[Path] = (),
                  factory: EngineFactory = EngineWorker, sampler: Any = None,
-                 session: Session | None = None, vram_refresh_s: float = 0.5) -> None:
+                 session: Session | None = None, vram_refresh_s: float = 0.5,
+                 notes: Iterable[str] = ()) -> None:
         super().__init__()
+        self.start_notes = list(notes)  # what start-up fell back on (bad settings, an unusable session)
         self.settings = settings
         self.model_path = model_path
         self.initial_paths = list(paths)
@@ -95,6 +98,8 @@ class FraqtlApp(App[None]):
     def on_mount(self) -> None:
         if hasattr(self.sampler, "start"):
             self.sampler.start()
+        for note in self.start_notes:
+            self.notify(note, title="At start-up", severity="warning", timeout=20, markup=False)
 
     def on_unmount(self) -> None:
         if self.conversation is not None:
@@ -104,7 +109,7 @@ class FraqtlApp(App[None]):
 
     def action_compare(self) -> None:
         if self.document is None:
-            self.notify("Open a document first (ctrl+o).", severity="warning")
+            self.notify("Open a document first (ctrl+o).", severity="warning", markup=False)
             return
         self.push_screen(CompareScreen(self.chat_screen.last_question))
 
@@ -121,21 +126,24 @@ class FraqtlApp(App[None]):
             if after != before and self.conversation is not None and self.chat_screen.state != "answering":
                 self.conversation.model_path = self.model_path
                 self.chat_screen.start_engine()
-                self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.")
+                self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.", markup=False)
             else:
-                self.notify("Settings saved.")
+                self.notify("Settings saved.", markup=False)
 
         self.push_screen(SettingsScreen(), saved)
 
     def action_screenshot(self) -> None:
         path = self.save_screenshot()
-        self.notify(f"Saved a screenshot to {path}.")
+        self.notify(f"Saved a screenshot to {path}.", markup=False)
 
 
 def create_app(settings: Settings | None = None, paths: Iterable[Path] = (), model_path: Path | None = None,
                factory: EngineFactory = EngineWorker, sampler: Any = None, session: Session | None = None,
-               vram_refresh_s: float = 0.5) -> FraqtlApp:
+               vram_refresh_s: float = 0.5, notes: Iterable[str] = ()) -> FraqtlApp:
     """Build the app (the CLI and the tests both come through here)."""
-    settings = settings or Settings.load()
+    notes = list(notes)
+    if settings is None:
+        settings, loaded_notes = Settings.load_with_notes()
+        notes += loaded_notes
     return FraqtlApp(settings, model_path or resolve(settings.model), paths, factory, sampler, session,
-                     vram_refresh_s)
+                     vram_refresh_s, notes)

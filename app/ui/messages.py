@@ -23,6 +23,13 @@ class PathsDropped(Message):
 
 
 @dataclass
+class PathsRefused(Message):
+    """What was pasted or typed names paths the app cannot open (a folder, a missing file)."""
+
+    message: str
+
+
+@dataclass
 class IngestProgressed(Message):
     done: int
     total: int

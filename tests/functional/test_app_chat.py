@@ -121,3 +121,25 @@ async def test_engine_crash_keeps_the_transcript_and_restarts(model_path, app_di
         assert len(screen.query(QuestionView)) == 1  # the transcript survived
         await pilot.press("f5")
         await wait_for(pilot, lambda: screen.state == "ready", 120, "the engine to restart")
+
+
+async def test_a_289_character_question_is_answered_and_a_folder_is_not_asked(model_path, app_dirs,
+                                                                             short_document, tmp_path):
+    question = ("I am reading the notes about the harbour of Velmora and its lighthouse, its fleet and its "
+                "regatta, and I would like to know one thing above all of the others, so please answer it as "
+                "briefly as you can, and using only the document: who was the engineer that built the "
+                "lighthouse of Velmora?")
+    assert len(question) == 289  # the length that closed the app in the new-user report
+    app = create_app(small_settings(), [short_document], model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await wait_for(pilot, lambda: screen.state == "ready", 120, "the document to be prefilled")
+        await ask(pilot, screen, question)
+        await wait_for(pilot, lambda: screen.state == "ready", 60, "the answer")
+        assert screen.last_done is not None and screen.last_done.n_generated > 0
+        assert [q.render().plain for q in screen.query(QuestionView)] == [question]
+        screen.query_one("#question").value = str(tmp_path)  # a folder, typed or dropped
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert "is a folder; drop or type the PDF" in str(screen.query_one("#doc-status").render())
+        assert len(screen.query(QuestionView)) == 1 and screen.state == "ready"

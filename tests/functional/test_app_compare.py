@@ -27,6 +27,8 @@ async def test_compare_renders_three_arms_and_saves_a_report(model_path, app_dir
         by_arm = {r.arm: r for r in compare.results}
         assert by_arm["f16"].ok and "Ardel" in by_arm["f16"].answer
         assert by_arm["q8_0"].ok and by_arm["q8_0"].token_match is not None
+        q8 = by_arm["q8_0"]  # agreement is token by token: identical, or a departure at the shared prefix's end
+        assert q8.identical == (q8.departs_at is None) and (q8.identical or q8.departs_at == q8.shared_prefix)
         # d2 answers once the D2 cache is built in; until then it says why it is unavailable
         assert by_arm["d2"].status in ("done", "unavailable")
         if by_arm["d2"].status == "unavailable":
@@ -40,5 +42,6 @@ async def test_compare_renders_three_arms_and_saves_a_report(model_path, app_dir
         assert compare.report_path is not None and compare.report_path.is_file()
         report = compare.report_path.read_text()
         assert "| f16 | done" in report and "## q8_0" in report and "Ardel" in report
+        assert "same answer" not in report and "shared prefix" in report
         await pilot.press("escape")
         assert app.screen is screen

@@ -30,3 +30,13 @@ def test_missing_pages_and_unsupported_claims_are_marked() -> None:
     assert [(c.page, c.found, c.reason) for c in found] == [
         (2, False, "not supported by that page"), (7, False, "no such page")]
     assert check_citations("No citation here.", DOC) == []
+
+
+def test_a_sentence_with_no_content_words_is_not_found() -> None:
+    for answer in ("See [p. 1].", "It is on page 2.", "Yes (p. 1)!", "[p. 2]"):
+        (citation,) = check_citations(answer, DOC)
+        assert not citation.found, answer
+        assert citation.reason == "nothing in the sentence to check"
+    # a later sentence that does say something still finds the page
+    found = check_citations("See [p. 1]. The pump station opened in 1923 [p. 1].", DOC)
+    assert [(c.page, c.found) for c in found] == [(1, True)]

@@ -38,3 +38,44 @@ def test_bundled_sample_has_distinct_facts(tmp_path: Path, monkeypatch: pytest.M
     doc = load_document(DEFAULT_SAMPLE)
     assert doc.paged and len(doc.pages) == 4
     assert "Marta Quell" in doc.page(1) and "Brannock Tunnel" in doc.page(2) and "Copper Wren" in doc.page(3)
+
+
+def test_bad_settings_and_sessions_do_not_stop_start_up(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import app.ui
+    from app.sessions import Session
+
+    for name in ("CACHE", "DATA", "CONFIG"):
+        monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))
+    started: list[dict] = []
+
+    class Stub:
+        def run(self) -> None:
+            pass
+
+    def fake_create_app(settings, files, model_path, session=None, notes=()):
+        started.append({"settings": settings, "files": files, "session": session, "notes": list(notes)})
+        return Stub()
+
+    monkeypatch.setattr(app.ui, "create_app", fake_create_app)
+    settings_file = tmp_path / "config" / "settings.json"
+    settings_file.parent.mkdir(parents=True)
+    settings_file.write_text('["f16", 8192]')
+    assert main([]) == 0
+    assert "not an object of settings" in capsys.readouterr().err
+    assert started[-1]["files"] == [DEFAULT_SAMPLE] and "not an object of settings" in started[-1]["notes"][0]
+    assert settings_file.read_text() == '["f16", 8192]'
+
+    settings_file.write_text(json.dumps({"n_ctx": "big"}))
+    session = Session("/docs/a.pdf", "a.pdf", "ab" * 32)
+    path = session.save()
+    path.write_text(json.dumps({**json.loads(path.read_text()), "folder": "work"}))  # a newer version's field
+    assert main(["--session", session.id]) == 0
+    assert started[-1]["session"].id == session.id and started[-1]["files"] == []
+    path.write_text("[]")
+    assert main(["--session", session.id]) == 0  # falls back to the sample, and says why
+    assert started[-1]["session"] is None and started[-1]["files"] == [DEFAULT_SAMPLE]
+    assert any("cannot be opened (it holds a JSON list" in n for n in started[-1]["notes"])
+    assert path.read_text() == "[]"

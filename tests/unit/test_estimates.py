@@ -36,3 +36,14 @@ def test_estimate_matches_llama_cpp_buffers_within_one_percent(row: dict) -> Non
     allocated = weights + buffers["CUDA0 KV"] + buffers["CUDA0 compute"]
     estimated = weights + kv_bytes(info, arm, row["n_ctx"]) / MIB + compute
     assert estimated == pytest.approx(allocated, rel=0.01)
+
+
+def test_estimates_assume_the_ubatch_the_engine_uses() -> None:
+    import inspect
+
+    from engine.estimates import N_UBATCH, estimate
+    from engine.worker import EngineSpec
+
+    assert EngineSpec("m.gguf").n_batch == N_UBATCH
+    for function in (estimate, compute_bytes):
+        assert inspect.signature(function).parameters["n_ubatch"].default == EngineSpec("m.gguf").n_batch

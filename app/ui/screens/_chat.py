@@ -6,6 +6,7 @@ from :mod:`app.ui.messages`; the event loop never waits on the model.
 
 from __future__ import annotations
 
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -21,9 +22,9 @@ from textual.widgets import Footer, Header
 
 from app.citations import check_citations
 from app.conversation import Conversation
-from app.errors import DocumentError
-from app.ingest import Document, load_document
-from app.paths import existing_files
+from app.errors import DocumentError, EngineHungError, PageRangeError
+from app.ingest import Document, IngestLimits, load_document
+from app.paths import route_input
 from app.sessions import Session
 from app.ui.messages import (
     AnswerCompleted,
@@ -36,6 +37,7 @@ from app.ui.messages import (
     FitMeasured,
     IngestProgressed,
     PathsDropped,
+    PathsRefused,
     PrefillProgressed,
 )
 from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
@@ -58,6 +60,7 @@ class ChatScreen(Screen[None]):
         Binding("f4", "settings", "Settings"),
         Binding("f5", "restart_engine", "Restart engine"),
         Binding("f9", "toggle_vram", "VRAM panel"),
+        Binding("ctrl+s", "export", "Export"),
     ]
     DEFAULT_CSS = """
     ChatScreen #chat-column { width: 1fr; }
@@ -74,6 +77,11 @@ class ChatScreen(Screen[None]):
         self.pending_question: str | None = None
         self.pending_session: Session | None = None
         self.state_before_ingest = "empty"
+        self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
+        self.session_notes: list[str] = []  # what reopening the last session had to tell the person
+        self.exported_to: Path | None = None
+        self.engine_epoch = 0  # bumped when the engine is (re)started or given up on as hung
+        self.last_engine_news = time.monotonic()  # when a worker last reported on the engine
 
     @property
     def fraqtl(self) -> FraqtlApp:
@@ -91,6 +99,7 @@ class ChatScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.set_interval(1.0, self.check_engine_hung)
         self.query_one(QuestionInput).focus()
         if self.fraqtl.initial_session is not None:
             self.reopen(self.fraqtl.initial_session)
@@ -109,43 +118,72 @@ class ChatScreen(Screen[None]):
 
     # -------------------------------------------------------------- opening documents
 
-    def open_paths(self, paths: list[Path]) -> None:
+    def open_paths(self, paths: list[Path], session: Session | None = None) -> None:
+        """Read ``paths`` as one document; ``session`` is the saved transcript to reopen with it."""
+        self.pending_session = session
         if self.busy() and self.conversation is not None:
             self.conversation.stop()
+        self.ingest_stop.set()  # a document still being read is abandoned
+        self.ingest_stop = threading.Event()
         self.state_before_ingest = self.state if self.state != "ingesting" else self.state_before_ingest
-        self.set_state("ingesting", f"Reading {', '.join(p.name for p in paths)}…")
-        self.ingest(paths)
+        self.set_state("ingesting", f"Reading {', '.join(p.name for p in paths)}… Esc stops.")
+        self.ingest(paths, self.ingest_stop)
 
-    @work(thread=True, exclusive=True, group="ingest")
-    def ingest(self, paths: list[Path]) -> None:
-        limit = self.fraqtl.settings.max_document_bytes
+    @work(thread=True, group="ingest")
+    def ingest(self, paths: list[Path], stop: threading.Event) -> None:
+        settings = self.fraqtl.settings
+        limits = IngestLimits(settings.max_document_bytes, settings.max_pages, float(settings.ingest_timeout_s),
+                              should_stop=stop.is_set)
+
+        def post(message: Message) -> None:
+            # a reading abandoned for another document says nothing; one stopped by Esc says so
+            if stop is self.ingest_stop and (not stop.is_set() or isinstance(message, DocumentFailed)):
+                self.post_message(message)
+
+        def warn(text: str) -> None:
+            self.app.call_from_thread(self.notify, text, title="Document", severity="warning", timeout=15,
+                                      markup=False)
+
         try:
-            docs = [load_document(p, lambda d, t: self.post_message(IngestProgressed(d, t)), limit) for p in paths]
+            docs = [load_document(p, lambda d, t: post(IngestProgressed(d, t)), limits=limits, on_warning=warn)
+                    for p in paths]
         except DocumentError as exc:
-            self.post_message(DocumentFailed(str(exc)))
+            post(DocumentFailed(str(exc)))
             return
-        self.post_message(DocumentLoaded(Document.join(docs)))
+        except Exception as exc:  # a reader bug must cost the document, never the app
+            post(DocumentFailed(f"Reading {', '.join(p.name for p in paths)} failed ({type(exc).__name__}: "
+                                f"{exc}); please report it, and try another copy of the file."))
+            return
+        post(DocumentLoaded(Document.join(docs)))
 
     @on(IngestProgressed)
     def ingest_progressed(self, message: IngestProgressed) -> None:
         self.query_one(DocumentBar).set_progress(message.done, message.total)
-        self.query_one(DocumentBar).set_status(f"Extracting text: page {message.done} of {message.total}")
+        self.query_one(DocumentBar).set_status(
+            f"Extracting text: page {message.done:,} of {message.total:,} · Esc stops")
 
     @on(DocumentFailed)
     def document_failed(self, message: DocumentFailed) -> None:
         self.set_state(self.state_before_ingest, message.message)  # the open document stays usable
-        self.notify(message.message, title="Could not open the document", severity="error", timeout=10)
+        self.notify(message.message, title="Could not open the document", severity="error", timeout=10, markup=False)
 
     @on(DocumentLoaded)
     async def document_loaded(self, message: DocumentLoaded) -> None:
         document = message.document
-        if self.conversation is not None:
-            self.conversation.close()
-        session = self.pending_session if (self.pending_session and
-                                           self.pending_session.document_sha256 == document.sha256) else None
+        previous = self.conversation  # closed by the engine worker, never here: closing can take seconds
+        session, self.pending_session = self.pending_session, None
+        notes: list[str] = []
+        if session is not None and session.document_sha256 != document.sha256:
+            # the file changed since the session was saved: keep the transcript, and say so
+            notes.append(f"{document.title} changed since this session was saved; its transcript is kept, and new "
+                         "answers read the new text.")
+            session.document_sha256, session.document_title = document.sha256, document.title
         if session is not None and session.page_range:
-            document = document.parse_range(session.page_range)
-        self.pending_session = None
+            try:
+                document = document.parse_range(session.page_range)
+            except PageRangeError as exc:
+                notes.append(f"{exc} The whole document is used.")
+                session.page_range = ""
         self.fraqtl.document = document
         self.conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path,
                                          self.fraqtl.factory, session=session)
@@ -161,31 +199,42 @@ class ChatScreen(Screen[None]):
                 else:
                     await log.add_answer(turn.content, f"{turn.arm} · restored from the saved session")
         self.sub_title = document.title
-        self.start_engine()
+        self.start_engine(previous=previous)
+        for note in notes:
+            self.notify(note, title="Session", severity="warning", timeout=15, markup=False)
+        self.session_notes = notes
 
     def reopen(self, session: Session) -> None:
-        self.pending_session = session
-        self.open_paths([Path(session.document_source)])
+        self.open_paths([Path(source) for source in session.sources], session=session)
 
     # -------------------------------------------------------------- the engine
 
-    def start_engine(self, n_ctx: int | None = None) -> None:
+    def start_engine(self, n_ctx: int | None = None, previous: Conversation | None = None) -> None:
         assert self.conversation is not None
         arm = self.fraqtl.settings.arm
+        self.engine_epoch += 1  # whatever an earlier engine still reports is dropped
         self.set_state("loading", f"Loading the model with the {arm} cache…")
         self.query_one(DocumentBar).set_progress(0, 1)
-        self.run_engine_start(self.conversation, n_ctx)
+        self.run_engine_start(self.conversation, n_ctx, previous if previous is not self.conversation else None,
+                              self.engine_epoch)
 
-    def post_for(self, conversation: Conversation, message: Message) -> None:
-        """Post a worker's message unless its conversation was replaced meanwhile (a new document)."""
-        if conversation is self.conversation:
+    def post_for(self, conversation: Conversation, message: Message, epoch: int | None = None) -> None:
+        """Post a worker's message unless its conversation or engine was replaced meanwhile."""
+        if conversation is self.conversation and (epoch is None or epoch == self.engine_epoch):
+            self.last_engine_news = time.monotonic()
             self.post_message(message)
 
     @work(thread=True, exclusive=True, group="engine")
-    def run_engine_start(self, conversation: Conversation, n_ctx: int | None) -> None:
-        post = partial(self.post_for, conversation)
+    def run_engine_start(self, conversation: Conversation, n_ctx: int | None,
+                         previous: Conversation | None, epoch: int) -> None:
+        if previous is not None:
+            previous.close()  # here, in a thread: a busy engine process takes seconds to end
+        post = partial(self.post_for, conversation, epoch=epoch)
         try:
             loaded = conversation.start_engine(n_ctx=n_ctx)
+            if conversation is not self.conversation:  # another document took over while this engine loaded
+                conversation.close()
+                return
             post(EngineStarted(loaded))
             fit = conversation.measure()
         except EngineError as exc:
@@ -228,7 +277,7 @@ class ChatScreen(Screen[None]):
     def overflow_chosen(self, choice: tuple[str, object] | None) -> None:
         if choice is None or self.conversation is None:
             self.notify("The document was not loaded into the model; open another or pick a page range "
-                        "with ctrl+o.", severity="warning")
+                        "with ctrl+o.", severity="warning", markup=False)
             return
         kind, value = choice
         if kind == "context":
@@ -273,27 +322,36 @@ class ChatScreen(Screen[None]):
         text = event.value.strip()
         if not text:
             return
-        event.input.value = ""
-        paths = existing_files(text)
-        if paths:
-            self.open_paths(paths)
+        route = route_input(text)
+        if route.kind == "refuse":  # a folder or a missing path is never sent to the model
+            self.paths_refused(PathsRefused(route.problem))
             return
-        self.ask(text)
+        event.input.value = ""
+        if route.files:
+            self.open_paths(list(route.files))
+            return
+        self.ask(route.question)
+
+    @on(PathsRefused)
+    def paths_refused(self, message: PathsRefused) -> None:
+        self.query_one(DocumentBar).set_status(message.message)
+        self.notify(message.message, title="Could not open", severity="error", timeout=10, markup=False)
 
     def ask(self, question: str) -> None:
         if self.conversation is None:
-            self.notify("Open a document first (ctrl+o, or drop a file here).", severity="warning")
+            self.notify("Open a document first (ctrl+o, or drop a file here).", severity="warning", markup=False)
             return
         if self.state in ("loading", "prefilling", "ingesting"):
             self.pending_question = question
-            self.notify("The document is still being prepared; your question will be asked when it is ready.")
+            self.notify("The document is still being prepared; your question will be asked when it is ready.",
+                        markup=False)
             return
         if self.state == "answering":
-            self.notify("An answer is still streaming; press Esc to stop it first.", severity="warning")
+            self.notify("An answer is still streaming; press Esc to stop it first.", severity="warning", markup=False)
             return
         if self.state in ("failed", "refused"):
             self.notify("The engine is not ready: press F5 to restart it, or F4 to change the arm or context.",
-                        severity="warning")
+                        severity="warning", markup=False)
             return
         self.run_question(question)
 
@@ -306,12 +364,13 @@ class ChatScreen(Screen[None]):
         await log.add_question(question)
         self.current_answer = await log.add_answer()
         self.last_question = question
+        self.last_engine_news = time.monotonic()
         self.set_state("answering", "Answering… Esc stops.")
-        self.answer_worker(self.conversation, question)
+        self.answer_worker(self.conversation, question, self.engine_epoch)
 
     @work(thread=True, exclusive=True, group="answer")
-    def answer_worker(self, conversation: Conversation, question: str) -> None:
-        post = partial(self.post_for, conversation)
+    def answer_worker(self, conversation: Conversation, question: str, epoch: int) -> None:
+        post = partial(self.post_for, conversation, epoch=epoch)
         buffer = ""
         last_post = time.monotonic()
         try:
@@ -332,7 +391,7 @@ class ChatScreen(Screen[None]):
                         conversation.session.save()
                     except OSError as exc:
                         self.app.call_from_thread(self.notify, f"The session could not be saved ({exc}).",
-                                                  severity="warning")
+                                                  severity="warning", markup=False)
                     post(AnswerCompleted(event, citations))
                 elif isinstance(event, EngineFailed):
                     post(EngineFailedMessage(event.message, event.kind))
@@ -362,17 +421,32 @@ class ChatScreen(Screen[None]):
             self.current_answer.add_class("failed")
             await self.current_answer.finish(None, [], note=message.message)
             self.current_answer = None
-        crashed = message.kind == "EngineCrashedError"
+        crashed = message.kind in ("EngineCrashedError", "EngineHungError")
         overflow = message.kind == "ContextOverflowError"
         if overflow and self.conversation is not None and self.conversation.engine is not None:
             self.set_state("ready", message.message)
         else:
             self.set_state("failed", message.message + (" Press F5 to restart the engine." if crashed else ""))
-        self.notify(message.message, title="Engine", severity="error", timeout=10)
+        self.notify(message.message, title="Engine", severity="error", timeout=10, markup=False)
+
+    async def check_engine_hung(self) -> None:
+        """An engine that reports nothing for ``answer_timeout_s`` is given up on (F5 starts a new one)."""
+        limit = self.fraqtl.settings.answer_timeout_s
+        if self.state not in ("prefilling", "answering") or time.monotonic() - self.last_engine_news < limit:
+            return
+        self.engine_epoch += 1  # the hung worker's late news is dropped
+        if self.conversation is not None:
+            self.conversation.stop()
+        error = EngineHungError(limit)
+        await self.engine_failed(EngineFailedMessage(str(error), type(error).__name__))
 
     # -------------------------------------------------------------- actions
 
     def action_stop(self) -> None:
+        if self.state == "ingesting":
+            self.ingest_stop.set()
+            self.query_one(DocumentBar).set_status("Stopping…")
+            return
         if self.conversation is not None and self.state in ("answering", "prefilling"):
             self.conversation.stop()
             self.query_one(DocumentBar).set_status("Stopping…")
@@ -393,10 +467,10 @@ class ChatScreen(Screen[None]):
 
     def action_restart_engine(self) -> None:
         if self.conversation is None:
-            self.notify("Open a document first.", severity="warning")
+            self.notify("Open a document first.", severity="warning", markup=False)
             return
         if self.state == "answering":
-            self.notify("An answer is streaming; press Esc to stop it, then restart.", severity="warning")
+            self.notify("An answer is streaming; press Esc to stop it, then restart.", severity="warning", markup=False)
             return
         self.start_engine()
 
@@ -405,6 +479,19 @@ class ChatScreen(Screen[None]):
 
     def action_settings(self) -> None:
         self.fraqtl.action_settings()
+
+    def action_export(self) -> None:
+        if self.conversation is None or not self.conversation.session.turns:
+            self.notify("Ask a question first: there is no transcript to export yet.", severity="warning", markup=False)
+            return
+        try:
+            path = self.conversation.session.export(self.fraqtl.model_path.name)
+        except OSError as exc:
+            self.notify(f"The transcript could not be written ({exc.strerror}); free some disk space and try again.",
+                        severity="error", timeout=10, markup=False)
+            return
+        self.exported_to = path
+        self.notify(f"Exported the transcript to {path}.", markup=False)
 
     def action_toggle_vram(self) -> None:
         panel = self.query_one(VramPanel)

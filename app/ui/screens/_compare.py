@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 class CompareScreen(Screen[None]):
     BINDINGS = [
-        Binding("escape", "back", "Back to chat"),
+        Binding("escape", "back", "Stop / back to chat"),
         Binding("ctrl+r", "run", "Run"),
         Binding("ctrl+s", "save_report", "Save report"),
     ]
@@ -44,6 +44,7 @@ class CompareScreen(Screen[None]):
         self.report_path = None
         self.running = False
         self._cancel = False
+        self.chat_engine_closed = False  # the chat's engine was closed so that peaks are one arm's
 
     @property
     def fraqtl(self) -> FraqtlApp:
@@ -60,7 +61,8 @@ class CompareScreen(Screen[None]):
             for arm in self.arms:
                 yield ArmPanel(arm)
         note = self.fraqtl.sampler.unavailable_reason
-        yield Static("Arms run one after another, each in its own engine process. " +
+        yield Static("Arms run one after another, each in its own engine process; the chat's engine is closed "
+                     "meanwhile and restarts when you go back. Esc stops the running arm. " +
                      (f"Peak VRAM: {note}" if note else "Peak VRAM is measured with NVML."), id="compare-note")
         yield Footer()
 
@@ -73,13 +75,17 @@ class CompareScreen(Screen[None]):
     async def action_run(self) -> None:
         question = self.query_one("#compare-question", Input).value.strip()
         if not question:
-            self.notify("Type the question every arm should answer.", severity="warning")
+            self.notify("Type the question every arm should answer.", severity="warning", markup=False)
             return
         if self.fraqtl.document is None:
-            self.notify("Open a document first.", severity="warning")
+            self.notify("Open a document first.", severity="warning", markup=False)
             return
         if self.running:
-            self.notify("A comparison is already running.", severity="warning")
+            self.notify("A comparison is already running.", severity="warning", markup=False)
+            return
+        if self.fraqtl.chat_screen.busy():
+            self.notify("The chat is still preparing or answering; wait for it, or stop it with Esc in the chat.",
+                        severity="warning", markup=False)
             return
         self.running = True
         self._cancel = False
@@ -93,6 +99,10 @@ class CompareScreen(Screen[None]):
     def run_arms(self, question: str) -> None:
         app = self.fraqtl
         assert app.document is not None
+        chat = app.conversation
+        if chat is not None and chat.engine is not None:
+            chat.close()  # its memory would count in every arm's peak
+            self.chat_engine_closed = True
         results = run_comparison(
             app.document, question, app.settings, app.model_path, self.arms, factory=app.factory,
             sampler=app.sampler if app.sampler.available else None,
@@ -114,22 +124,32 @@ class CompareScreen(Screen[None]):
         self.results = message.results
         self.query_one("#compare-save", Button).disabled = False
         done = sum(r.ok for r in message.results)
-        self.notify(f"Compared {len(message.results)} arms: {done} answered.")
+        self.notify(f"Compared {len(message.results)} arms: {done} answered.", markup=False)
 
     @on(Button.Pressed, "#compare-save")
     def action_save_report(self) -> None:
         if not self.results:
-            self.notify("Run the comparison first.", severity="warning")
+            self.notify("Run the comparison first.", severity="warning", markup=False)
             return
         app = self.fraqtl
         assert app.document is not None
         text = report_markdown(app.document, self.question, self.results, app.model_path.name, app.settings,
                                app.sampler.unavailable_reason)
         path = locations.data_dir() / "reports" / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.md"
-        write_atomic(path, text)
+        try:
+            write_atomic(path, text)
+        except OSError as exc:  # a full disk costs the report, never the comparison on screen
+            self.notify(f"The report could not be written to {path.parent} ({exc.strerror}); free some disk "
+                        "space and press Ctrl+S again.", severity="error", timeout=10, markup=False)
+            return
         self.report_path = path
-        self.notify(f"Saved the report to {path}.")
+        self.notify(f"Saved the report to {path}.", markup=False)
 
     def action_back(self) -> None:
-        self._cancel = True
+        if self.running:  # Esc first stops the arm that is running, and the ones after it
+            self._cancel = True
+            self.notify("Stopping the comparison…", markup=False)
+            return
         self.app.pop_screen()
+        if self.chat_engine_closed:
+            self.fraqtl.chat_screen.start_engine()

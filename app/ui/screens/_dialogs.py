@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -13,9 +14,9 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from app.conversation import Fit
-from app.errors import DocumentNotFoundError
+from app.errors import DocumentNotFoundError, FolderDroppedError
 from app.ingest import Document
-from app.paths import parse_dropped_paths
+from app.paths import parse_dropped_paths, path_kind
 from app.sessions import Session
 
 DIALOG_CSS = """
@@ -50,11 +51,15 @@ class OpenDialog(ModalScreen[list[Path] | None]):
     @on(Button.Pressed, "#open-ok")
     def submit(self) -> None:
         paths = parse_dropped_paths(self.query_one("#open-path", Input).value)
-        missing = [p for p in paths if not p.is_file()]
+        kinds = [(p, path_kind(p)) for p in paths]
+        folder = next((p for p, kind in kinds if kind == "folder"), None)
+        missing = next((p for p, kind in kinds if kind == "missing"), None)
         if not paths:
             self.query_one("#open-error", Static).update("Type or drop the path of a file.")
-        elif missing:
-            self.query_one("#open-error", Static).update(str(DocumentNotFoundError(str(missing[0]))))
+        elif folder is not None:
+            self.query_one("#open-error", Static).update(Text(str(FolderDroppedError(str(folder)))))
+        elif missing is not None:
+            self.query_one("#open-error", Static).update(Text(str(DocumentNotFoundError(str(missing)))))
         else:
             self.dismiss(paths)
 
@@ -113,7 +118,7 @@ class OverflowDialog(ModalScreen[tuple[str, object] | None]):
         try:
             self.document.parse_range(text)
         except Exception as exc:  # PageRangeError: one sentence
-            self.query_one("#overflow-error", Static).update(str(exc))
+            self.query_one("#overflow-error", Static).update(Text(str(exc)))
             return
         self.dismiss(("range", text))
 
@@ -135,8 +140,8 @@ class SessionsDialog(ModalScreen[Session | None]):
             if not self.sessions:
                 yield Static("No saved sessions yet: a session is saved after each answer.")
             options = [
-                Option(f"{s.document_title} · {sum(t.role == 'user' for t in s.turns)} question(s) · "
-                       f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(s.updated))}", id=s.id)
+                Option(Text(f"{s.document_title} · {sum(t.role == 'user' for t in s.turns)} question(s) · "
+                            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(s.updated))}"), id=s.id)
                 for s in self.sessions
             ]
             yield OptionList(*options, id="sessions-list")

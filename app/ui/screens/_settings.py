@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -81,20 +83,19 @@ class SettingsScreen(ModalScreen[bool]):
         arm = str(self.query_one("#set-arm", Select).value)
         recipe = self.query_one("#set-recipe", Input).value.strip()
         try:
-            candidate = Settings(
+            candidate = dataclasses.replace(
+                current,
                 model=self.query_one("#set-model", Input).value.strip() or None,
                 arm=f"{arm}:{recipe}" if arm == "d2" and recipe else arm,
                 n_ctx=int(self.query_one("#set-ctx", Input).value or 0),
                 yarn=self.query_one("#set-yarn", Switch).value,
                 sidecar=self.query_one("#set-sidecar", Input).value.strip() or None,
                 max_tokens=int(self.query_one("#set-max-tokens", Input).value or 0),
-                n_threads=current.n_threads,
                 compare_q4_0=self.query_one("#set-q4", Switch).value,
-                max_document_mb=current.max_document_mb,
             ).validate()
             candidate.save()
         except (SettingsError, ValueError, OSError) as exc:
-            self.query_one("#settings-error", Static).update(str(exc))
+            self.query_one("#settings-error", Static).update(Text(str(exc)))
             return
         for field, value in vars(candidate).items():
             setattr(current, field, value)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Label, Markdown, Static
 
-from app.compare import ArmResult
+from app.compare import ArmResult, agreement_lines
 
 _STATUS = {
     "waiting": "waiting", "loading": "loading the model…", "prefilling": "prefilling…",
-    "answering": "answering…", "done": "done", "unavailable": "unavailable", "failed": "failed",
+    "answering": "answering…", "done": "done", "stopped": "stopped", "unavailable": "unavailable",
+    "failed": "failed",
 }
 
 
@@ -19,7 +21,8 @@ class ArmPanel(Vertical):
     ArmPanel { width: 1fr; border: round $primary-darken-1; padding: 0 1; }
     ArmPanel .arm-title { text-style: bold; color: $accent; }
     ArmPanel .arm-status { color: $text-muted; }
-    ArmPanel.unavailable .arm-status, ArmPanel.failed .arm-status { color: $warning; }
+    ArmPanel.unavailable .arm-status, ArmPanel.failed .arm-status, ArmPanel.stopped .arm-status { color: $warning; }
+    ArmPanel .arm-departure { height: auto; color: $text-muted; }
     ArmPanel VerticalScroll { height: 1fr; }
     ArmPanel .arm-stats { height: auto; border-top: solid $primary-darken-2; }
     """
@@ -34,28 +37,43 @@ class ArmPanel(Vertical):
         yield Label("waiting", classes="arm-status")
         with VerticalScroll():
             yield Markdown("", classes="arm-answer")
+        yield Static("", classes="arm-departure")
         yield Static("", classes="arm-stats")
 
     async def show(self, result: ArmResult) -> None:
         previous, self.result = self.result, result
         self.set_class(result.status == "unavailable", "unavailable")
         self.set_class(result.status == "failed", "failed")
+        self.set_class(result.status == "stopped", "stopped")
         status = _STATUS.get(result.status, result.status)
         if result.reason:
             status = f"{status}: {result.reason}"
-        self.query_one(".arm-status", Label).update(status)
+        self.query_one(".arm-status", Label).update(Text(status))
         if result.answer != previous.answer or not result.answer:
             await self.query_one(".arm-answer", Markdown).update(result.answer)  # awaited: updates stay in order
         self.query_one(".arm-stats", Static).update(self._stats(result))
+        self.query_one(".arm-departure", Static).update(self._departure(result))
+
+    @staticmethod
+    def _departure(r: ArmResult) -> Text:
+        """Where this answer leaves f16's: the text before, and the first differing token highlighted."""
+        where = r.departure()
+        if where is None:
+            return Text("")
+        before, token, after = where
+        text = Text(f"departs from f16 at token {r.departs_at}: …", style="bold")
+        text.append(before.replace("\n", " "))
+        text.append(token.replace("\n", "⏎") or "(ends here)", style="bold reverse")
+        text.append(after.replace("\n", " ") + "…")
+        return text
 
     @staticmethod
     def _stats(r: ArmResult) -> str:
         peak = "n/a (no GPU telemetry)" if r.peak_vram is None else f"{r.peak_vram / 2**20:,.0f} MiB"
         lines = [f"peak VRAM   {peak}", f"estimate    {r.estimate_bytes / 2**20:,.0f} MiB",
                  f"prefill     {r.prefill_tok_s:,.1f} tok/s", f"decode      {r.decode_tok_s:,.1f} tok/s"]
-        if r.token_match is not None:
-            lines.append(f"vs f16      {r.token_match:.0%} tokens · "
-                         f"{'same answer' if r.same_answer else 'different answer'}")
+        if r.shared_prefix is not None:
+            lines += agreement_lines(r)
         elif r.arm == "f16" and r.ok:
             lines.append("vs f16      (the baseline)")
         return "\n".join(lines)

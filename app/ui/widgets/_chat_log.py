@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Markdown, Static
@@ -36,7 +37,7 @@ class AnswerView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Markdown(self._initial)
-        yield Static(self._meta, classes="answer-meta")
+        yield Static(Text(self._meta), classes="answer-meta")
 
     async def append(self, fragment: str) -> None:
         self.text += fragment
@@ -64,7 +65,7 @@ class AnswerView(Vertical):
             parts.append("citations: " + ", ".join(c.label for c in citations))
         if note:
             parts.append(note)
-        self.query_one(".answer-meta", Static).update(" · ".join(parts))
+        self.query_one(".answer-meta", Static).update(Text(" · ".join(parts)))
 
 
 class ChatLog(VerticalScroll):
@@ -78,7 +79,7 @@ class ChatLog(VerticalScroll):
                      "ctrl+p lists every action.", id="chat-hint")
 
     async def add_question(self, text: str) -> QuestionView:
-        view = QuestionView(text)
+        view = QuestionView(Text(text))  # what a person typed is never markup
         await self.mount(view)
         self.scroll_end(animate=False)
         return view

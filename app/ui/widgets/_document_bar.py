@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar
@@ -29,7 +30,7 @@ class DocumentBar(Vertical):
 
     def set_document(self, title: str, pages: int, paged: bool) -> None:
         suffix = f" · {pages} page{'s' if pages != 1 else ''}" if paged else ""
-        self.query_one("#doc-title", Label).update(f"{title}{suffix}")
+        self.query_one("#doc-title", Label).update(Text(f"{title}{suffix}"))  # a file name is never markup
 
     def set_tokens(self, tokens: int, n_ctx: int, arm: str) -> None:
         style = "green" if tokens <= n_ctx else "bold red"
@@ -37,7 +38,7 @@ class DocumentBar(Vertical):
             f"[{style}]{tokens:,}[/] / {n_ctx:,} tokens · {arm}")
 
     def set_status(self, text: str) -> None:
-        self.query_one("#doc-status", Label).update(text)
+        self.query_one("#doc-status", Label).update(Text(text))  # statuses carry paths and errors: never markup
 
     def set_progress(self, done: float, total: float) -> None:
         bar = self.query_one("#doc-progress", ProgressBar)

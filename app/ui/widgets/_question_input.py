@@ -5,16 +5,16 @@ from __future__ import annotations
 from textual import events
 from textual.widgets import Input
 
-from app.paths import existing_files
-from app.ui.messages import PathsDropped
+from app.paths import route_input
+from app.ui.messages import PathsDropped, PathsRefused
 
 
 class QuestionInput(Input):
     def _on_paste(self, event: events.Paste) -> None:
-        paths = existing_files(event.text)
-        if paths:
+        route = route_input(event.text)
+        if route.kind in ("open", "refuse"):
             event.stop()
             event.prevent_default()
-            self.post_message(PathsDropped(paths))
+            self.post_message(PathsDropped(list(route.files)) if route.files else PathsRefused(route.problem))
             return
         super()._on_paste(event)

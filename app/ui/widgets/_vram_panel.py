@@ -77,7 +77,7 @@ class VramPanel(Vertical):
             live.display = False
             spark.display = False
             off.display = True
-            off.update(self.sampler.unavailable_reason or "GPU telemetry is off.")
+            off.update(Text(self.sampler.unavailable_reason or "GPU telemetry is off."))
         else:
             off.display = False
             history = list(self.sampler.history)

@@ -1,0 +1,109 @@
+"""The question box takes any text: long questions, path-like text, control characters, folders."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from textual import events
+
+from app.errors import DocumentNotFoundError, FolderDroppedError
+from app.samples import DEFAULT_SAMPLE
+from app.ui.widgets import QuestionView
+from test_app_ui import make_app, status, until
+
+LONG_QUESTION = ("In the section about the railway, the document mentions its engineer, its stations and the "
+                 "year it opened; could you please explain, in as much detail as the text allows, who designed "
+                 "it, when it opened, how long the line is, and which stations it serves along the coast? "
+                 "Thank you.")
+
+
+async def test_a_long_question_is_asked_and_a_folder_or_missing_path_is_not(model_path, tmp_path: Path) -> None:
+    assert len(LONG_QUESTION) >= 256
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        box = screen.query_one("#question")
+        box.value = LONG_QUESTION
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready" and screen.last_done is not None)
+        assert [q.render().plain for q in screen.query(QuestionView)] == [LONG_QUESTION]
+        # a folder and a missing file, typed or pasted, get a sentence and never reach the model
+        for text, error in ((str(folder), FolderDroppedError(str(folder))),
+                            (f"'{tmp_path / 'gone.pdf'}'", DocumentNotFoundError(str(tmp_path / "gone.pdf")))):
+            box.value = text
+            await pilot.press("enter")
+            await pilot.pause(0.05)
+            assert status(screen) == str(error)
+            assert box.value == text  # kept, so that it can be corrected
+            box.value = ""
+            box.post_message(events.Paste(text))
+            await pilot.pause(0.05)
+            assert status(screen) == str(error) and box.value == ""
+        assert len(screen.query(QuestionView)) == 1
+        assert screen.state == "ready" and app.document.title == DEFAULT_SAMPLE.name
+
+
+texts = st.one_of(
+    st.text(min_size=1, max_size=400),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=256, max_size=3000),
+    st.builds(lambda p, q: f"{q}{p}{q}", st.text(min_size=1, max_size=600).map(lambda t: "/" + t),
+              st.sampled_from(["", "'", '"'])),
+    st.sampled_from(["~", "~nobody/x.pdf", "file://[", "'", "\x00", "/", ".", "..", "\n\n", "C:\\x.pdf"]),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(text=texts, paste=st.booleans())
+@example(text="/tr[a=b", paste=False)  # the MarkupError this test found in a refused path
+@example(text="[bold]why[/] [/]", paste=True)
+@example(text="x" * 289, paste=False)
+def test_no_text_crashes_the_question_box(model_path, text: str, paste: bool) -> None:
+    async def run() -> None:
+        app = make_app(model_path)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.chat_screen
+            await until(pilot, lambda: screen.state == "ready")
+            box = screen.query_one("#question")
+            if paste:
+                box.post_message(events.Paste(text))
+                await pilot.pause(0.05)
+                box.value = box.value or ""
+            else:
+                box.value = text
+            await pilot.press("enter")
+            await until(pilot, lambda: screen.state in ("ready", "answering", "ingesting", "loading",
+                                                        "prefilling"))
+            await pilot.pause(0.05)
+            assert app.is_running
+        assert app.return_code in (None, 0)
+
+    asyncio.run(run())
+
+
+async def test_markup_in_names_questions_and_paths_is_shown_as_typed(model_path, tmp_path: Path) -> None:
+    # found by the property test above: a refused path with "[x=" in it closed the app (MarkupError)
+    doc = tmp_path / "report [draft=1] [b].md"
+    doc.write_text("The railway was designed by Marta Quell.")
+    app = make_app(model_path, paths=(doc,))
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        assert "report [draft=1] [b].md" in str(screen.query_one("#doc-title").render())
+        box = screen.query_one("#question")
+        for question in ("[bold]Who[/] designed it? [/]", "[link=x]", "[@click=app.quit]quit[/]"):
+            box.value = question
+            await pilot.press("enter")
+            await until(pilot, lambda: screen.state == "ready" and screen.current_answer is None)
+        assert [q.render().plain for q in screen.query(QuestionView)][-1] == "[@click=app.quit]quit[/]"
+        box.value = f"'{tmp_path / '[a=b'}'"
+        await pilot.press("enter")
+        await pilot.pause(0.05)
+        assert status(screen).startswith(f"There is no file at {tmp_path / '[a=b'}")
+        assert app.is_running
