@@ -208,10 +208,15 @@ def test_bad_sidecars_are_clear_errors(model: Path, tmp_path: Path) -> None:
     raw = good_k.read_bytes()
     truncated = write_bad(tmp_path, "truncated.bin", raw[: len(raw) - 100])
     bad_magic = write_bad(tmp_path, "magic.bin", b"XXXX" + raw[4:])
+    scaled = sc.write_sidecar(
+        sc.SidecarFile("k", np.tile(1.2 * np.eye(64, dtype=np.float32), (info.n_layer, info.n_head_kv, 1, 1)),
+                       ranks=np.full((info.n_layer, info.n_head_kv), 8, np.int32)),
+        tmp_path / "scaled.fraqtl-k-eigenbasis.bin")
     cases = {
         wrong_model: "dims",
         truncated: "truncated",
         bad_magic: "magic",
+        scaled: "not orthonormal",
     }
     for path, word in cases.items():
         with pytest.raises(ArmUnavailableError) as err:
