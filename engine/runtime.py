@@ -152,6 +152,22 @@ class Runtime:
         # Always re-evaluate at least the last token so that fresh logits exist.
         return min(prefix, len(tokens) - 1)
 
+    def _d2_ring_safe(self, reused: int) -> int:
+        """Where a cut may keep its prefix without losing D2's exact window.
+
+        D2 keeps the last ``window`` positions exact in a ring; the tokens a cut removes took
+        the ring slots of the oldest window positions before the cut, which would stay
+        compressed for good. Re-evaluating the window before the cut (at most ``window``
+        tokens; the document before it is kept) restores what a fresh prefill would hold.
+        """
+        if self.d2_settings is None:
+            return reused
+        sinks, window = self.d2_settings.recipe.sinks, self.d2_settings.recipe.window
+        if window <= 0 or sinks + window >= int(self.llm.n_ctx()):
+            return reused  # no ring wrap: every position has a slot of its own
+        # back to a batch boundary, so the re-evaluated tokens see the ubatches a fresh prefill has
+        return min(reused, (max(reused - window, 0) // self.n_batch) * self.n_batch)
+
     def truncate(self, n_keep: int) -> None:
         """Forget cached tokens from n_keep on (llama.cpp seq_rm; works for every arm)."""
         n_keep = max(0, min(n_keep, self.n_cached))
@@ -172,15 +188,21 @@ class Runtime:
             raise ContextOverflowError(len(tokens), self.n_ctx)
         reused = self._reuse_prefix(tokens)
         if reused < self.n_cached:
+            reused = self._d2_ring_safe(reused)
             self.truncate(reused)
         todo = list(tokens[reused:])
         t0 = time.perf_counter()
         done = 0
         yield PrefillProgress(0, len(todo), reused, 0.0, 0.0)
-        for start in range(0, len(todo), self.n_batch):
+        # batches end at multiples of n_batch counted from the first token, whatever was reused:
+        # D2 decides which rows are exact per ubatch, so equal boundaries give a cached prefix
+        # the same result as a fresh prefill
+        first = min(len(todo), self.n_batch - reused % self.n_batch)
+        bounds = [0, *range(first, len(todo), self.n_batch), len(todo)]
+        for lo, hi in zip(bounds, bounds[1:]):
             if should_stop():
                 return
-            batch = todo[start : start + self.n_batch]
+            batch = todo[lo:hi]
             self.llm.eval(batch)
             done += len(batch)
             self.n_evaluated_total += len(batch)

@@ -158,11 +158,50 @@ def test_seq_rm_keeps_exact_copies_consistent(model: Path, tokens: list[int]) ->
     assert np.abs(reused - fresh).max() <= 1e-3
 
 
+def test_truncate_and_continue_equals_fresh_prefill(model: Path, tokens: list[int]) -> None:
+    # The continuation (20 tokens) is shorter than the window (64): the window positions
+    # before the cut whose ring slots the removed tokens took must be exact again, as in a
+    # fresh prefill of the same tokens. Compressed rows differ from exact ones here
+    # (protect < head_dim, random bases), so a stale ring shows in the logits.
+    d2 = D2Settings(recipe=Recipe(sinks=8, window=64), basis="random", seed=3)
+    a, b, c = tokens[:300], tokens[300:340], tokens[600:620]
+    rt = Runtime(model, "d2", n_ctx=1024, n_batch=64, logits_all=True, d2=d2)
+    try:
+        list(rt.prefill(a + b))
+        list(rt.prefill(a + c))
+        reused = rt.last_logits()
+    finally:
+        rt.close()
+    rt = Runtime(model, "d2", n_ctx=1024, n_batch=64, logits_all=True, d2=d2)
+    try:
+        list(rt.prefill(a + c))
+        fresh = rt.last_logits()
+    finally:
+        rt.close()
+    assert np.abs(reused - fresh).max() <= 1e-3
+
+
+def test_window_covering_every_token_equals_all_exact_attention(model: Path, tokens: list[int]) -> None:
+    # protect < head_dim: compressed rows differ from exact ones. With a window that holds
+    # every token, attention must read only exact rows: the result matches a cache that keeps
+    # every direction in fp16 (same bases) to fp16 rounding. A cache that ignored its exact
+    # copies would read the 3-bit tails here and land where the compressed-only cache does.
+    def settings(recipe: Recipe, protect: int | None = None) -> D2Settings:
+        return D2Settings(recipe=recipe, basis="random", seed=7, k_protect=protect, v_protect=protect)
+
+    ref = run_logits(model, tokens, "d2", settings(NO_EXACT, 64))
+    exact = run_logits(model, tokens, "d2", settings(Recipe(sinks=8, window=2048)))
+    lossy = run_logits(model, tokens, "d2", settings(NO_EXACT))
+    assert kld(ref, exact) < 1e-3
+    assert kld(ref, lossy) > 20 * max(kld(ref, exact), 1e-5)
+    assert np.mean(exact.argmax(1) == ref.argmax(1)) > 0.97
+
+
 def test_follow_up_question_reuses_the_document(model: Path) -> None:
     # the shipped calibrated sidecars, with a small window so that the document is compressed
     document = ("The research station Kestrel Point lies on the island of Varn. Its director is Maren Oduya. "
                 "The station was opened in 1962 and its radio call sign is KPX-44.\n") * 6
-    rt = Runtime(model, "d2:k16v32s8w32", n_ctx=2048)
+    rt = Runtime(model, "d2:k16v32s8w32", n_ctx=2048, n_batch=64)
     try:
         def ask(question: str) -> AnswerDone:
             messages = [{"role": "user", "content": f"{document}\n{question}"}]
@@ -174,10 +213,13 @@ def test_follow_up_question_reuses_the_document(model: Path) -> None:
     finally:
         rt.close()
     assert first.n_evaluated == first.n_prompt
-    assert second.n_evaluated < second.n_prompt - n_doc + 16  # the document was not evaluated again
+    # the document was not evaluated again: the question, plus the exact window before the cut
+    # (32 tokens, back to a batch boundary) when the first answer's tail is dropped
+    assert second.n_evaluated < second.n_prompt - n_doc + 16 + 32 + 64
+    assert second.n_prompt - n_doc + 16 + 32 + 64 < second.n_prompt
     assert "Maren" in first.text or "Oduya" in first.text
     # the reused cache answers exactly as a fresh prefill of the same prompt does
-    fresh_rt = Runtime(model, "d2:k16v32s8w32", n_ctx=2048)
+    fresh_rt = Runtime(model, "d2:k16v32s8w32", n_ctx=2048, n_batch=64)
     try:
         messages = [{"role": "user", "content": f"{document}\nIn which year was the station opened?"}]
         fresh = [ev for ev in fresh_rt.answer(messages, max_tokens=24) if isinstance(ev, AnswerDone)][0]
