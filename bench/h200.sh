@@ -96,6 +96,25 @@ diag)
   FRAQTL_GPU_RESULTS=$OUT timeout 200 python3 -m pytest -q -p no:cacheprovider tests/functional/test_d2_cuda.py \
     -k "agrees or less_memory" 2>&1 | grep -v "^E  .*llama_\|print_info\|load_tensors" | tail -25
   ;;
+kcheck)
+  # the D2 kernels alone against the CPU reference quantizer, no llama.cpp build (about 30 s)
+  rm -rf /tmp/src && mkdir -p /tmp/src && tar xzf .dev/src.tar.gz -C /tmp/src
+  cuda=$(ls -d /tmp/src/*)/vendor/llama.cpp/ggml/src/ggml-cuda
+  [ -x .dev/d2check ] && { echo "binary built elsewhere:"; ./.dev/d2check; }
+  cp engine/llama.cpp-fraqtl/check/d2_kernels_check.cu "$cuda/"
+  i=0
+  for flags in "-use_fast_math" "" "-use_fast_math -fmad=false" "-use_fast_math -ftz=false"; do
+    (cd "$cuda" && nvcc -std=c++17 -arch=sm_90 $flags -extended-lambda -I../../include -I.. -I. \
+      d2_kernels_check.cu -Xlinker --unresolved-symbols=ignore-all -o /tmp/d2check$i) &
+    i=$((i+1))
+  done
+  wait
+  i=0
+  for flags in "-use_fast_math" "(none)" "-use_fast_math -fmad=false" "-use_fast_math -ftz=false"; do
+    echo "== nvcc $flags"; /tmp/d2check$i | grep "P 16 set\|check"; i=$((i+1))
+  done
+  exit 0
+  ;;
 long)
   wait_build
   export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
