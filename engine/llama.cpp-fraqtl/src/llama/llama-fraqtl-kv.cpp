@@ -719,19 +719,6 @@ void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int
     *v = fraqtl_rotate(ctx, *v, d2->rot_v[il]);
 }
 
-// cache view [hd, n_head_kv, n_kv, 1] with the exact rows put back, as f32: the compressed
-// rows and the exact copies side by side, then one gather (no in-place op, so the
-// scheduler may place every step on any backend)
-static ggml_tensor * fraqtl_with_exact(ggml_context * ctx, ggml_tensor * view, ggml_tensor * exact, ggml_tensor * rows) {
-    const int64_t hd   = view->ne[0];
-    const int64_t nh   = view->ne[1];
-    const int64_t n_kv = view->ne[2];
-    ggml_tensor * cur = ggml_cast(ctx, view, GGML_TYPE_F32);
-    cur = ggml_reshape_2d(ctx, cur, hd*nh, n_kv);
-    cur = ggml_concat(ctx, cur, ggml_cast(ctx, exact, GGML_TYPE_F32), 1);
-    cur = ggml_get_rows(ctx, cur, rows);
-    return ggml_reshape_4d(ctx, cur, hd, nh, n_kv, 1);
-}
 
 void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
@@ -745,14 +732,11 @@ void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32
     // attention must read the copies after this ubatch's writes: it reads these results
     ggml_tensor * ek = ggml_set_rows(ctx, d2->exact_k[il], k2, slots);
     ggml_tensor * ev = ggml_set_rows(ctx, d2->exact_v[il], v2, slots);
-    if (d2->on_device[il]) {
-        if (d2->type_k != GGML_TYPE_F16 || d2->type_v != GGML_TYPE_F16) {
-            g_fraqtl_pending = { *k, { ek, ev, rows } };
-        }
-        return; // an all-f16 cache is exact already: the copies are kept but not read
+    GGML_UNUSED(v);
+    if (d2->type_k != GGML_TYPE_F16 || d2->type_v != GGML_TYPE_F16) {
+        g_fraqtl_pending = { *k, { ek, ev, rows } };
     }
-    *k = fraqtl_with_exact(ctx, *k, ek, rows);
-    *v = fraqtl_with_exact(ctx, *v, ev, rows);
+    // an all-f16 cache is exact already: the copies are kept but not read
 }
 
 void llama_fraqtl_bind_exact(ggml_tensor * fa) {
