@@ -527,6 +527,21 @@ static __global__ void d2_scatter_heads(const float * __restrict__ part, float *
 // ---------------------------------------------------------------------------------------
 // dispatch
 
+// the sources of a D2 flash-attention node: Q, K, V, mask, then the exact K/V copies and the row map
+struct d2_fattn_srcs {
+    const ggml_tensor * q;
+    const ggml_tensor * k;
+    const ggml_tensor * v;
+    const ggml_tensor * mask;
+    const ggml_tensor * ek;
+    const ggml_tensor * ev;
+    const ggml_tensor * rows;
+};
+
+static d2_fattn_srcs d2_fattn_srcs_of(const ggml_tensor * dst) {
+    return { dst->src[0], dst->src[1], dst->src[2], dst->src[3], dst->src[5], dst->src[6], dst->src[7] };
+}
+
 struct d2_fattn_shape {
     int hd;
     int pk;
@@ -560,13 +575,7 @@ bool ggml_fraqtl_cuda_fattn_applies(const ggml_tensor * dst) {
 
 bool ggml_fraqtl_cuda_fattn_supported(int device, const ggml_tensor * dst) {
     GGML_UNUSED(device);
-    const ggml_tensor * Q    = dst->src[0];
-    const ggml_tensor * K    = dst->src[1];
-    const ggml_tensor * V    = dst->src[2];
-    const ggml_tensor * mask = dst->src[3];
-    const ggml_tensor * ek   = dst->src[5];
-    const ggml_tensor * ev   = dst->src[6];
-    const ggml_tensor * rows = dst->src[7];
+    const auto [Q, K, V, mask, ek, ev, rows] = d2_fattn_srcs_of(dst);
     float max_bias = 0.0f;
     float softcap  = 0.0f;
     memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
@@ -643,12 +652,8 @@ static void d2_launch_to_f16(const int p, const uint8_t * src, const int32_t * r
 }
 
 static void d2_fattn_many(ggml_backend_cuda_context & ctx, ggml_tensor * dst, const d2_fattn_shape & s) {
-    const ggml_tensor * Q    = dst->src[0];
-    const ggml_tensor * K    = dst->src[1];
-    const ggml_tensor * V    = dst->src[2];
-    const ggml_tensor * ek   = dst->src[5];
-    const ggml_tensor * ev   = dst->src[6];
-    const ggml_tensor * rows = dst->src[7];
+    const auto [Q, K, V, mask, ek, ev, rows] = d2_fattn_srcs_of(dst);
+    GGML_UNUSED(mask);
     cudaStream_t stream = ctx.stream();
     const int G = s.n_head/s.n_head_kv;
 
@@ -714,13 +719,7 @@ void ggml_fraqtl_cuda_flash_attn_ext(ggml_backend_cuda_context & ctx, ggml_tenso
         return;
     }
 
-    const ggml_tensor * Q    = dst->src[0];
-    const ggml_tensor * K    = dst->src[1];
-    const ggml_tensor * V    = dst->src[2];
-    const ggml_tensor * mask = dst->src[3];
-    const ggml_tensor * ek   = dst->src[5];
-    const ggml_tensor * ev   = dst->src[6];
-    const ggml_tensor * rows = dst->src[7];
+    const auto [Q, K, V, mask, ek, ev, rows] = d2_fattn_srcs_of(dst);
 
     d2_fattn_args a = {};
     a.q    = (const float *) Q->data;
