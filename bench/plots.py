@@ -30,7 +30,7 @@ def kld_plot(path: Path, outcomes: dict[str, dict[str, Any]]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
 
@@ -54,7 +54,7 @@ def niah_heatmap(directory: Path, arm: str, contexts: list[int], depths: list[fl
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = directory / f"niah-{_safe(arm)}.png"
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
 
@@ -74,7 +74,7 @@ def bars(path: Path, title: str, ylabel: str, series: dict[str, dict[str, float]
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
 
@@ -97,6 +97,6 @@ def lines(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[int,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path

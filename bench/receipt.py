@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import __version__ as ENGINE_VERSION
+from engine.files import write_atomic
 from engine.gguf import read_gguf
 from engine.locations import REPO_ROOT
 
@@ -178,6 +179,7 @@ def header_markdown(receipt: dict[str, Any], title: str) -> str:
 
 
 def write(directory: Path, receipt: dict[str, Any], markdown: str) -> Path:
-    (directory / "receipt.json").write_text(json.dumps(receipt, indent=1, sort_keys=False) + "\n")
-    (directory / "receipt.md").write_text(markdown)
+    """Write receipt.json and receipt.md atomically; a full disk raises FileWriteError (one sentence)."""
+    write_atomic(directory / "receipt.json", json.dumps(receipt, indent=1, sort_keys=False) + "\n", mode=0o644)
+    write_atomic(directory / "receipt.md", markdown, mode=0o644)
     return directory

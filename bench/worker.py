@@ -15,7 +15,6 @@ Progress goes to stdout as ``@progress DONE TOTAL`` lines. This module never imp
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -41,35 +40,43 @@ def _write(path: Path, result: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(result))
 
 
-def _sidecar_files(d2: Any) -> dict[str, str]:
-    """Sidecar paths named by the D2 parameters (whatever their shape), with their sha256."""
-    from engine.models import model_sha256
+def sidecar_record(settings: Any) -> dict[str, Any]:
+    """What supplied a D2 arm's bases: the sidecar files (sha256, which folder) or a control basis.
 
-    found: dict[str, str] = {}
-    if d2 is None:
-        return found
-    values: list[Any] = []
-    if dataclasses.is_dataclass(d2):
-        values = [getattr(d2, f.name) for f in dataclasses.fields(d2)]
-    elif hasattr(d2, "__dict__"):
-        values = list(vars(d2).values())
-    elif isinstance(d2, dict):
-        values = list(d2.values())
-    for value in values:
-        if isinstance(value, (str, Path)) and str(value).endswith(".bin") and Path(value).is_file():
-            found[str(value)] = model_sha256(Path(value))
-        elif dataclasses.is_dataclass(value) or hasattr(value, "path"):
-            found.update(_sidecar_files(value if dataclasses.is_dataclass(value) else {"p": value.path}))
-    return found
+    Empty for upstream arms. A random or identity basis is a control, marked ``control`` so that
+    a receipt can never pass it off as calibrated sidecars.
+    """
+    if settings is None:
+        return {}
+    from engine.files import sha256_file
+    from engine.sidecar import sidecar_origin
+
+    record: dict[str, Any] = {"basis": settings.basis, "recipe": settings.recipe.label}
+    if settings.basis != "sidecar":
+        record.update(control=True, seed=settings.seed,
+                      note=f"{settings.basis} orthonormal bases (control), not calibrated for this model")
+        return record
+    paths = [Path(p) for p in (settings.k_sidecar, settings.v_sidecar) if p]
+    record["control"] = False
+    record["files"] = {str(p): sha256_file(p) for p in paths}
+    record["source"] = sidecar_origin(paths[0]) if paths else "none (identity bases)"
+    return record
 
 
 def open_runtime(job: dict[str, Any], logits_all: bool = False) -> Any:
+    from engine.arms import ArmConfig
+    from engine.d2 import D2Settings
     from engine.runtime import Runtime
 
+    arm = ArmConfig.parse(job["arm"])
+    d2 = None
+    if arm.is_d2 and job.get("basis", "sidecar") != "sidecar":  # a control arm: no calibrated sidecars
+        assert arm.recipe is not None
+        d2 = D2Settings(recipe=arm.recipe, basis=str(job["basis"]), seed=int(job.get("seed", 0)))
     return Runtime(
         job["model"], job["arm"], n_ctx=int(job["n_ctx"]), n_batch=int(job.get("n_batch", 512)),
         n_gpu_layers=int(job.get("n_gpu_layers", -1)), yarn=bool(job.get("yarn", False)),
-        logits_all=logits_all, n_threads=job.get("n_threads"),
+        logits_all=logits_all, n_threads=job.get("n_threads"), d2=d2,
     )
 
 
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result["load_s"] = time.perf_counter() - t0
     result["kv_bytes"] = rt.kv_bytes()
-    result["sidecars"] = _sidecar_files(getattr(rt, "_d2", None))
+    result["sidecars"] = sidecar_record(rt.d2_settings)
     _write(out, result)
     try:
         OPS[job["op"]](rt, job, result, out)

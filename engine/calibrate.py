@@ -41,7 +41,7 @@ from engine import locations, models
 from engine.arms import LOCKED
 from engine.corpus import builtin_texts
 from engine.errors import EngineError
-from engine.files import sha256_file, write_atomic
+from engine.files import sha256_file, write_atomic, write_figure
 from engine.gguf import GgufInfo, read_gguf
 from engine.runtime import fraqtl_version, load_llama_cpp
 from engine.sidecar import (
@@ -80,7 +80,27 @@ class CorpusError(EngineError):
         super().__init__(f"Cannot use {path} as calibration text ({reason}); pass a text, markdown or PDF file.")
 
 
+class NonFiniteMomentsError(EngineError):
+    def __init__(self, kind: str, layer: int, head: int, n_bad: int) -> None:
+        self.kind, self.layer, self.head, self.n_bad = kind, layer, head, n_bad
+        super().__init__(
+            f"The captured {kind.upper()} moments are not finite ({n_bad:,} values, the first in layer {layer} "
+            f"head {head}): the model's activations overflow, as a random-weight model's do (e.g. one from "
+            "`fraqtl-bench shape-model`), so no basis can be computed. Calibrate a model with trained weights; "
+            "for memory and speed runs on a shape model use the random control basis instead "
+            "(`fraqtl-bench memory --basis random`)."
+        )
+
+
 # ------------------------------------------------------------------------------------ math
+
+
+def check_moments(kind: str, moments: np.ndarray) -> None:
+    """Raise NonFiniteMomentsError when any (layer, head) moment ``[L, H, d, d]`` is not finite."""
+    finite = np.isfinite(moments).all(axis=(-2, -1))
+    if not finite.all():
+        layer, head = (int(i) for i in np.argwhere(~finite)[0])
+        raise NonFiniteMomentsError(kind, layer, head, int((~np.isfinite(moments)).sum()))
 
 
 def eigenbasis(moment: np.ndarray, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -548,8 +568,13 @@ def calibrate(
     finally:
         model.close()
 
+    check_moments("k", mk)
+    check_moments("v", mv)
     wk, uk = eigenbasis(mk, tokens_done)
     wv, uv = eigenbasis(mv, tokens_done)
+    with np.errstate(over="ignore"):  # moments that overflow in fp16 after the eigensolver
+        check_moments("k", uk.astype(np.float16))
+        check_moments("v", uv.astype(np.float16))
     ranks = choose_ranks(wk, config.k_rank, config.k_energy)
     k_side = SidecarFile("k", uk.astype(np.float32), ranks=ranks)
     v_side = SidecarFile("v", uv.astype(np.float32), protect=v_protect)
@@ -656,7 +681,7 @@ def write_report(result: CalibrationResult, out_dir: Path, title: str = "Calibra
         },
     }
     json_path = out_dir / "calibration.json"
-    json_path.write_text(json.dumps(data, indent=1) + "\n")
+    write_atomic(json_path, json.dumps(data, indent=1) + "\n", mode=0o644)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     layers = np.arange(ek.shape[0])
@@ -687,7 +712,7 @@ def write_report(result: CalibrationResult, out_dir: Path, title: str = "Calibra
     fig.suptitle(f"{title}: {m['calibration']['tokens']:,} tokens at ctx {m['calibration']['ctx']}")
     fig.tight_layout()
     png_path = out_dir / "energy.png"
-    fig.savefig(png_path, dpi=110)
+    write_figure(png_path, fig, dpi=110)
     plt.close(fig)
 
     cal = m["calibration"]
@@ -723,7 +748,7 @@ def write_report(result: CalibrationResult, out_dir: Path, title: str = "Calibra
         lines.append(f"| {target:.2f} | {r.mean():.1f} | {r.min()} | {r.max()} |")
     lines += ["", "![energy](energy.png)", ""]
     md_path = out_dir / "README.md"
-    md_path.write_text("\n".join(lines))
+    write_atomic(md_path, "\n".join(lines), mode=0o644)
     return [json_path, md_path, png_path]
 
 
@@ -795,6 +820,11 @@ def main(argv: list[str] | None = None) -> int:
 
         with progress:
             result = calibrate(config, on_progress)
+        command = "fraqtl-calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
+        result.manifest["command"] = command
+        write_manifest(result.manifest_path, result.manifest)
+        if args.report:
+            write_report(result, args.report, f"Calibration of {model_path.name}")
     except CalibrationInterrupted as exc:
         console.print(f"[yellow]{exc}[/]")
         return 130
@@ -804,11 +834,6 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
-    command = "fraqtl-calibrate " + " ".join(argv if argv is not None else sys.argv[1:])
-    result.manifest["command"] = command
-    write_manifest(result.manifest_path, result.manifest)
-    if args.report:
-        write_report(result, args.report, f"Calibration of {model_path.name}")
     ek = energy_share(result.k_eigenvalues, result.k.ranks).mean()  # type: ignore[arg-type]
     ev = energy_share(result.v_eigenvalues, result.v.protect).mean()
     resumed = f", {result.resumed_tokens:,} resumed" if result.resumed_tokens else ""

@@ -80,6 +80,7 @@ class Runtime:
         self._d2_c: ctypes.Structure | None = None  # kept alive while llama.cpp may read it
         if self.arm.is_d2:
             self.d2_settings = d2 if d2 is not None else d2_module.settings_for(self.info, self.arm)
+            self.d2_settings.check_files(self.info)  # a non-orthonormal basis would corrupt attention silently
             self._d2_c = self.d2_settings.c_params(self.info)
             kwargs["fraqtl_params"] = ctypes.cast(ctypes.pointer(self._d2_c), ctypes.c_void_p)
         else:
