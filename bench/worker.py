@@ -157,28 +157,50 @@ def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> 
     _write(out, result)
 
 
+def _llama_perf(rt: Any) -> Any:
+    """llama.cpp's own timings for this context (``llama_perf_context``), or None where absent."""
+    fn = getattr(rt.llama_cpp.llama_cpp, "llama_perf_context", None)
+    return fn(rt.llm.ctx) if fn is not None else None
+
+
 def run_fill(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> None:
+    """Prefill ``fill_tokens`` random ids, decode ``warmup_tokens`` untimed, then time ``decode_tokens``.
+
+    Beside the engine's wall-clock rate, llama.cpp's own eval time for the timed tokens is kept
+    (``llama_perf_context``, reset after the warm-up): the upstream reference for the same tokens.
+    """
     n_decode = int(job.get("decode_tokens", 0))
+    n_warm = int(job.get("warmup_tokens", 0)) if n_decode else 0
     n_fill = int(job.get("fill_tokens", 0))
     n_vocab = rt.llm.n_vocab()
     rng = np.random.default_rng(int(job.get("seed", 0)))
     tokens = [int(t) for t in rng.integers(min(300, n_vocab // 2), n_vocab, size=n_fill)]
-    fill: dict[str, Any] = {"n_fill": n_fill, "n_decode": n_decode}
+    fill: dict[str, Any] = {"n_fill": n_fill, "n_decode": n_decode, "warmup_tokens": n_warm, "timed_tokens": n_decode}
+    total = n_fill + n_warm + n_decode
     if n_fill:
         t0 = time.perf_counter()
         for progress in rt.prefill(tokens):
-            _progress(progress.done, progress.total + n_decode)
+            _progress(progress.done, total)
         fill["prefill_s"] = time.perf_counter() - t0
         fill["prefill_tok_s"] = n_fill / max(fill["prefill_s"], 1e-9)
     if n_decode:
+        for _ in range(n_warm):  # first tokens after a prefill pay for graph changes and cold caches
+            rt.llm.eval([int(np.argmax(rt.last_logits()))])
+        reset = getattr(rt.llama_cpp.llama_cpp, "llama_perf_context_reset", None)
+        if reset is not None:
+            reset(rt.llm.ctx)
         t1 = time.perf_counter()
         for k in range(n_decode):
             token = int(np.argmax(rt.last_logits()))
             rt.llm.eval([token])
             if k % 8 == 7:
-                _progress(n_fill + k + 1, n_fill + n_decode)
+                _progress(n_fill + n_warm + k + 1, total)
         fill["decode_s"] = time.perf_counter() - t1
         fill["decode_tok_s"] = n_decode / max(fill["decode_s"], 1e-9)
+        perf = _llama_perf(rt) if reset is not None else None
+        if perf is not None and perf.n_eval >= n_decode and perf.t_eval_ms > 0:
+            fill["llama_eval_tok_s"] = perf.n_eval / (perf.t_eval_ms / 1000.0)
+            fill["llama_eval_tokens"] = int(perf.n_eval)
     result["fill"] = fill
     _write(out, result)
 
