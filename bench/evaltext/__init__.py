@@ -82,6 +82,9 @@ def label(name: str) -> str:
     return "real text: " + "; ".join(f"{t.source} ({t.licence})" for t in EVAL_TEXTS)
 
 
+#: longest filler unit in words: a fit to a token target must be able to stop within ~5 %
+MAX_UNIT_WORDS = 12
+
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)]))\s+(?=[\"'“‘(A-Z0-9_`])")
 
 
@@ -89,7 +92,10 @@ _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)]))\s+(?=[\"'“�
 def _sentences_of(filename: str) -> tuple[str, ...]:
     out: list[str] = []
     for para in _read(filename).split("\n\n"):
-        out.extend(s.strip() for s in _SENTENCE_END.split(para.strip()) if s.strip())
+        for sentence in _SENTENCE_END.split(para.strip()):
+            words = sentence.split()
+            # a long sentence is cut into pieces so that a haystack can be fitted closely to its length
+            out.extend(" ".join(words[i : i + MAX_UNIT_WORDS]) for i in range(0, len(words), MAX_UNIT_WORDS))
     return tuple(out)
 
 
@@ -97,7 +103,8 @@ def sentences(name: str, seed: int, n: int) -> list[str]:
     """``n`` consecutive sentences of filler (a haystack), the same for the same (name, seed, n).
 
     Real text: a contiguous run starting at a seed-chosen point, alternating between the files
-    (prose, then technical writing, ...) and wrapping around; needles go between sentences.
+    (prose, then technical writing, ...) and wrapping around. Units are sentences, and sentences
+    longer than MAX_UNIT_WORDS words are cut into pieces, so a needle may sit inside a long sentence.
     """
     if check_choice(name) == "synthetic":
         return synthetic.sentences(seed, n)
