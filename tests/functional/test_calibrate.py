@@ -213,7 +213,7 @@ class _FakeCaptureModel:
 
 def test_non_finite_moments_stop_with_a_clear_message(model_path: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(cal, "CaptureModel", _FakeCaptureModel)
+    monkeypatch.setattr(cal.run, "CaptureModel", _FakeCaptureModel)  # run.py is where calibrate() looks it up
     with pytest.raises(cal.NonFiniteMomentsError) as info:
         cal.calibrate(small_config(model_path, tmp_path / "a"))
     assert (info.value.kind, info.value.layer, info.value.head) == ("k", 3, 1)
