@@ -1,9 +1,9 @@
 """Files the project writes and identifies: atomic writes and sha256 digests.
 
 A crash mid-write leaves the old file, never half of the new one; a failed write (a full
-disk) raises :class:`engine.errors.FileWriteError`, which says so in one sentence. Used by the engine (sidecars,
-manifests, calibration state, the build) and by the app (settings, sessions, caches); it must
-never import the app.
+disk) raises :class:`engine.errors.FileWriteError`, which says so in one sentence. Used by the
+engine (sidecars, manifests, calibration state, the build), the bench (receipts) and the app
+(settings, sessions, caches); it must never import the app.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ class SidecarFile:
     def orthonormality_errors(self) -> np.ndarray:
         """max |UᵀU − I| per (layer, head), float64 ``[n_layers, n_kv_heads]``."""
         u = self.basis.astype(np.float64)
-        gram = np.einsum("lhdc,lhde->lhce", u, u)
+        gram = np.swapaxes(u, -1, -2) @ u  # batched BLAS: under a second for Mistral-7B's 256 heads of 128
         return np.abs(gram - np.eye(self.head_dim)).max(axis=(2, 3))
 
     def orthonormality_error(self) -> float:
