@@ -171,7 +171,7 @@ def read_sidecar(
             expected = file_size(found_kind, n_layers, n_heads, head_dim)
             if size < expected:
                 raise SidecarFormatError(
-                    str(p), f"short file: {size} bytes, {n_layers}×{n_heads}×{head_dim}² needs {expected}"
+                    str(p), f"truncated (short file: {size} bytes, {n_layers}×{n_heads}×{head_dim}² needs {expected})"
                 )
             if size > expected:
                 raise SidecarFormatError(

@@ -16,7 +16,7 @@ import pytest
 from engine import locations
 from engine import sidecar as sc
 from engine.d2 import D2Settings
-from engine.errors import SidecarChecksumError, SidecarFormatError, SidecarNotOrthonormalError
+from engine.errors import ArmUnavailableError, SidecarChecksumError, SidecarFormatError, SidecarNotOrthonormalError
 from engine.files import sha256_file
 from tests.unit.test_sidecar import fake_model, published_bytes
 
@@ -90,8 +90,10 @@ def test_runtime_checks_sidecars_at_load(tmp_path: Path) -> None:
     bad_v = sc.SidecarFile("v", v.basis * np.float32(1.1), protect=16)
     k_path = sc.write_sidecar(k, tmp_path / "k.bin")
     v_path = sc.write_sidecar(bad_v, tmp_path / "v.bin")
-    with pytest.raises(SidecarNotOrthonormalError):
+    with pytest.raises(ArmUnavailableError) as err:
         Runtime(info.path, "d2", n_ctx=256, n_gpu_layers=0, d2=D2Settings(k_sidecar=k_path, v_sidecar=v_path))
+    assert isinstance(err.value.__cause__, SidecarNotOrthonormalError)
+    assert str(v_path) in str(err.value) and "not orthonormal" in str(err.value)
 
 
 def _calibrated_folder(tmp_path: Path) -> Path:
