@@ -16,15 +16,19 @@ from engine.arms import ArmConfig
 from engine.errors import EngineError
 
 DEFAULT_ARMS = "f16,q8_0,q4_0,d2"
+#: decode speed: tokens decoded before the clock starts, and the fewest tokens timed (issue 9)
+WARMUP_TOKENS = 4
+MIN_TIMED_TOKENS = 64
 
 #: (quick grid, full grid) per subcommand option
 GRIDS = {
     "kld": {"chunks": (2, 8), "chunk_len": (256, 4096)},
-    "niah": {"ctx": ([512], [2048, 3072, 4096, 5120, 6144, 7168]), "depths": ([0.25, 0.75], [0.1, 0.5, 0.9]),
+    # full-grid depths put most needles more than 1024 tokens (D2's exact window) from the end
+    "niah": {"ctx": ([512], [2048, 3072, 4096, 5120, 6144, 7168]), "depths": ([0.25, 0.75], [0.1, 0.3, 0.5, 0.7]),
              "needles": (1, 2), "max_tokens": (24, 32)},
     "ruler": {"ctx": ([512], [2048, 4096, 7168]), "samples": (1, 3), "max_tokens": (24, 48)},
-    "memory": {"ctx": ([512, 1024], [32768, 65536, 131072]), "decode": (8, 64)},
-    "speed": {"ctx": ([512, 1024], [32768, 131072]), "decode": (16, 128)},
+    "memory": {"ctx": ([512, 1024], [32768, 65536, 131072]), "decode": (64, 64)},
+    "speed": {"ctx": ([512, 1024], [32768, 131072]), "decode": (64, 128)},
 }
 
 
@@ -58,6 +62,17 @@ def _common(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads per worker")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per arm before it counts as failed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--basis", choices=("sidecar", "random"), default="sidecar",
+                   help="D2 bases: the model's calibrated sidecars (default) or seeded random orthonormal "
+                        "bases, a control labelled as such in the receipt (memory/speed on a shape model)")
+
+
+def _text(p: argparse.ArgumentParser) -> None:
+    from bench.evaltext import DEFAULT_TEXT, TEXT_CHOICES
+
+    p.add_argument("--text", choices=TEXT_CHOICES, default=DEFAULT_TEXT,
+                   help="real: the shipped evaluation text (prose and technical writing, never used for "
+                        "calibration; default); synthetic: the templated generator of older receipts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kld", help="KLD, same-top-token rate and PPL of each arm vs the f16 cache")
     _common(p, 512)
+    _text(p)
     p.add_argument("--chunks", type=int, default=None)
     p.add_argument("--chunk-len", type=int, default=None)
 
     p = sub.add_parser("niah", help="needle in a haystack: depths × needles × context lengths")
     _common(p, 512)
+    _text(p)
     p.add_argument("--ctx", type=_ints, default=None, help="context lengths in tokens, e.g. 2k,4k,7k")
     p.add_argument("--depths", type=_floats, default=None, help="needle depths in [0, 1]")
     p.add_argument("--needles", type=int, default=None, help="needles per (context, depth)")
@@ -78,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ruler", help="RULER-style tasks: multi-key/multi-value NIAH, VT, CWE, QA")
     _common(p, 512)
+    _text(p)
     from bench.tasks import RULER_TASKS
 
     p.add_argument("--ctx", type=_ints, default=None)
@@ -91,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _common(p, 2048)
         p.add_argument("--ctx", type=_ints, default=None, help="context lengths, e.g. 32k,64k,128k")
-        p.add_argument("--decode", type=int, default=None, help="greedy tokens decoded after the fill")
+        p.add_argument("--decode", type=int, default=None,
+                       help=f"greedy tokens timed after the fill and {WARMUP_TOKENS} untimed warm-up tokens "
+                            f"(at least {MIN_TIMED_TOKENS}, or 0 for none)")
         p.add_argument("--no-fill", action="store_true", help="allocate the context without filling it")
         p.add_argument("--yarn", action="store_true", help="YaRN above the trained context")
 
@@ -118,6 +138,9 @@ def _apply_grid(args: argparse.Namespace) -> None:
             setattr(args, option, quick if args.quick else full)
     if args.quick and args.command in ("memory", "speed") and args.batch == 2048:
         args.batch = 256
+    if args.command in ("memory", "speed") and 0 < args.decode < MIN_TIMED_TOKENS:
+        raise EngineError(f"--decode {args.decode} times too few tokens for a stable rate; give at least "
+                          f"{MIN_TIMED_TOKENS} (or 0 to skip decoding).")
 
 
 def _shape_model(args: argparse.Namespace) -> int:
@@ -145,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             return _shape_model(args)
         from engine.models import resolve
 
-        _apply_grid(args)
         model = resolve(args.model)
+        _apply_grid(args)
         if args.command == "kld":
             from bench import kld
 

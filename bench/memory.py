@@ -23,11 +23,15 @@ def run(kind: str, args: argparse.Namespace, model: Path, argv: list[str] | None
     from engine.estimates import estimate
     from engine.gguf import read_gguf
 
+    from bench.cli import WARMUP_TOKENS
+
     info = read_gguf(model)
     decode = args.decode
+    warmup = WARMUP_TOKENS if decode else 0
     fill = not args.no_fill
     grid = {"contexts": args.ctx, "arms": args.arms, "n_ubatch": args.batch, "fill": fill, "decode_tokens": decode,
-            "seed": args.seed, "flash_attn": True, "n_gpu_layers": args.n_gpu_layers, "yarn": args.yarn}
+            "decode_warmup_tokens": warmup, "basis": args.basis, "seed": args.seed, "flash_attn": True,
+            "n_gpu_layers": args.n_gpu_layers, "yarn": args.yarn}
     rec = receipt.new_receipt(kind, model, argv, grid)
     work = runner.scratch_dir(kind)
     with runner.progress_bar() as bar:
@@ -35,8 +39,8 @@ def run(kind: str, args: argparse.Namespace, model: Path, argv: list[str] | None
             for arm in args.arms:
                 job = {"op": "fill", "model": str(model), "arm": arm, "n_ctx": ctx, "n_batch": args.batch,
                        "n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads, "yarn": args.yarn,
-                       "seed": args.seed, "decode_tokens": decode,
-                       "fill_tokens": max(ctx - decode - 16, 0) if fill else 0}
+                       "seed": args.seed, "decode_tokens": decode, "warmup_tokens": warmup, "basis": args.basis,
+                       "fill_tokens": max(ctx - decode - warmup - 8, 0) if fill else 0}
                 task = bar.add_task(f"{kind} {arm} @{ctx}", total=None)
                 outcome = runner.run_arm(job, work, timeout_s=args.timeout,
                                          on_progress=lambda d, t, task=task: bar.update(task, completed=d, total=t))
@@ -48,12 +52,18 @@ def run(kind: str, args: argparse.Namespace, model: Path, argv: list[str] | None
                     prefill_tok_s=round(fill_result["prefill_tok_s"], 1) if "prefill_tok_s" in fill_result else None,
                     decode_tok_s=round(fill_result["decode_tok_s"], 2) if "decode_tok_s" in fill_result else None,
                     n_fill=fill_result.get("n_fill"),
+                    decode_warmup_tokens=fill_result.get("warmup_tokens"),
+                    decode_timed_tokens=fill_result.get("timed_tokens"),
+                    llama_eval_tok_s=(round(fill_result["llama_eval_tok_s"], 2)
+                                      if "llama_eval_tok_s" in fill_result else None),
                     estimate_total_mib=round(est.total_mib, 1),
                     estimate_kv_mib=round((est.kv_bytes + est.exact_copy_bytes) / MIB, 1),
                     estimate_weights_mib=round(est.weights_bytes / MIB, 1),
                     estimate_compute_mib=round(est.compute_bytes / MIB, 1),
                     kv_mib=round(row["kv_bytes"] / MIB, 1) if row["kv_bytes"] else None,
                 )
+                if row["decode_tok_s"] and row["llama_eval_tok_s"]:
+                    row["engine_vs_llama"] = round(row["decode_tok_s"] / row["llama_eval_tok_s"], 3)
                 if row["kv_bytes"]:
                     row["kv_estimate_error"] = round(row["kv_bytes_estimate"] / row["kv_bytes"] - 1, 5)
                 if outcome.result.get("sidecars"):
@@ -63,11 +73,15 @@ def run(kind: str, args: argparse.Namespace, model: Path, argv: list[str] | None
     md = receipt.header_markdown(rec, "Peak VRAM per arm" if kind == "memory" else "Prefill and decode speed per arm")
     telemetry = {row["telemetry"] for row in rec["results"]}
     md += (f"\nFlash attention, ubatch {args.batch}; context {'filled with ' if fill else 'allocated, not filled; '}"
-           f"random token ids, then {decode} greedy decode tokens. Peak VRAM from NVML every 200 ms "
+           f"random token ids, then {warmup} untimed warm-up and {decode} timed greedy decode tokens "
+           "(decode_tok_s: the engine's wall clock; llama_eval_tok_s: llama.cpp's own eval time for the same "
+           "tokens, llama_perf_context). Peak VRAM from NVML every 200 ms "
            f"({', '.join(sorted(telemetry))}); llama.cpp buffers from its own log; estimate from GGUF metadata.\n\n")
     cols = (["arm", "n_ctx", "status", "peak_vram_mib", "estimate_total_mib", "kv_mib", "estimate_kv_mib",
-             "kv_bits_per_element", "prefill_tok_s", "decode_tok_s"] if kind == "memory" else
-            ["arm", "n_ctx", "status", "prefill_tok_s", "decode_tok_s", "n_fill", "peak_vram_mib", "kv_bits_per_element"])
+             "kv_bits_per_element", "prefill_tok_s", "decode_tok_s", "llama_eval_tok_s", "decode_timed_tokens"]
+            if kind == "memory" else
+            ["arm", "n_ctx", "status", "prefill_tok_s", "decode_tok_s", "llama_eval_tok_s", "engine_vs_llama",
+             "decode_timed_tokens", "n_fill", "peak_vram_mib", "kv_bits_per_element"])
     md += receipt.markdown_table(rec["results"], cols)
     md += "\n\n### llama.cpp buffers (MiB)\n\n"
     for row in rec["results"]:

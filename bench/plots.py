@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from engine.files import write_figure  # noqa: E402
+
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
@@ -30,7 +32,7 @@ def kld_plot(path: Path, outcomes: dict[str, dict[str, Any]]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
 
@@ -54,7 +56,7 @@ def niah_heatmap(directory: Path, arm: str, contexts: list[int], depths: list[fl
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = directory / f"niah-{_safe(arm)}.png"
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
 
@@ -74,7 +76,7 @@ def bars(path: Path, title: str, ylabel: str, series: dict[str, dict[str, float]
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
 
@@ -97,6 +99,6 @@ def lines(path: Path, title: str, ylabel: str, series: dict[str, list[tuple[int,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path

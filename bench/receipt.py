@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import __version__ as ENGINE_VERSION
+from engine.files import write_atomic
 from engine.gguf import read_gguf
 from engine.locations import REPO_ROOT
 
@@ -171,13 +172,23 @@ def header_markdown(receipt: dict[str, Any], title: str) -> str:
         f"- versions: engine {ver['engine']}, {ver.get('llama_fraqtl_version')}, "
         f"llama-cpp-python {ver.get('llama_cpp_python')}",
     ]
-    for arm, files in receipt.get("sidecars", {}).items():
-        for path, digest in files.items():
-            lines.append(f"- sidecar ({arm}): `{path}` sha256 `{digest}`")
+    for arm, record in receipt.get("sidecars", {}).items():
+        lines.extend(sidecar_lines(arm, record))
     return "\n".join(lines) + "\n"
 
 
+def sidecar_lines(arm: str, record: dict[str, Any]) -> list[str]:
+    """Markdown lines naming what supplied an arm's D2 bases (see bench.worker.sidecar_record)."""
+    if record.get("control"):
+        return [f"- bases ({arm}): **{record.get('basis')} orthonormal control** (seed {record.get('seed')}), "
+                "not calibrated sidecars"]
+    lines = [f"- sidecars ({arm}): from the {record.get('source', 'unknown folder')}"]
+    lines += [f"  - `{path}` sha256 `{digest}`" for path, digest in (record.get("files") or {}).items()]
+    return lines
+
+
 def write(directory: Path, receipt: dict[str, Any], markdown: str) -> Path:
-    (directory / "receipt.json").write_text(json.dumps(receipt, indent=1, sort_keys=False) + "\n")
-    (directory / "receipt.md").write_text(markdown)
+    """Write receipt.json and receipt.md atomically; a full disk raises FileWriteError (one sentence)."""
+    write_atomic(directory / "receipt.json", json.dumps(receipt, indent=1, sort_keys=False) + "\n", mode=0o644)
+    write_atomic(directory / "receipt.md", markdown, mode=0o644)
     return directory

@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench import plots, receipt, runner
+from bench import evaltext, plots, receipt, runner
 from bench.scoring import classify
-from bench.tasks import Case, PromptBuilder, niah_cases, ruler_cases, score_case
+from bench.tasks import EXACT_WINDOW, Case, PromptBuilder, niah_cases, ruler_cases, score_case
 
 
 def _answer_all(args: argparse.Namespace, model: Path, cases: list[Case], label: str) -> list[runner.ArmOutcome]:
@@ -28,7 +28,8 @@ def _answer_all(args: argparse.Namespace, model: Path, cases: list[Case], label:
     def make_job(arm: str) -> dict[str, Any]:
         return {"op": "generate", "model": str(model), "arm": arm, "n_ctx": n_ctx, "n_batch": args.batch,
                 "n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads, "prompts": prompts,
-                "max_tokens": args.max_tokens, "yarn": bool(getattr(args, "yarn", False))}
+                "max_tokens": args.max_tokens, "yarn": bool(getattr(args, "yarn", False)),
+                "basis": getattr(args, "basis", "sidecar"), "seed": args.seed}
 
     return runner.run_arms(arms, make_job, work, label, timeout_s=args.timeout)
 
@@ -100,6 +101,35 @@ def _rows(records: list[dict[str, Any]], outcomes: list[runner.ArmOutcome], info
     return rows
 
 
+def paired_flips(records: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
+    """Per arm, paired with f16 on the same prompts: flips (f16 right, arm wrong) and gains, split by
+    whether the needle lay in D2's exact window or in the compressed region before it."""
+    rows = []
+    for arm in arms:
+        if arm == "f16":
+            continue
+        row: dict[str, Any] = {"arm": arm}
+        for where, pick in (("all", lambda r: True), ("compressed", lambda r: r.get("in_exact_window") is False),
+                            ("window", lambda r: r.get("in_exact_window") is True)):
+            group = [r for r in records if pick(r) and "right" in r["answers"].get(arm, {})
+                     and "right" in r["answers"].get("f16", {})]
+            row[f"n_{where}"] = len(group)
+            row[f"flips_{where}"] = sum(r["answers"][arm].get("class") == "flip" for r in group)
+            row[f"gains_{where}"] = sum(r["answers"][arm].get("class") == "gain" for r in group)
+        rows.append(row)
+    return rows
+
+
+def _window_note(records: list[dict[str, Any]]) -> str:
+    placed = [r for r in records if r.get("in_exact_window") is not None]
+    outside = sum(r["in_exact_window"] is False for r in placed)
+    note = (f"Needles more than {EXACT_WINDOW} tokens from the end of the prompt (in D2's compressed region): "
+            f"{outside} of {len(placed)}.")
+    if placed and outside * 2 < len(placed):
+        note += " Most needles sit in the exact window here, so this run barely tests the compressed cache."
+    return note + "\n\n"
+
+
 def _receipt(kind: str, args: argparse.Namespace, model: Path, argv: list[str] | None, grid: dict[str, Any],
              cases: list[Case], outcomes: list[runner.ArmOutcome]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from engine.gguf import read_gguf
@@ -109,33 +139,46 @@ def _receipt(kind: str, args: argparse.Namespace, model: Path, argv: list[str] |
     records = pair(cases, outcomes)
     rec["results"] = _rows(records, outcomes, info, by_task=kind == "ruler")
     rec["cases"] = records
+    rec["paired_flips"] = paired_flips(records, [o.arm for o in outcomes])
     for outcome in outcomes:
         if outcome.result.get("sidecars"):
             rec["sidecars"][outcome.arm] = outcome.result["sidecars"]
     return rec, records
 
 
+def _flips_markdown(rec: dict[str, Any]) -> str:
+    md = "\n\n## Paired flips vs f16 (f16 right, arm wrong), by where the needle lay\n\n"
+    return md + receipt.markdown_table(rec["paired_flips"], ["arm", "n_all", "flips_all", "gains_all",
+                                                             "n_compressed", "flips_compressed", "n_window",
+                                                             "flips_window"]) + "\n"
+
+
 def run_niah(args: argparse.Namespace, model: Path, argv: list[str] | None) -> Path:
     pb = PromptBuilder(model)
     try:
-        cases = niah_cases(pb, args.ctx, args.depths, args.needles, args.seed)
+        cases = niah_cases(pb, args.ctx, args.depths, args.needles, args.seed, args.text)
     finally:
         pb.close()
     grid = {"contexts": args.ctx, "depths": args.depths, "needles": args.needles, "seed": args.seed,
-            "max_tokens": args.max_tokens, "arms": args.arms, "n_batch": args.batch, "min_fill": 0.95}
+            "max_tokens": args.max_tokens, "arms": args.arms, "n_batch": args.batch, "min_fill": 0.95,
+            "text": evaltext.describe(args.text), "exact_window": EXACT_WINDOW, "basis": args.basis}
     outcomes = _answer_all(args, model, cases, "niah")
     rec, records = _receipt("niah", args, model, argv, grid, cases, outcomes)
     out = receipt.receipt_dir(args.out, args.name or f"niah-{receipt.model_slug(rec['model'])}")
-    md = receipt.header_markdown(rec, "NIAH: needles in the built-in haystack")
-    md += (f"\nContexts {args.ctx} tokens (each prompt ≥ 95 % of its target, counted with the model's "
-           f"tokenizer), depths {args.depths}, {args.needles} needle(s) per cell; greedy, ≤ {args.max_tokens} "
-           "tokens. exact = code verbatim, content = all digits right (separators ignored).\n\n")
+    md = receipt.header_markdown(rec, "NIAH: needles in a haystack")
+    md += (f"\nHaystack: {evaltext.label(args.text)}. Contexts {args.ctx} tokens (each prompt ≥ 95 % of its "
+           f"target, counted with the model's tokenizer), depths {args.depths}, {args.needles} needle(s) per cell; "
+           f"greedy, ≤ {args.max_tokens} tokens. exact = code verbatim, content = all digits right (separators "
+           "ignored).\n\n")
+    md += _window_note(records)
     md += receipt.markdown_table(rec["results"], ["arm", "n_ctx", "status", "niah_exact", "niah_content",
                                                   "niah_digits", "niah_total", "flips_vs_f16", "gains_vs_f16",
                                                   "model_limit", "fill_min", "peak_vram_mib"])
+    md += _flips_markdown(rec)
     md += "\n\n## Paired answers (content scorer)\n\n"
     arms = [o.arm for o in outcomes]
-    md += "| case | tokens | expected | " + " | ".join(arms) + " |\n|" + "---|" * (3 + len(arms)) + "\n"
+    md += ("| case | tokens | from end | expected | " + " | ".join(arms) + " |\n|"
+           + "---|" * (4 + len(arms)) + "\n")
     for r in records:
         cells = []
         for arm in arms:
@@ -146,7 +189,8 @@ def run_niah(args: argparse.Namespace, model: Path, argv: list[str] | None) -> P
                 mark = "✓" if a.get("content") else "✗"
                 cls = a.get("class", "")
                 cells.append(f"{mark} {cls}" if cls not in ("ok", "") else mark)
-        md += f"| {r['id']} | {r['n_prompt']} | {r['refs'][0]} | " + " | ".join(cells) + " |\n"
+        md += (f"| {r['id']} | {r['n_prompt']} | {r.get('needle_from_end') or '–'} | {r['refs'][0]} | "
+               + " | ".join(cells) + " |\n")
     for outcome in outcomes:
         if not outcome.result.get("answers"):
             continue
@@ -169,20 +213,23 @@ def run_niah(args: argparse.Namespace, model: Path, argv: list[str] | None) -> P
 def run_ruler(args: argparse.Namespace, model: Path, argv: list[str] | None) -> Path:
     pb = PromptBuilder(model)
     try:
-        cases = ruler_cases(pb, args.ctx, args.tasks, args.samples, args.seed)
+        cases = ruler_cases(pb, args.ctx, args.tasks, args.samples, args.seed, args.text)
     finally:
         pb.close()
     grid = {"contexts": args.ctx, "tasks": args.tasks, "samples": args.samples, "seed": args.seed,
-            "max_tokens": args.max_tokens, "arms": args.arms, "n_batch": args.batch, "min_fill": 0.95}
+            "max_tokens": args.max_tokens, "arms": args.arms, "n_batch": args.batch, "min_fill": 0.95,
+            "text": evaltext.describe(args.text), "basis": args.basis}
     outcomes = _answer_all(args, model, cases, "ruler")
     rec, records = _receipt("ruler", args, model, argv, grid, cases, outcomes)
     out = receipt.receipt_dir(args.out, args.name or f"ruler-{receipt.model_slug(rec['model'])}")
     md = receipt.header_markdown(rec, "RULER-style tasks")
-    md += ("\nTasks from the RULER paper's definitions, generated offline: niah_multikey (content match), "
+    md += (f"\nHaystack of the NIAH-style tasks and VT: {evaltext.label(args.text)}. "
+           "Tasks from the RULER paper's definitions, generated offline: niah_multikey (content match), "
            "niah_multivalue and vt and cwe (share of references recalled; a case is right when all are), "
            "qa (token F1; right when the answer contains the reference).\n\n")
     md += receipt.markdown_table(rec["results"], ["arm", "n_ctx", "task", "status", "score_mean", "f1_mean",
                                                   "niah_right", "niah_total", "flips_vs_f16", "model_limit"])
+    md += _flips_markdown(rec)
     series: dict[str, dict[str, float]] = {}
     for row in rec["results"]:
         if row.get("score_mean") is not None:

@@ -193,8 +193,12 @@ def base_row(outcome: ArmOutcome, n_ctx: int, info: Any) -> dict[str, Any]:
     from bench.receipt import METRICS
 
     row: dict[str, Any] = dict.fromkeys(METRICS)  # every metric present; None where it does not apply
+    sidecars = outcome.result.get("sidecars") or {}
+    control = bool(sidecars.get("control"))
     row.update({
-        "arm": arm.label,
+        # a control arm never reads as the calibrated one
+        "arm": f"{arm.label} ({sidecars.get('basis')}-basis control)" if control else arm.label,
+        "basis": sidecars.get("basis"),
         "n_ctx": n_ctx,
         "status": outcome.summary(),
         "peak_vram_mib": round(outcome.peak_vram_mib, 1) if outcome.peak_vram_mib is not None else None,

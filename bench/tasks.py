@@ -5,7 +5,9 @@ Runtime, on the CPU with a tiny context), so its length is counted in tokens, no
 from characters: a case must reach at least 95 % of its target length or building stops with
 an error. Every arm then gets the very same token ids. The RULER tasks follow the paper's
 definitions (Hsieh et al., 2024): multi-key and multi-value NIAH, variable tracking,
-common-word extraction, QA with distractor paragraphs; their text is generated here, offline.
+common-word extraction, QA with distractor paragraphs. The haystack of the NIAH-style tasks is
+the shipped evaluation text (:mod:`bench.evaltext`, ``text="real"``) or the templated generator
+(``text="synthetic"``); CWE and QA build their own text, as RULER defines them. All offline.
 This module never runs an arm.
 """
 
@@ -19,10 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import scoring, text
+from bench import evaltext, scoring, text
 from engine.errors import EngineError
 
 MIN_FILL = 0.95
+#: D2's exact recent-token window (the locked recipe's); a needle closer to the end than this is
+#: read from the exact copy and does not test the compressed cache
+EXACT_WINDOW = 1024
 
 Messages = list[dict[str, str]]
 
@@ -37,6 +42,16 @@ class Case:
     refs: list[str]  # the expected answer(s)
     metric: str  # "code" (one code), "codes" (all of several), "words" (a set), "qa" (F1)
     question: str = ""
+    needle_pos: int | None = None  # token index where the asked needle starts
+
+    @property
+    def needle_from_end(self) -> int | None:
+        return None if self.needle_pos is None else self.n_prompt - self.needle_pos
+
+    @property
+    def in_exact_window(self) -> bool | None:
+        """True when the needle lies in the last EXACT_WINDOW tokens (D2 reads it uncompressed)."""
+        return None if self.needle_from_end is None else self.needle_from_end <= EXACT_WINDOW
 
     @property
     def n_prompt(self) -> int:
@@ -50,7 +65,8 @@ class Case:
         return {"id": self.id, "task": self.task, "target_ctx": self.target_ctx, "depth": self.depth,
                 "n_prompt": self.n_prompt, "fill": round(self.n_prompt / self.target_ctx, 4),
                 "prompt_sha256": self.sha256, "refs": self.refs, "metric": self.metric,
-                "question": self.question}
+                "question": self.question, "needle_pos": self.needle_pos,
+                "needle_from_end": self.needle_from_end, "in_exact_window": self.in_exact_window}
 
 
 class ContextTooShortError(EngineError):
@@ -66,6 +82,7 @@ class PromptBuilder:
         from engine.runtime import Runtime
 
         self.rt = Runtime(model_path, "f16", n_ctx=256, n_batch=32, n_gpu_layers=0)
+        self.last_fit: Messages = []
 
     def tokens(self, messages: Messages) -> list[int]:
         return self.rt.chat_tokens(messages)
@@ -73,6 +90,7 @@ class PromptBuilder:
     def fit(self, case_id: str, make: Callable[[int], Messages], target: int, upper: int) -> list[int]:
         """Largest n with len(tokens(make(n))) <= target; checks the 95 % floor."""
         lo, hi, best = 0, upper, self.tokens(make(0))
+        self.last_fit = make(0)
         if len(best) > target:
             raise ContextTooShortError(case_id, len(best), target)
         while lo < hi:
@@ -80,11 +98,18 @@ class PromptBuilder:
             toks = self.tokens(make(mid))
             if len(toks) <= target:
                 lo, best = mid, toks
+                self.last_fit = make(mid)
             else:
                 hi = mid - 1
         if len(best) < MIN_FILL * target:
             raise ContextTooShortError(case_id, len(best), target)
         return best
+
+    def position(self, messages: Messages, needle: str) -> int:
+        """Token index at which ``needle`` starts in the rendered prompt (±1 at a token boundary)."""
+        prompt = self.rt.chat_prompt(messages)
+        at = prompt.index(needle)
+        return len(self.rt.tokenize(prompt[:at], add_bos=False, special=True))
 
     def close(self) -> None:
         self.rt.close()
@@ -135,8 +160,8 @@ def _insert(filler: list[str], items: list[str], depths: list[float]) -> str:
     return " ".join(out)
 
 
-def _filler(target: int) -> list[str]:
-    return text.sentences(seed=target, n=target // 8 + 64)
+def _filler(target: int, text_name: str = evaltext.DEFAULT_TEXT) -> list[str]:
+    return evaltext.sentences(text_name, seed=target, n=target // 8 + 64)
 
 
 # ------------------------------------------------------------------ NIAH
@@ -144,11 +169,12 @@ def _filler(target: int) -> list[str]:
 NIAH_INTRO = "Read the document below. Somewhere in it is a special magic number."
 
 
-def niah_cases(pb: PromptBuilder, contexts: list[int], depths: list[float], needles: int, seed: int = 0) -> list[Case]:
+def niah_cases(pb: PromptBuilder, contexts: list[int], depths: list[float], needles: int, seed: int = 0,
+               text_name: str = evaltext.DEFAULT_TEXT) -> list[Case]:
     codes = Codes(seed)
     cases: list[Case] = []
     for ctx in contexts:
-        filler = _filler(ctx)
+        filler = _filler(ctx, text_name)
         for depth in depths:
             for k in range(needles):
                 key, code = codes.key(), codes.code()
@@ -157,7 +183,8 @@ def niah_cases(pb: PromptBuilder, contexts: list[int], depths: list[float], need
                 case_id = f"niah-{ctx}-d{depth:g}-n{k}"
                 toks = pb.fit(case_id, lambda n: _doc_prompt(_insert(filler[:n], [needle], [depth]), question,
                                                              NIAH_INTRO), ctx, len(filler))
-                cases.append(Case(case_id, "niah", ctx, depth, toks, [code], "code", question))
+                pos = pb.position(pb.last_fit, needle)
+                cases.append(Case(case_id, "niah", ctx, depth, toks, [code], "code", question, pos))
     return cases
 
 
@@ -166,8 +193,8 @@ def niah_cases(pb: PromptBuilder, contexts: list[int], depths: list[float], need
 RULER_TASKS = ("niah_multikey", "niah_multivalue", "vt", "cwe", "qa")
 
 
-def _multikey(pb: PromptBuilder, ctx: int, i: int, codes: Codes) -> Case:
-    filler = _filler(ctx)
+def _multikey(pb: PromptBuilder, ctx: int, i: int, codes: Codes, text_name: str = evaltext.DEFAULT_TEXT) -> Case:
+    filler = _filler(ctx, text_name)
     keys = [codes.key() for _ in range(4)]
     values = [codes.code() for _ in keys]
     needles = [f"The special magic number for {k} is {v}." for k, v in zip(keys, values)]
@@ -178,11 +205,12 @@ def _multikey(pb: PromptBuilder, ctx: int, i: int, codes: Codes) -> Case:
     toks = pb.fit(case_id, lambda n: _doc_prompt(_insert(filler[:n], needles, depths), question,
                                                  "Read the document below. It holds several special magic numbers."),
                   ctx, len(filler))
-    return Case(case_id, "niah_multikey", ctx, depths[pick], toks, [values[pick]], "code", question)
+    pos = pb.position(pb.last_fit, needles[pick])
+    return Case(case_id, "niah_multikey", ctx, depths[pick], toks, [values[pick]], "code", question, pos)
 
 
-def _multivalue(pb: PromptBuilder, ctx: int, i: int, codes: Codes) -> Case:
-    filler = _filler(ctx)
+def _multivalue(pb: PromptBuilder, ctx: int, i: int, codes: Codes, text_name: str = evaltext.DEFAULT_TEXT) -> Case:
+    filler = _filler(ctx, text_name)
     key = codes.key()
     values = [codes.code() for _ in range(4)]
     needles = [f"One of the special magic numbers for {key} is {v}." for v in values]
@@ -195,8 +223,8 @@ def _multivalue(pb: PromptBuilder, ctx: int, i: int, codes: Codes) -> Case:
     return Case(case_id, "niah_multivalue", ctx, None, toks, values, "codes", question)
 
 
-def _variable_tracking(pb: PromptBuilder, ctx: int, i: int, codes: Codes) -> Case:
-    filler = _filler(ctx)
+def _variable_tracking(pb: PromptBuilder, ctx: int, i: int, codes: Codes, text_name: str = evaltext.DEFAULT_TEXT) -> Case:
+    filler = _filler(ctx, text_name)
     value = str(codes.rng.randint(10000, 99999))
     names: list[str] = []
     while len(names) < 5:
@@ -215,7 +243,7 @@ def _variable_tracking(pb: PromptBuilder, ctx: int, i: int, codes: Codes) -> Cas
     return Case(case_id, "vt", ctx, None, toks, names, "words", question)
 
 
-def _common_words(pb: PromptBuilder, ctx: int, i: int, codes: Codes) -> Case:
+def _common_words(pb: PromptBuilder, ctx: int, i: int, codes: Codes, text_name: str = evaltext.DEFAULT_TEXT) -> Case:
     words = list(text.WORDS)
     codes.rng.shuffle(words)
     common, rare = words[:5], words[5:]
@@ -246,7 +274,7 @@ _JOBS = ["bridge engineer", "marine biologist", "clockmaker", "cartographer", "g
          "beekeeper", "violin maker", "geologist", "librarian", "pastry chef", "lighthouse keeper"]
 
 
-def _qa(pb: PromptBuilder, ctx: int, i: int, codes: Codes) -> Case:
+def _qa(pb: PromptBuilder, ctx: int, i: int, codes: Codes, text_name: str = evaltext.DEFAULT_TEXT) -> Case:
     rng = random.Random(ctx * 7919 + i)
     people: list[tuple[str, str, str, int]] = []
     seen: set[str] = set()
@@ -282,9 +310,10 @@ _RULER = {"niah_multikey": _multikey, "niah_multivalue": _multivalue, "vt": _var
           "cwe": _common_words, "qa": _qa}
 
 
-def ruler_cases(pb: PromptBuilder, contexts: list[int], tasks: list[str], samples: int, seed: int = 0) -> list[Case]:
+def ruler_cases(pb: PromptBuilder, contexts: list[int], tasks: list[str], samples: int, seed: int = 0,
+                text_name: str = evaltext.DEFAULT_TEXT) -> list[Case]:
     codes = Codes(seed)
-    return [_RULER[task](pb, ctx, i, codes) for ctx in contexts for task in tasks for i in range(samples)]
+    return [_RULER[task](pb, ctx, i, codes, text_name) for ctx in contexts for task in tasks for i in range(samples)]
 
 
 # ------------------------------------------------------------------ scoring a case

@@ -15,7 +15,6 @@ Progress goes to stdout as ``@progress DONE TOTAL`` lines. This module never imp
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -41,35 +40,43 @@ def _write(path: Path, result: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(result))
 
 
-def _sidecar_files(d2: Any) -> dict[str, str]:
-    """Sidecar paths named by the D2 parameters (whatever their shape), with their sha256."""
-    from engine.models import model_sha256
+def sidecar_record(settings: Any) -> dict[str, Any]:
+    """What supplied a D2 arm's bases: the sidecar files (sha256, which folder) or a control basis.
 
-    found: dict[str, str] = {}
-    if d2 is None:
-        return found
-    values: list[Any] = []
-    if dataclasses.is_dataclass(d2):
-        values = [getattr(d2, f.name) for f in dataclasses.fields(d2)]
-    elif hasattr(d2, "__dict__"):
-        values = list(vars(d2).values())
-    elif isinstance(d2, dict):
-        values = list(d2.values())
-    for value in values:
-        if isinstance(value, (str, Path)) and str(value).endswith(".bin") and Path(value).is_file():
-            found[str(value)] = model_sha256(Path(value))
-        elif dataclasses.is_dataclass(value) or hasattr(value, "path"):
-            found.update(_sidecar_files(value if dataclasses.is_dataclass(value) else {"p": value.path}))
-    return found
+    Empty for upstream arms. A random or identity basis is a control, marked ``control`` so that
+    a receipt can never pass it off as calibrated sidecars.
+    """
+    if settings is None:
+        return {}
+    from engine.files import sha256_file
+    from engine.sidecar import sidecar_origin
+
+    record: dict[str, Any] = {"basis": settings.basis, "recipe": settings.recipe.label}
+    if settings.basis != "sidecar":
+        record.update(control=True, seed=settings.seed,
+                      note=f"{settings.basis} orthonormal bases (control), not calibrated for this model")
+        return record
+    paths = [Path(p) for p in (settings.k_sidecar, settings.v_sidecar) if p]
+    record["control"] = False
+    record["files"] = {str(p): sha256_file(p) for p in paths}
+    record["source"] = sidecar_origin(paths[0]) if paths else "none (identity bases)"
+    return record
 
 
 def open_runtime(job: dict[str, Any], logits_all: bool = False) -> Any:
+    from engine.arms import ArmConfig
+    from engine.d2 import D2Settings
     from engine.runtime import Runtime
 
+    arm = ArmConfig.parse(job["arm"])
+    d2 = None
+    if arm.is_d2 and job.get("basis", "sidecar") != "sidecar":  # a control arm: no calibrated sidecars
+        assert arm.recipe is not None
+        d2 = D2Settings(recipe=arm.recipe, basis=str(job["basis"]), seed=int(job.get("seed", 0)))
     return Runtime(
         job["model"], job["arm"], n_ctx=int(job["n_ctx"]), n_batch=int(job.get("n_batch", 512)),
         n_gpu_layers=int(job.get("n_gpu_layers", -1)), yarn=bool(job.get("yarn", False)),
-        logits_all=logits_all, n_threads=job.get("n_threads"),
+        logits_all=logits_all, n_threads=job.get("n_threads"), d2=d2,
     )
 
 
@@ -150,32 +157,50 @@ def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> 
     _write(out, result)
 
 
+def _llama_perf(rt: Any) -> Any:
+    """llama.cpp's own timings for this context (``llama_perf_context``), or None where absent."""
+    fn = getattr(rt.llama_cpp.llama_cpp, "llama_perf_context", None)
+    return fn(rt.llm.ctx) if fn is not None else None
+
+
 def run_fill(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> None:
+    """Prefill ``fill_tokens`` random ids, decode ``warmup_tokens`` untimed, then time ``decode_tokens``.
+
+    Beside the engine's wall-clock rate, llama.cpp's own eval time for the timed tokens is kept
+    (``llama_perf_context``, reset after the warm-up): the upstream reference for the same tokens.
+    """
     n_decode = int(job.get("decode_tokens", 0))
+    n_warm = int(job.get("warmup_tokens", 0)) if n_decode else 0
     n_fill = int(job.get("fill_tokens", 0))
     n_vocab = rt.llm.n_vocab()
     rng = np.random.default_rng(int(job.get("seed", 0)))
     tokens = [int(t) for t in rng.integers(min(300, n_vocab // 2), n_vocab, size=n_fill)]
-    fill: dict[str, Any] = {"n_fill": n_fill, "n_decode": n_decode}
+    fill: dict[str, Any] = {"n_fill": n_fill, "n_decode": n_decode, "warmup_tokens": n_warm, "timed_tokens": n_decode}
+    total = n_fill + n_warm + n_decode
     if n_fill:
         t0 = time.perf_counter()
         for progress in rt.prefill(tokens):
-            _progress(progress.done, progress.total + n_decode)
+            _progress(progress.done, total)
         fill["prefill_s"] = time.perf_counter() - t0
         fill["prefill_tok_s"] = n_fill / max(fill["prefill_s"], 1e-9)
     if n_decode:
-        warmup = int(job.get("decode_warmup", 4))  # first tokens build and capture graphs: not timed
-        for _ in range(warmup):
+        for _ in range(n_warm):  # first tokens after a prefill pay for graph changes and cold caches
             rt.llm.eval([int(np.argmax(rt.last_logits()))])
+        reset = getattr(rt.llama_cpp.llama_cpp, "llama_perf_context_reset", None)
+        if reset is not None:
+            reset(rt.llm.ctx)
         t1 = time.perf_counter()
         for k in range(n_decode):
             token = int(np.argmax(rt.last_logits()))
             rt.llm.eval([token])
             if k % 8 == 7:
-                _progress(n_fill + k + 1, n_fill + n_decode)
+                _progress(n_fill + n_warm + k + 1, total)
         fill["decode_s"] = time.perf_counter() - t1
-        fill["decode_warmup"] = warmup
         fill["decode_tok_s"] = n_decode / max(fill["decode_s"], 1e-9)
+        perf = _llama_perf(rt) if reset is not None else None
+        if perf is not None and perf.n_eval >= n_decode and perf.t_eval_ms > 0:
+            fill["llama_eval_tok_s"] = perf.n_eval / (perf.t_eval_ms / 1000.0)
+            fill["llama_eval_tokens"] = int(perf.n_eval)
     result["fill"] = fill
     _write(out, result)
 
@@ -211,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result["load_s"] = time.perf_counter() - t0
     result["kv_bytes"] = rt.kv_bytes()
-    result["sidecars"] = _sidecar_files(getattr(rt, "_d2", None))
+    result["sidecars"] = sidecar_record(rt.d2_settings)
     _write(out, result)
     try:
         OPS[job["op"]](rt, job, result, out)

@@ -86,6 +86,20 @@ class D2Settings:
     k_protect: int | None = None
     v_protect: int | None = None
 
+    def check_files(self, info: GgufInfo) -> None:
+        """Read and validate the sidecar files (size, dims, finite, ranks, orthonormal) before llama.cpp does.
+
+        Raises SidecarFormatError (SidecarNotOrthonormalError names the layer and head) or
+        SidecarMismatchError; a control basis has no files to check.
+        """
+        if self.basis != "sidecar":
+            return
+        from engine.sidecar import read_sidecar
+
+        for path, kind in ((self.k_sidecar, "k"), (self.v_sidecar, "v")):
+            if path:
+                read_sidecar(path, kind, info)  # type: ignore[arg-type]
+
     def c_params(self, info: GgufInfo) -> LlamaFraqtlParams:
         if self.basis not in ("sidecar", "identity", "random"):
             raise ArmUnavailableError("d2", f"unknown basis '{self.basis}' (sidecar, identity or random)")

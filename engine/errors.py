@@ -11,6 +11,21 @@ class EngineError(Exception):
     """Base class: something the user can fix, described in one sentence."""
 
 
+class FileWriteError(EngineError, OSError):
+    """A write that failed (a full disk, no permission); still an OSError for callers that catch those."""
+
+    def __init__(self, path: str, errno_: int | None, reason: str) -> None:
+        OSError.__init__(self, errno_, reason)
+        self.path, self.reason = path, reason
+        self.args = (
+            f"Could not write {path} ({reason}); the previous file, if any, is unchanged. "
+            "Free some disk space or choose another folder, then try again.",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class PatchedBuildMissingError(EngineError):
     def __init__(self, detail: str) -> None:
         super().__init__(
@@ -59,6 +74,25 @@ class SidecarFormatError(EngineError):
     def __init__(self, path: str, reason: str) -> None:
         self.path, self.reason = path, reason
         super().__init__(f"Sidecar {path} is invalid: {reason}; recalibrate with `fraqtl-calibrate` or pick another file.")
+
+
+class SidecarNotOrthonormalError(SidecarFormatError):
+    def __init__(self, path: str, layer: int, head: int, error: float, tolerance: float) -> None:
+        self.layer, self.head, self.error, self.tolerance = layer, head, error, tolerance
+        super().__init__(
+            path,
+            f"the basis of layer {layer} head {head} is not orthonormal (max |UᵀU − I| = {error:.3g}, "
+            f"tolerance {tolerance:g}); it would corrupt attention",
+        )
+
+
+class SidecarChecksumError(EngineError):
+    def __init__(self, path: str, manifest: str, expected: str, found: str) -> None:
+        self.path, self.manifest, self.expected, self.found = path, manifest, expected, found
+        super().__init__(
+            f"Sidecar {path} has sha256 {found[:12]}…, but its manifest {manifest} records {expected[:12]}…; "
+            "the file was changed or damaged: recalibrate with `fraqtl-calibrate` or restore the file."
+        )
 
 
 class SidecarMismatchError(EngineError):

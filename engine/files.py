@@ -1,8 +1,9 @@
 """Files the project writes and identifies: atomic writes and sha256 digests.
 
-A crash mid-write leaves the old file, never half of the new one. Used by the engine (sidecars,
-manifests, calibration state, the build) and by the app (settings, sessions, caches); it must
-never import the app.
+A crash mid-write leaves the old file, never half of the new one; a failed write (a full
+disk) raises :class:`engine.errors.FileWriteError`, which says so in one sentence. Used by the
+engine (sidecars, manifests, calibration state, the build), the bench (receipts) and the app
+(settings, sessions, caches); it must never import the app.
 """
 
 from __future__ import annotations
@@ -12,17 +13,22 @@ import os
 import tempfile
 from pathlib import Path
 
+from engine.errors import FileWriteError
+
 
 def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> None:
-    """Write ``data`` (text is UTF-8) to a temp file beside ``path``, fsync it, rename it over.
+    """Write ``data`` (text is UTF-8) to a temp file beside ``path``, fsync it, rename it over,
+    then fsync the folder so that the rename itself survives a power cut.
 
-    The file keeps mkstemp's private 0600 unless ``mode`` says otherwise.
+    The file keeps mkstemp's private 0600 unless ``mode`` says otherwise. Any OSError (a full
+    disk, a read-only folder) becomes FileWriteError; the old file is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -30,9 +36,39 @@ def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> None
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        fsync_dir(path.parent)
+    except OSError as exc:
+        if isinstance(exc, FileWriteError):
+            raise
+        raise FileWriteError(str(path), exc.errno, exc.strerror or str(exc)) from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder's entry list (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder; the rename is still done
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_figure(path: Path, figure: object, **savefig_kwargs: object) -> None:
+    """Save a matplotlib figure atomically (rendered in memory, then :func:`write_atomic`)."""
+    import io
+
+    buffer = io.BytesIO()
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    figure.savefig(buffer, format=suffix, **savefig_kwargs)  # type: ignore[attr-defined]
+    write_atomic(path, buffer.getvalue(), mode=0o644)
 
 
 def sha256_file(path: Path) -> str:

@@ -8,6 +8,7 @@ skipped, not loaded (the vocabulary is large). This module must never import the
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +35,7 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
 }
 
 _ARRAY_KEEP = 64  # arrays longer than this are summarised by their length
+_MAX_NESTING = 8  # arrays of arrays deeper than this are corrupt (and would exhaust the stack)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,33 +131,45 @@ def _read(fh: BinaryIO, fmt: str) -> Any:
     return struct.unpack(fmt, data)[0]
 
 
+def _remaining(fh: BinaryIO) -> int:
+    """Bytes left after the read position: no length field may promise more than this."""
+    return os.fstat(fh.fileno()).st_size - fh.tell()
+
+
 def _read_str(fh: BinaryIO) -> str:
     n = _read(fh, "<Q")
     if n > 1 << 26:
         raise ValueError(f"string of {n} bytes")
+    if n > _remaining(fh):
+        raise EOFError(f"a string of {n} bytes runs past the end of the file")
     data = fh.read(n)
     if len(data) != n:
         raise EOFError("unexpected end of file")
     return data.decode("utf-8", errors="replace")
 
 
-def _read_value(fh: BinaryIO, vtype: int) -> Any:
+def _read_value(fh: BinaryIO, vtype: int, depth: int = 0) -> Any:
     if vtype in _SCALAR:
         return _read(fh, _SCALAR[vtype])
     if vtype == _STRING:
         return _read_str(fh)
     if vtype == _ARRAY:
+        if depth >= _MAX_NESTING:
+            raise ValueError(f"arrays nested more than {_MAX_NESTING} deep")
         itype = _read(fh, "<I")
         n = _read(fh, "<Q")
         if n > _ARRAY_KEEP:
             # Skip the bulk (vocabularies) without decoding it.
             if itype in _SCALAR:
-                fh.seek(n * struct.calcsize(_SCALAR[itype]), 1)
+                size = n * struct.calcsize(_SCALAR[itype])
+                if size > _remaining(fh):
+                    raise EOFError(f"an array of {n} values runs past the end of the file")
+                fh.seek(size, 1)
             else:
                 for _ in range(n):
-                    _read_value(fh, itype)
+                    _read_value(fh, itype, depth + 1)
             return {"array_len": n}
-        return [_read_value(fh, itype) for _ in range(n)]
+        return [_read_value(fh, itype, depth + 1) for _ in range(n)]
     raise ValueError(f"unknown GGUF value type {vtype}")
 
 
@@ -188,4 +202,6 @@ def read_gguf(path: str | Path) -> GgufInfo:
                 tensors.append(TensorInfo(name, shape, ggml_type, offset))
     except (EOFError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise ModelFormatError(str(p), f"corrupt header: {exc}") from exc
+    except OSError as exc:
+        raise ModelFormatError(str(p), f"cannot be read ({exc.strerror or exc})") from exc
     return GgufInfo(p, version, metadata, tuple(tensors), p.stat().st_size)

@@ -22,7 +22,14 @@ import numpy as np
 from engine import d2 as d2_module
 from engine.arms import ArmConfig
 from engine.d2 import D2Settings, KvMemory
-from engine.errors import ArmUnavailableError, ContextOverflowError, EngineError, PatchedBuildMissingError
+from engine.errors import (
+    ArmUnavailableError,
+    ContextOverflowError,
+    EngineError,
+    PatchedBuildMissingError,
+    SidecarFormatError,
+    SidecarMismatchError,
+)
 from engine.events import AnswerDone, Event, PrefillProgress, Token
 from engine.gguf import GgufInfo, read_gguf
 
@@ -80,6 +87,7 @@ class Runtime:
         self._d2_c: ctypes.Structure | None = None  # kept alive while llama.cpp may read it
         if self.arm.is_d2:
             self.d2_settings = d2 if d2 is not None else d2_module.settings_for(self.info, self.arm)
+            self._check_sidecars()
             self._d2_c = self.d2_settings.c_params(self.info)
             kwargs["fraqtl_params"] = ctypes.cast(ctypes.pointer(self._d2_c), ctypes.c_void_p)
         else:
@@ -103,6 +111,22 @@ class Runtime:
             detail = self._last_fraqtl_error() or str(exc)
             raise ArmUnavailableError(self.arm.label, detail) from exc
         self._vocab = self.llama_cpp.llama_model_get_vocab(self.llm.model)
+
+    def _check_sidecars(self) -> None:
+        """Validate the D2 sidecar files before llama.cpp reads them; a bad one makes the arm unavailable.
+
+        The ArmUnavailableError's cause is the named sidecar error (a non-orthonormal basis, which
+        would corrupt attention silently, is SidecarNotOrthonormalError naming layer and head).
+        """
+        assert self.d2_settings is not None
+        try:
+            self.d2_settings.check_files(self.info)
+        except SidecarMismatchError as exc:
+            raise ArmUnavailableError(self.arm.label, (
+                f"sidecar {exc.path} has the wrong dims for this model ({exc.field} is {exc.found}, the model has "
+                f"{exc.expected}); use the sidecar calibrated for this model")) from exc
+        except SidecarFormatError as exc:
+            raise ArmUnavailableError(self.arm.label, str(exc)) from exc
 
     # ------------------------------------------------------------------ tokens
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +28,8 @@ from typing import Any, Literal
 import numpy as np
 
 from engine import locations
-from engine.errors import SidecarFormatError, SidecarMismatchError
-from engine.files import write_atomic
+from engine.errors import SidecarChecksumError, SidecarFormatError, SidecarMismatchError, SidecarNotOrthonormalError
+from engine.files import sha256_file, write_atomic
 from engine.gguf import GgufInfo
 
 V_MAGIC = 0x46524151  # "FRAQ"
@@ -104,11 +105,24 @@ class SidecarFile:
             return int(self.ranks[layer, head])
         return self.protect
 
+    def orthonormality_errors(self) -> np.ndarray:
+        """max |UᵀU − I| per (layer, head), float64 ``[n_layers, n_kv_heads]``."""
+        u = self.basis.astype(np.float64)
+        gram = np.swapaxes(u, -1, -2) @ u  # batched BLAS: under a second for Mistral-7B's 256 heads of 128
+        return np.abs(gram - np.eye(self.head_dim)).max(axis=(2, 3))
+
     def orthonormality_error(self) -> float:
         """max over (layer, head) of max |UᵀU − I|."""
-        u = self.basis.astype(np.float64)
-        gram = np.einsum("lhdc,lhde->lhce", u, u)
-        return float(np.abs(gram - np.eye(self.head_dim)).max())
+        return float(self.orthonormality_errors().max())
+
+    def check_orthonormal(self, tolerance: float = ORTHONORMAL_TOL) -> None:
+        """Raise SidecarNotOrthonormalError naming the worst (layer, head) beyond ``tolerance``."""
+        errors = self.orthonormality_errors()
+        layer, head = (int(i) for i in np.unravel_index(int(np.argmax(errors)), errors.shape))
+        worst = float(errors[layer, head])
+        if not worst <= tolerance:  # NaN counts as a failure
+            where = str(self.path) if self.path else f"({self.kind.upper()} basis)"
+            raise SidecarNotOrthonormalError(where, layer, head, worst, tolerance)
 
     def check_model(self, model: GgufInfo) -> None:
         """Raise SidecarMismatchError when this sidecar does not fit ``model``'s KV cache."""
@@ -139,15 +153,67 @@ def read_sidecar(
     model: GgufInfo | None = None,
     check_orthonormal: bool = True,
 ) -> SidecarFile:
-    """Read and validate a v1 sidecar; ``kind`` and ``model``, when given, must match."""
+    """Read and validate a v1 sidecar; ``kind`` and ``model``, when given, must match.
+
+    The header is read and checked against the file's size (and the model's dims) before any
+    of the payload is read, so a large wrong file costs 32 bytes of reading, not its size.
+    """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(HEADER.size)
+            if len(head) < HEADER.size:
+                raise SidecarFormatError(str(p), f"short file: {len(head)} bytes, the header alone needs {HEADER.size}")
+            found_kind, n_layers, n_heads, head_dim, f5 = _parse_header(p, head, kind)
+            if model is not None:
+                _check_dims(p, found_kind, n_layers, n_heads, head_dim, model)
+            expected = file_size(found_kind, n_layers, n_heads, head_dim)
+            if size < expected:
+                raise SidecarFormatError(
+                    str(p), f"truncated (short file: {size} bytes, {n_layers}×{n_heads}×{head_dim}² needs {expected})"
+                )
+            if size > expected:
+                raise SidecarFormatError(
+                    str(p), f"{size - expected} trailing bytes after the {expected} bytes of {n_layers}×{n_heads}×{head_dim}²"
+                )
+            payload = fh.read(expected - HEADER.size)
     except OSError as exc:
         raise SidecarFormatError(str(p), f"cannot be read ({exc.strerror or exc})") from exc
-    if len(data) < HEADER.size:
-        raise SidecarFormatError(str(p), f"short file: {len(data)} bytes, the header alone needs {HEADER.size}")
-    magic, version, n_layers, n_heads, head_dim, f5, _f6, _f7 = HEADER.unpack_from(data)
+    if len(payload) != expected - HEADER.size:  # the file shrank while we read it
+        raise SidecarFormatError(str(p), f"short read: {HEADER.size + len(payload)} of {expected} bytes")
+    offset = 0
+    ranks = None
+    if found_kind == "k":
+        ranks = np.frombuffer(payload, dtype="<i4", count=n_layers * n_heads, offset=offset).reshape(n_layers, n_heads)
+        offset += ranks.nbytes
+        bad = np.argwhere((ranks < MIN_RANK) | (ranks > head_dim))
+        if bad.size:
+            layer, head = (int(i) for i in bad[0])
+            raise SidecarFormatError(
+                str(p), f"rank {int(ranks[layer, head])} of layer {layer} head {head} is outside [{MIN_RANK}, {head_dim}]"
+            )
+    basis16 = np.frombuffer(payload, dtype="<f2", offset=offset).reshape(n_layers, n_heads, head_dim, head_dim)
+    finite = np.isfinite(basis16).all(axis=(2, 3))
+    if not finite.all():
+        layer, head = (int(i) for i in np.argwhere(~finite)[0])
+        n_bad = int((~np.isfinite(basis16)).sum())
+        raise SidecarFormatError(str(p), f"{n_bad} non-finite values, the first in layer {layer} head {head}")
+    sidecar = SidecarFile(
+        kind=found_kind,
+        basis=basis16.astype(np.float32),
+        ranks=None if ranks is None else ranks.copy(),
+        protect=int(f5) if found_kind == "v" else 0,
+        path=p,
+    )
+    if check_orthonormal:
+        sidecar.check_orthonormal()
+    return sidecar
+
+
+def _parse_header(p: Path, head: bytes, kind: Kind | None) -> tuple[Kind, int, int, int, int]:
+    """(kind, n_layers, n_kv_heads, head_dim, field 5) from a header, each checked."""
+    magic, version, n_layers, n_heads, head_dim, f5, _f6, _f7 = HEADER.unpack_from(head)
     magic &= 0xFFFFFFFF
     if magic == K_MAGIC:
         found_kind: Kind = "k"
@@ -165,46 +231,15 @@ def read_sidecar(
                                ("head_dim", head_dim, MAX_HEAD_DIM)):
         if not 0 < value <= high:
             raise SidecarFormatError(str(p), f"header {field} is {value}, expected 1..{high}")
-    expected = file_size(found_kind, n_layers, n_heads, head_dim)
-    if len(data) < expected:
-        raise SidecarFormatError(
-            str(p), f"short file: {len(data)} bytes, {n_layers}×{n_heads}×{head_dim}² needs {expected}"
-        )
-    if len(data) > expected:
-        raise SidecarFormatError(
-            str(p), f"{len(data) - expected} trailing bytes after the {expected} bytes of {n_layers}×{n_heads}×{head_dim}²"
-        )
-    offset = HEADER.size
-    ranks = None
-    if found_kind == "k":
-        ranks = np.frombuffer(data, dtype="<i4", count=n_layers * n_heads, offset=offset).reshape(n_layers, n_heads)
-        offset += ranks.nbytes
-        bad = np.argwhere((ranks < MIN_RANK) | (ranks > head_dim))
-        if bad.size:
-            layer, head = (int(i) for i in bad[0])
-            raise SidecarFormatError(
-                str(p), f"rank {int(ranks[layer, head])} of layer {layer} head {head} is outside [{MIN_RANK}, {head_dim}]"
-            )
-    basis16 = np.frombuffer(data, dtype="<f2", offset=offset).reshape(n_layers, n_heads, head_dim, head_dim)
-    finite = np.isfinite(basis16).all(axis=(2, 3))
-    if not finite.all():
-        layer, head = (int(i) for i in np.argwhere(~finite)[0])
-        n_bad = int((~np.isfinite(basis16)).sum())
-        raise SidecarFormatError(str(p), f"{n_bad} non-finite values, the first in layer {layer} head {head}")
-    sidecar = SidecarFile(
-        kind=found_kind,
-        basis=basis16.astype(np.float32),
-        ranks=None if ranks is None else ranks.copy(),
-        protect=int(f5) if found_kind == "v" else 0,
-        path=p,
-    )
-    if check_orthonormal:
-        err = sidecar.orthonormality_error()
-        if err > ORTHONORMAL_TOL:
-            raise SidecarFormatError(str(p), f"the bases are not orthonormal (max |UᵀU − I| = {err:.3g} > {ORTHONORMAL_TOL})")
-    if model is not None:
-        sidecar.check_model(model)
-    return sidecar
+    return found_kind, n_layers, n_heads, head_dim, f5
+
+
+def _check_dims(p: Path, kind: Kind, n_layers: int, n_heads: int, head_dim: int, model: GgufInfo) -> None:
+    expected_hd = model.head_dim_k if kind == "k" else model.head_dim_v
+    for field, expected, found in (("n_layers", model.n_layer, n_layers), ("n_kv_heads", model.n_head_kv, n_heads),
+                                   ("head_dim", expected_hd, head_dim)):
+        if expected != found:
+            raise SidecarMismatchError(str(p), field, expected, found)
 
 
 def sidecar_bytes(sidecar: SidecarFile) -> bytes:
@@ -325,6 +360,28 @@ def read_manifest(path: str | Path) -> SidecarManifest:
     return SidecarManifest(p, sha, k_file, v_file, data)
 
 
+def verify_checksums(manifest: SidecarManifest) -> None:
+    """Check the K and V files against the manifest's ``k_sha256``/``v_sha256`` (where recorded)."""
+    files = manifest.data.get("files") or {}
+    for which, path in (("k", manifest.k_path), ("v", manifest.v_path)):
+        expected = files.get(f"{which}_sha256")
+        if not expected:
+            continue
+        found = sha256_file(path)
+        if found != str(expected).lower():
+            raise SidecarChecksumError(str(path), str(manifest.path), str(expected), found)
+
+
+def sidecar_origin(path: str | Path) -> str:
+    """Which folder supplied a sidecar: the user data dir, the shipped ``sidecars/`` folder, or another path."""
+    p = Path(path).resolve()
+    for root, name in ((locations.SIDECARS_DIR, "shipped sidecars/ folder"),
+                       (locations.data_dir() / "sidecars", "user data dir")):
+        if p.is_relative_to(root.resolve()):
+            return f"{name} ({root})"
+    return f"other path ({p.parent})"
+
+
 def sidecar_dirs() -> list[Path]:
     """Where calibrated sidecars are looked for: the user's own first, then the shipped ones."""
     return [locations.data_dir() / "sidecars", locations.SIDECARS_DIR]
@@ -341,7 +398,8 @@ def find_sidecars(model_sha256: str, dirs: list[Path] | None = None) -> tuple[Pa
     """(K path, V path, manifest) of the sidecars calibrated for the model with this sha256.
 
     Looks in :func:`sidecar_dirs` (or ``dirs``), a folder per calibration; manifests that do
-    not parse and pairs whose files are missing are skipped.
+    not parse and pairs whose files are missing are skipped. The pair found is checked against
+    the manifest's sha256 fields: a changed file raises SidecarChecksumError, never loads.
     """
     for root in dirs if dirs is not None else sidecar_dirs():
         for path in _manifests(root):
@@ -350,6 +408,7 @@ def find_sidecars(model_sha256: str, dirs: list[Path] | None = None) -> tuple[Pa
             except SidecarFormatError:
                 continue
             if manifest.model_sha256 == model_sha256 and manifest.k_path.is_file() and manifest.v_path.is_file():
+                verify_checksums(manifest)
                 return manifest.k_path, manifest.v_path, manifest
     return None
 

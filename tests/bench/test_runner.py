@@ -52,3 +52,50 @@ def test_failure_reason_is_the_error_line_not_the_backtrace() -> None:
            "/x/libggml-base.so.0(ggml_abort+0x15b)[0x7f57a2d1101b]\n"
            "python3(_start+0x25)[0x657a05]\n")
     assert "cannot run the operation (SET_ROWS)" in _last_error(log)
+
+
+def test_d2_worker_records_the_sidecars_it_used(tmp_path: Path, monkeypatch) -> None:
+    # before the fix every receipt said "sidecars": {} (the worker read rt._d2, which does not exist)
+    from engine import locations
+
+    monkeypatch.setenv("FRAQTL_DATA_DIR", str(tmp_path / "data"))  # no user sidecars: the shipped ones
+    job = {"op": "fill", "model": str(resolve(None)), "arm": "d2", "n_ctx": 256, "n_gpu_layers": 0}
+    outcome = run_arm(job, tmp_path)
+    assert outcome.ok, outcome.reason
+    record = outcome.result["sidecars"]
+    assert record["control"] is False and record["source"].startswith("shipped sidecars/ folder")
+    assert len(record["files"]) == 2
+    assert all(Path(p).is_relative_to(locations.SIDECARS_DIR) and len(d) == 64 for p, d in record["files"].items())
+
+
+def test_random_basis_control_is_labelled(tmp_path: Path) -> None:
+    from bench.runner import base_row
+    from engine.gguf import read_gguf
+
+    job = {"op": "fill", "model": str(resolve(None)), "arm": "d2", "n_ctx": 256, "n_gpu_layers": 0,
+           "basis": "random", "seed": 3}
+    outcome = run_arm(job, tmp_path)
+    assert outcome.ok, outcome.reason
+    assert outcome.result["sidecars"] == {"basis": "random", "recipe": "k16v32", "control": True, "seed": 3,
+                                          "note": "random orthonormal bases (control), not calibrated for this model"}
+    row = base_row(outcome, 256, read_gguf(resolve(None)))
+    assert row["arm"] == "d2 (random-basis control)" and row["basis"] == "random"
+
+
+def test_decode_is_timed_after_warm_up(tmp_path: Path) -> None:
+    job = {"op": "fill", "model": str(resolve(None)), "arm": "f16", "n_ctx": 256, "n_gpu_layers": 0,
+           "fill_tokens": 32, "warmup_tokens": 4, "decode_tokens": 8}
+    outcome = run_arm(job, tmp_path)
+    assert outcome.ok, outcome.reason
+    fill = outcome.result["fill"]
+    assert (fill["warmup_tokens"], fill["timed_tokens"]) == (4, 8)
+    assert fill["decode_tok_s"] > 0
+    # llama.cpp's own eval time counts exactly the timed tokens (reset after the warm-up)
+    assert fill["llama_eval_tokens"] == 8 and fill["llama_eval_tok_s"] > 0
+
+
+def test_cli_refuses_too_few_timed_decode_tokens(capsys) -> None:
+    from bench.cli import MIN_TIMED_TOKENS, main
+
+    assert main(["speed", "--quick", "--decode", "8"]) == 1
+    assert f"at least {MIN_TIMED_TOKENS}" in capsys.readouterr().err

@@ -170,3 +170,65 @@ def test_cli_reports_bad_arguments(model_path: Path, tmp_path: Path, capsys: pyt
     assert "multiple of 8" in capsys.readouterr().err
     assert cal.main([str(tmp_path / "none.gguf"), "-q", "-o", str(tmp_path)]) == 1
     assert "No GGUF model" in capsys.readouterr().err
+
+
+class _OverflowingCapture:
+    """Stands in for libllama's capture: counts rows, returns an inf moment (as a random-weight
+    shape model's overflowing activations do)."""
+
+    def __init__(self, info) -> None:  # type: ignore[no-untyped-def]
+        self.n_layer, self.info, self.count = info.n_layer, info, 0
+
+    def tokens(self, layer: int, kind: str) -> int:
+        return self.count
+
+    def add_moments(self, *args) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def all_moments(self, kind: str) -> np.ndarray:
+        d = self.info.head_dim_k
+        m = np.tile(np.eye(d), (self.n_layer, self.info.n_head_kv, 1, 1)) * self.count
+        if kind == "k":
+            m[3, 1, 0, 0] = np.inf
+        return m
+
+
+class _FakeCaptureModel:
+    def __init__(self, model_path, info, n_ctx, n_batch, n_threads) -> None:  # type: ignore[no-untyped-def]
+        self.capture = _OverflowingCapture(info)
+        self.bos = None
+
+    def tokenize(self, text: str) -> list[int]:
+        return [hash(w) % 1000 for w in text.split()]
+
+    def clear(self) -> None:
+        pass
+
+    def decode(self, tokens) -> None:  # type: ignore[no-untyped-def]
+        self.capture.count += len(tokens)
+
+    def close(self) -> None:
+        pass
+
+
+def test_non_finite_moments_stop_with_a_clear_message(model_path: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(cal.run, "CaptureModel", _FakeCaptureModel)  # run.py is where calibrate() looks it up
+    with pytest.raises(cal.NonFiniteMomentsError) as info:
+        cal.calibrate(small_config(model_path, tmp_path / "a"))
+    assert (info.value.kind, info.value.layer, info.value.head) == ("k", 3, 1)
+    assert "--basis random" in str(info.value)
+    assert not list((tmp_path / "a").glob("*.bin"))  # nothing half-written
+    # the command line prints one sentence and exits 1, no traceback (it raised ValueError before)
+    rc = cal.main([str(model_path), "--tokens", "384", "--ctx", "128", "--batch", "64", "--threads", "2",
+                   "-o", str(tmp_path / "b"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "not finite" in err and "Traceback" not in err
+
+
+def test_check_moments_names_the_head() -> None:
+    m = np.zeros((2, 3, 4, 4))
+    cal.check_moments("v", m)
+    m[1, 2, 3, 3] = np.nan
+    with pytest.raises(cal.NonFiniteMomentsError, match="layer 1 head 2"):
+        cal.check_moments("v", m)

@@ -1,0 +1,84 @@
+"""The spectrum of captured moments: eigenbases, energy shares, and the K rank rule.
+
+Pure numpy on float64 second moments; never runs a model, never imports the app.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.sidecar import MIN_RANK
+
+
+DEFAULT_K_ENERGY = 0.80
+RANK_STEP = 8
+
+
+class NonFiniteMomentsError(EngineError):
+    def __init__(self, kind: str, layer: int, head: int, n_bad: int) -> None:
+        self.kind, self.layer, self.head, self.n_bad = kind, layer, head, n_bad
+        super().__init__(
+            f"The captured {kind.upper()} moments are not finite ({n_bad:,} values, the first in layer {layer} "
+            f"head {head}): the model's activations overflow, as a random-weight model's do (e.g. one from "
+            "`fraqtl-bench shape-model`), so no basis can be computed. Calibrate a model with trained weights; "
+            "for memory and speed runs on a shape model use the random control basis instead "
+            "(`fraqtl-bench memory --basis random`)."
+        )
+
+
+def check_moments(kind: str, moments: np.ndarray) -> None:
+    """Raise NonFiniteMomentsError when any (layer, head) moment ``[L, H, d, d]`` is not finite."""
+    finite = np.isfinite(moments).all(axis=(-2, -1))
+    if not finite.all():
+        layer, head = (int(i) for i in np.argwhere(~finite)[0])
+        raise NonFiniteMomentsError(kind, layer, head, int((~np.isfinite(moments)).sum()))
+
+
+def eigenbasis(moment: np.ndarray, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (decreasing, >= 0) and orthonormal U[d][c] of a second moment ``[..., d, d]``.
+
+    ``moment`` is the sum of x xᵀ over ``n_tokens`` rows; eigenvalues are per token. Each
+    column's sign is fixed so that its largest-magnitude entry is positive (deterministic files).
+    """
+    m = np.asarray(moment, dtype=np.float64) / max(n_tokens, 1)
+    m = 0.5 * (m + np.swapaxes(m, -1, -2))
+    w, u = np.linalg.eigh(m)
+    w, u = w[..., ::-1], u[..., ::-1]
+    idx = np.argmax(np.abs(u), axis=-2)[..., None, :]
+    signs = np.sign(np.take_along_axis(u, idx, axis=-2))
+    signs[signs == 0] = 1.0
+    return np.clip(w, 0.0, None), np.ascontiguousarray(u * signs)
+
+
+def energy_share(eigenvalues: np.ndarray, rank: int | np.ndarray) -> np.ndarray:
+    """Share of the energy in the top ``rank`` directions, per row of ``eigenvalues [..., d]``."""
+    w = np.asarray(eigenvalues, dtype=np.float64)
+    cum = np.cumsum(w, axis=-1)
+    total = cum[..., -1]
+    r = np.broadcast_to(np.asarray(rank), total.shape)
+    top = np.take_along_axis(cum, (r - 1)[..., None].astype(np.int64), axis=-1)[..., 0]
+    return np.where(total > 0, top / np.where(total > 0, total, 1.0), 1.0)
+
+
+def energy_rank(eigenvalues: np.ndarray, target: float, step: int = RANK_STEP, minimum: int = MIN_RANK) -> int:
+    """Smallest R (a multiple of ``step``, >= ``minimum``, <= d) with top-R energy share >= target."""
+    w = np.asarray(eigenvalues, dtype=np.float64)
+    d = w.shape[-1]
+    total = w.sum()
+    if total <= 0:
+        return min(minimum, d)
+    cum = np.cumsum(w) / total
+    for r in range(minimum, d + 1, step):
+        if cum[r - 1] >= target - 1e-12:
+            return r
+    return d
+
+
+def choose_ranks(eigenvalues: np.ndarray, k_rank: int | str, target: float = DEFAULT_K_ENERGY) -> np.ndarray:
+    """int32 ranks [layers, heads]: fixed ``k_rank`` or the energy rule when it is 'auto'."""
+    lead = eigenvalues.shape[:-1]
+    if k_rank != "auto":
+        return np.full(lead, int(k_rank), dtype=np.int32)
+    flat = eigenvalues.reshape(-1, eigenvalues.shape[-1])
+    return np.array([energy_rank(w, target) for w in flat], dtype=np.int32).reshape(lead)
