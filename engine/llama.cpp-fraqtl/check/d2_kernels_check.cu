@@ -69,6 +69,19 @@ template <int HD, int P> static int check(int n_head, int n_rows) {
     size_t diff = 0, first = SIZE_MAX;
     for (size_t i = 0; i < got.size(); i++) if (got[i] != want[i]) { diff++; if (first == SIZE_MAX) first = i; }
     printf("HD %d P %d set_rows: %zu of %zu bytes differ (first at %zd)\n", HD, P, diff, got.size(), first == SIZE_MAX ? -1 : (ssize_t) first);
+    if (first != SIZE_MAX && HD == 64 && P == 8) {
+        // the first differing block: its input, the CPU bytes and the GPU bytes
+        const size_t out_row = first / row_bytes, blk = (first % row_bytes) / d2_block_bytes(P);
+        int in_row = 0;
+        while (idx[in_row] != (int64_t) out_row) in_row++;
+        printf("  block %zu of output row %zu (input row %d):\n  x:", blk, out_row, in_row);
+        for (int e = 0; e < 64; e++) printf(" %.6g", x[(size_t) in_row*ne0 + 64*blk + e]);
+        const uint8_t * w = want.data() + out_row*row_bytes + blk*d2_block_bytes(P);
+        const uint8_t * g = got.data()  + out_row*row_bytes + blk*d2_block_bytes(P);
+        printf("\n  cpu:"); for (int b = 0; b < d2_block_bytes(P); b++) printf(" %02x", w[b]);
+        printf("\n  gpu:"); for (int b = 0; b < d2_block_bytes(P); b++) printf(" %02x", g[b]);
+        printf("\n  scales cpu %.6g gpu %.6g\n", h_ldh(w), h_ldh(g));
+    }
 
     int bad = diff > got.size()/1000;
     for (int h = 0; h < n_head; h++) {
