@@ -38,7 +38,7 @@ def user_path(text: str) -> Path:
     path = Path(text)
     try:
         return path.expanduser()
-    except RuntimeError:  # "~nobody/…": a user without a home directory
+    except (RuntimeError, ValueError):  # "~nobody/…" (no home directory), "~\x00…" (NUL byte)
         return path
 
 
