@@ -181,8 +181,8 @@ class Runtime:
 
         D2 keeps the last ``window`` positions exact in a ring; the tokens a cut removes took
         the ring slots of the oldest window positions before the cut, which would stay
-        compressed for good. Re-evaluating the window before the cut (at most ``window``
-        tokens; the document before it is kept) restores what a fresh prefill would hold.
+        compressed for good. Re-evaluating the window before the cut (at most ``window`` plus
+        one batch of tokens; the document before it is kept) restores what a fresh prefill holds.
         """
         if self.d2_settings is None:
             return reused

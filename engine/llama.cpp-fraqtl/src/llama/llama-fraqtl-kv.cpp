@@ -214,10 +214,10 @@ static std::vector<float> fraqtl_read_sidecar(const char * path, uint32_t magic_
     return u;
 }
 
-// Sidecars store U in fp16, whose rounding leaves U^T U a few 1e-3 away from I; attention
-// then sees q U U^T k instead of q k even for rows kept exact. Re-orthonormalize each basis in
-// double (modified Gram-Schmidt in column order, so each leading span - the protected
-// directions - is kept) and refuse a file whose basis is far from orthonormal.
+// Sidecars store U in fp16, whose rounding leaves U^T U a few 1e-3 away from I (no measurable
+// KLD cost on SmolLM2, but a far-off basis would corrupt attention silently). Re-orthonormalize
+// each basis in double (modified Gram-Schmidt in column order, so each leading span - the
+// protected directions - is kept) and refuse a file whose basis is far from orthonormal.
 static void fraqtl_orthonormalize(std::vector<float> & u, int32_t n_mat, int32_t n_head_kv, int32_t hd, const char * path) {
     std::vector<double> col((size_t) hd*hd); // col[c*hd + d]
     for (int32_t m = 0; m < n_mat; ++m) {
@@ -341,8 +341,8 @@ static std::vector<int32_t> fraqtl_block_order(int32_t hd, int32_t protect) {
 }
 
 namespace {
-// what flash attention must read besides a device cache: the exact copies after this
-// ubatch's writes and the row map
+// what flash attention reads besides the D2 cache: the exact copies after this ubatch's
+// writes and the row map
 struct fraqtl_exact {
     ggml_tensor * k    = nullptr;
     ggml_tensor * v    = nullptr;
@@ -535,15 +535,22 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         d2->ctxs_bufs.emplace_back(std::move(owned[i]), buf);
     }
 
-    d2->on_device.assign(n_layer, false);
+    // every device holding a layer's cache must run the D2 ops (checked once per buffer type)
+    int32_t n_dev = 0;
+    std::vector<ggml_backend_buffer_type_t> checked;
     for (int32_t il = 0; il < n_layer; ++il) {
         if (!d2->rot_k[il]) {
             continue;
         }
         ggml_backend_buffer_t buf = kv->get_k_storage(il)->buffer;
-        d2->on_device[il] = !ggml_backend_buffer_is_host(buf);
-        if (d2->on_device[il]) {
-            fraqtl_check_device(*d2, hp.n_head(il), ggml_backend_buffer_get_type(buf));
+        if (ggml_backend_buffer_is_host(buf)) {
+            continue;
+        }
+        ++n_dev;
+        ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(buf);
+        if (std::find(checked.begin(), checked.end(), buft) == checked.end()) {
+            fraqtl_check_device(*d2, hp.n_head(il), buft);
+            checked.push_back(buft);
         }
     }
 
@@ -585,8 +592,7 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
     LLAMA_LOG_INFO("%s: D2 bases %s, exact copies %d sinks + %d window: %.2f MiB, bases %.2f MiB\n", __func__,
             fp.basis == LLAMA_FRAQTL_BASIS_RANDOM ? "random" : (fp.k_sidecar || fp.v_sidecar ? "from sidecars" : "identity"),
             d2->n_sink, d2->n_window, d2->exact_bytes/1024.0/1024.0, d2->basis_bytes/1024.0/1024.0);
-    const size_t n_dev = std::count(d2->on_device.begin(), d2->on_device.end(), true);
-    LLAMA_LOG_INFO("%s: D2 cache in %s memory (%zu of %d layers on a device)\n", __func__,
+    LLAMA_LOG_INFO("%s: D2 cache in %s memory (%d of %d layers on a device)\n", __func__,
             n_dev > 0 ? "device" : "host", n_dev, n_layer);
 
     kv->fraqtl = std::move(d2);
@@ -722,7 +728,7 @@ void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int
 
 void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
-        ggml_tensor ** k, ggml_tensor ** v) {
+        const ggml_tensor * k_view) {
     g_fraqtl_pending = {};
     if (d2->n_exact == 0 || !slots || !rows) {
         return;
@@ -732,9 +738,8 @@ void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32
     // attention must read the copies after this ubatch's writes: it reads these results
     ggml_tensor * ek = ggml_set_rows(ctx, d2->exact_k[il], k2, slots);
     ggml_tensor * ev = ggml_set_rows(ctx, d2->exact_v[il], v2, slots);
-    GGML_UNUSED(v);
     if (d2->type_k != GGML_TYPE_F16 || d2->type_v != GGML_TYPE_F16) {
-        g_fraqtl_pending = { *k, { ek, ev, rows } };
+        g_fraqtl_pending = { k_view, { ek, ev, rows } };
     }
     // an all-f16 cache is exact already: the copies are kept but not read
 }

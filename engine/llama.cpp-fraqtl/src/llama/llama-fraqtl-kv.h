@@ -44,9 +44,6 @@ struct llama_fraqtl_kv {
 
     std::vector<llama_pos> slot_pos;    // position held by each exact slot, -1 if none
 
-    // per layer: the cache lives in device memory (checked to run every D2 op there)
-    std::vector<bool> on_device;
-
     size_t basis_bytes = 0;
     size_t exact_bytes = 0;
 
@@ -87,12 +84,12 @@ void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ub
 void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v);
 
-// stores the exact copies of k_cur/v_cur; the flash-attention node made over the cache view *k
-// next receives the copies and the row map (llama_fraqtl_bind_exact) and reads the sink and
-// window rows from them (CPU and CUDA kernels alike), so exact rows cost O(window)
+// stores the exact copies of k_cur/v_cur; the flash-attention node made over the cache view
+// k_view next receives the copies and the row map (llama_fraqtl_bind_exact) and reads the sink
+// and window rows from them (CPU and CUDA kernels alike), so exact rows cost O(window)
 void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor * k_cur, ggml_tensor * v_cur, ggml_tensor * slots, ggml_tensor * rows,
-        ggml_tensor ** k, ggml_tensor ** v);
+        const ggml_tensor * k_view);
 
 // called right after a flash-attention node is made (before it joins the graph): if its K is
 // the D2 cache view llama_fraqtl_build_kv just handed out, attaches the exact K/V copies and
