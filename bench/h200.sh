@@ -111,7 +111,9 @@ kcheck)
   wait
   i=0
   for flags in "-use_fast_math" "(none)" "-use_fast_math -fmad=false" "-use_fast_math -ftz=false"; do
-    echo "== nvcc $flags"; /tmp/d2check$i | grep "P 16 set\|check"; i=$((i+1))
+    echo "== nvcc $flags"
+    if [ $i = 0 ]; then /tmp/d2check$i; else /tmp/d2check$i | grep "P 16 set\|check"; fi
+    i=$((i+1))
   done
   exit 0
   ;;

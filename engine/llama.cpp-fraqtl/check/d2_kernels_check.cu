@@ -38,6 +38,21 @@ template <int P> static float h_deq(const uint8_t * blk, int e) {
     return (float) ((int) ((b >> (3*(t % 8))) & 7) - 4)*h_ldh(blk);
 }
 
+// the scale search of one block on the device: [0] no-clip scale, then (s16, err) for k = 0..6
+template <int P> static __global__ void d2_debug_search(const float * x, float * out) {
+    constexpr int NT = QK_D2 - P;
+    float tail[NT];
+    float mp = 0.0f, mn = 0.0f;
+    for (int i = 0; i < NT; ++i) { tail[i] = x[P + i]; mp = fmaxf(mp, tail[i]); mn = fmaxf(mn, -tail[i]); }
+    const float scale = fmaxf(__fdiv_rn(mp, 3.0f), __fdiv_rn(mn, 4.0f));
+    out[0] = scale;
+    for (int k = 0; k <= 6; ++k) {
+        const float s16 = d2_fp16_round(__fmul_rn(scale, __fsub_rn(1.0f, __fmul_rn(0.05f, (float) k))));
+        out[1 + 2*k] = s16;
+        out[2 + 2*k] = d2_tail_error<NT>(tail, s16);
+    }
+}
+
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %d\n", cudaGetErrorString(e_), __LINE__); return 1; } } while (0)
 
 template <int HD, int P> static int check(int n_head, int n_rows) {
@@ -81,6 +96,21 @@ template <int HD, int P> static int check(int n_head, int n_rows) {
         printf("\n  cpu:"); for (int b = 0; b < d2_block_bytes(P); b++) printf(" %02x", w[b]);
         printf("\n  gpu:"); for (int b = 0; b < d2_block_bytes(P); b++) printf(" %02x", g[b]);
         printf("\n  scales cpu %.6g gpu %.6g\n", h_ldh(w), h_ldh(g));
+        float * dout; float hout[16];
+        CK(cudaMalloc(&dout, sizeof(hout)));
+        d2_debug_search<P><<<1, 1>>>(dx + (size_t) in_row*ne0 + 64*blk, dout);
+        CK(cudaGetLastError()); CK(cudaMemcpy(hout, dout, sizeof(hout), cudaMemcpyDeviceToHost));
+        const float * xb = x.data() + (size_t) in_row*ne0 + 64*blk + P;
+        float mp = 0, mn = 0;
+        for (int i = 0; i < 64 - P; i++) { mp = fmaxf(mp, xb[i]); mn = fmaxf(mn, -xb[i]); }
+        const float sc = fmaxf(mp/3.0f, mn/4.0f);
+        printf("  no-clip scale cpu %.9g gpu %.9g\n", sc, hout[0]);
+        for (int k = 0; k <= 6; k++) {
+            const float s16 = h_r16(sc*(1.0f - 0.05f*(float) k)), inv = 1.0f/s16;
+            float e = 0; for (int i = 0; i < 64 - P; i++) { float d = xb[i] - h_code(xb[i], inv)*s16; e += d*d; }
+            printf("  k %d: cpu s16 %.9g err %.9g | gpu s16 %.9g err %.9g\n", k, s16, e, hout[1 + 2*k], hout[2 + 2*k]);
+        }
+        cudaFree(dout);
     }
 
     int bad = diff > got.size()/1000;

@@ -84,7 +84,10 @@ static __device__ __forceinline__ float d2_tail_error(const float * t, const flo
 }
 
 static __device__ __forceinline__ void d2_st_half(uint8_t * dst, const float v) {
-    const uint16_t bits = __half_as_ushort(__float2half_rn(v));
+    // The byte_perm is a no-op the assembler cannot see through. Without it, ptxas of CUDA 13.0
+    // (sm_90) fuses "float -> half, store the low byte" into a float -> u8 conversion: the low
+    // byte of every scale and protected coefficient came out as (uint8_t) v (check/d2_kernels_check.cu).
+    const uint32_t bits = __byte_perm((uint32_t) __half_as_ushort(__float2half_rn(v)), 0, 0x3210);
     dst[0] = (uint8_t) (bits & 0xFF);
     dst[1] = (uint8_t) (bits >> 8);
 }
