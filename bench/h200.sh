@@ -97,25 +97,29 @@ diag)
     -k "agrees or less_memory" 2>&1 | grep -v "^E  .*llama_\|print_info\|load_tensors" | tail -25
   ;;
 kcheck)
-  # the D2 kernels alone against the CPU reference quantizer, no llama.cpp build (about 30 s)
+  # the D2 kernels alone against a CPU reference, and the decode kernel's time; no llama.cpp build
+  # (about 40 s). Our kernel sources come from the work tree, the rest from the exported source.
   rm -rf /tmp/src && mkdir -p /tmp/src && tar xzf .dev/src.tar.gz -C /tmp/src
   cuda=$(ls -d /tmp/src/*)/vendor/llama.cpp/ggml/src/ggml-cuda
-  [ -x .dev/d2check ] && { echo "binary built elsewhere:"; ./.dev/d2check; }
-  cp engine/llama.cpp-fraqtl/check/d2_kernels_check.cu "$cuda/"
-  i=0
-  for flags in "-use_fast_math" "" "-use_fast_math -fmad=false" "-use_fast_math -ftz=false"; do
-    (cd "$cuda" && nvcc -std=c++17 -arch=sm_90 $flags -extended-lambda -I../../include -I.. -I. \
-      d2_kernels_check.cu -Xlinker --unresolved-symbols=ignore-all -o /tmp/d2check$i) &
-    i=$((i+1))
-  done
-  wait
-  i=0
-  for flags in "-use_fast_math" "(none)" "-use_fast_math -fmad=false" "-use_fast_math -ftz=false"; do
-    echo "== nvcc $flags"
-    if [ $i = 0 ]; then /tmp/d2check$i; else /tmp/d2check$i | grep "P 16 set\|check"; fi
-    i=$((i+1))
-  done
+  cp engine/llama.cpp-fraqtl/check/d2_kernels_check.cu engine/llama.cpp-fraqtl/src/ggml-cuda/ggml-fraqtl-cuda.* "$cuda/"
+  (cd "$cuda" && nvcc -std=c++17 -arch=sm_90 -use_fast_math -extended-lambda -I../../include -I.. -I. \
+    d2_kernels_check.cu -Xlinker --unresolved-symbols=ignore-all -o /tmp/d2check) || exit 1
+  /tmp/d2check | grep -v "head [1-9]"
+  /tmp/d2check decode
   exit 0
+  ;;
+prof)
+  # the decode kernel under Nsight Compute (run while the build of phase start goes on)
+  rm -rf /tmp/ksrc && mkdir -p /tmp/ksrc && tar xzf .dev/src.tar.gz -C /tmp/ksrc
+  cuda=$(ls -d /tmp/ksrc/*)/vendor/llama.cpp/ggml/src/ggml-cuda
+  cp engine/llama.cpp-fraqtl/check/d2_kernels_check.cu engine/llama.cpp-fraqtl/src/ggml-cuda/ggml-fraqtl-cuda.* "$cuda/"
+  (cd "$cuda" && nvcc -std=c++17 -arch=sm_90 -use_fast_math -lineinfo -extended-lambda -I../../include -I.. -I. \
+    d2_kernels_check.cu -Xlinker --unresolved-symbols=ignore-all -o /tmp/d2prof) || exit 1
+  /tmp/d2prof time
+  timeout 120 ncu --kernel-name regex:d2_fattn_decode --launch-count 1 --section SpeedOfLight \
+    --section WarpStateStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    --section InstructionStats /tmp/d2prof time > $OUT/ncu.txt 2>&1
+  grep -v "^    ---\|^ *$" $OUT/ncu.txt | head -120
   ;;
 long)
   wait_build

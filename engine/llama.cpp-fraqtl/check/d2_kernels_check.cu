@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <random>
 #include <vector>
+#include <string>
+#include <cmath>
 
 static float h_r16(float x) { return __half2float(__float2half_rn(x)); }
 static float h_code(float t, float inv) { return fminf(fmaxf(rintf(t*inv), -4.0f), 3.0f); }
@@ -52,6 +54,15 @@ template <int P> static __global__ void d2_debug_search(const float * x, float *
         out[2 + 2*k] = d2_tail_error<NT>(tail, s16);
     }
 }
+
+// one block of 64 as the cache stores it: D2 bytes, or 64 halves when P == 0 (an f16 cache)
+template <int P> static void h_store64(const float * x, uint8_t * y) {
+    if constexpr (P == 0) { for (int e = 0; e < 64; e++) h_sth(y + 2*e, x[e]); } else { h_quant<P>(x, y); }
+}
+template <int P> static float h_load64(const uint8_t * blk, int e) {
+    if constexpr (P == 0) { return h_ldh(blk + 2*e); } else { return h_deq<P>(blk, e); }
+}
+template <int P> static constexpr int h_bytes64() { return P == 0 ? 128 : d2_block_bytes(P); }
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA error %s at %d\n", cudaGetErrorString(e_), __LINE__); return 1; } } while (0)
 
@@ -135,7 +146,118 @@ template <int HD, int P> static int check(int n_head, int n_rows) {
     return bad;
 }
 
-int main() {
+// one query token against n_kv rows: the decode kernel (exact sink/window rows through the row
+// map) against attention computed here in double from the CPU quantizer's bytes; then its time
+template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, const int G, const int n_kv, const bool timing) {
+    const int n_sink = 4, n_window = 128, n_ex = n_sink + n_window, n_head = n_head_kv*G, ne0 = HD*n_head_kv;
+    const size_t kseg = d2_seg_bytes(HD, PK), vseg = d2_seg_bytes(HD, PV);
+    std::mt19937 rng(11); std::normal_distribution<float> nd(0, 1);
+    std::vector<float> xk((size_t) ne0*n_kv), xv((size_t) ne0*n_kv), q((size_t) HD*n_head);
+    for (auto & v : xk) v = nd(rng)*((rng() % 8) ? 1.0f : 6.0f);
+    for (auto & v : xv) v = nd(rng);
+    for (auto & v : q)  v = nd(rng);
+    std::vector<uint8_t> kb(kseg*n_head_kv*n_kv), vb(vseg*n_head_kv*n_kv);
+    for (int r = 0; r < n_kv; r++) for (int b = 0; b < ne0/64; b++) {
+        h_store64<PK>(xk.data() + (size_t) r*ne0 + 64*b, kb.data() + r*kseg*n_head_kv + b*h_bytes64<PK>());
+        h_store64<PV>(xv.data() + (size_t) r*ne0 + 64*b, vb.data() + r*vseg*n_head_kv + b*h_bytes64<PV>());
+    }
+    std::vector<int32_t> rows(n_kv);
+    std::vector<half> ek((size_t) n_ex*ne0), ev((size_t) n_ex*ne0);
+    for (int r = 0; r < n_kv; r++) {
+        const int slot = r < n_sink ? r : (r >= n_kv - n_window ? n_sink + r - (n_kv - n_window) : -1);
+        rows[r] = slot < 0 ? r : n_kv + slot;
+        if (slot >= 0) for (int e = 0; e < ne0; e++) {
+            ek[(size_t) slot*ne0 + e] = __float2half_rn(xk[(size_t) r*ne0 + e]);
+            ev[(size_t) slot*ne0 + e] = __float2half_rn(xv[(size_t) r*ne0 + e]);
+        }
+    }
+    const float scale = 1.0f/sqrtf((float) HD);
+    // the reference, in double
+    std::vector<double> want((size_t) n_head*HD, 0.0);
+    double out_max = 0;
+    for (int h = 0; h < n_head_kv && !timing; h++) for (int g = 0; g < G; g++) { // timing runs are too long to check here
+        std::vector<double> sc(n_kv);
+        double m = -1e300;
+        for (int r = 0; r < n_kv; r++) {
+            double d = 0;
+            for (int e = 0; e < HD; e++) {
+                const float kv = rows[r] >= n_kv ? __half2float(ek[(size_t) (rows[r] - n_kv)*ne0 + h*HD + e])
+                    : h_load64<PK>(kb.data() + r*kseg*n_head_kv + h*kseg + (e/64)*h_bytes64<PK>(), e % 64);
+                d += (double) q[(size_t) (h*G + g)*HD + e]*kv;
+            }
+            sc[r] = d*scale; m = fmax(m, sc[r]);
+        }
+        double den = 0; std::vector<double> o(HD, 0.0);
+        for (int r = 0; r < n_kv; r++) {
+            const double p = exp(sc[r] - m); den += p;
+            for (int e = 0; e < HD; e++) {
+                const float vv = rows[r] >= n_kv ? __half2float(ev[(size_t) (rows[r] - n_kv)*ne0 + h*HD + e])
+                    : h_load64<PV>(vb.data() + r*vseg*n_head_kv + h*vseg + (e/64)*h_bytes64<PV>(), e % 64);
+                o[e] += p*vv;
+            }
+        }
+        for (int e = 0; e < HD; e++) { want[(size_t) (h*G + g)*HD + e] = o[e]/den; out_max = fmax(out_max, fabs(o[e]/den)); }
+    }
+
+    cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
+    d2_fattn_shape s = { HD, PK, PV, n_kv, n_head, n_head_kv, 1 };
+    d2_fattn_args a = {};
+    int chunk_rows = 0, n_chunks = 0;
+    d2_fattn_chunking(prop.multiProcessorCount, prop.sharedMemPerBlockOptin, s, chunk_rows, n_chunks);
+    uint8_t * dk; uint8_t * dv; half * dek; half * dev_; half * dmask; int32_t * drows; float * dq; float * dout; float * dpo; float2 * dpml;
+    CK(cudaMalloc(&dk, kb.size() + 128)); CK(cudaMalloc(&dv, vb.size() + 128));
+    CK(cudaMalloc(&dek, ek.size()*2)); CK(cudaMalloc(&dev_, ev.size()*2)); CK(cudaMalloc(&dmask, (size_t) n_kv*2));
+    CK(cudaMalloc(&drows, (size_t) n_kv*4)); CK(cudaMalloc(&dq, q.size()*4)); CK(cudaMalloc(&dout, q.size()*4));
+    CK(cudaMalloc(&dpo, (size_t) n_head*n_chunks*HD*4)); CK(cudaMalloc(&dpml, (size_t) n_head*n_chunks*8));
+    CK(cudaMemcpy(dk, kb.data(), kb.size(), cudaMemcpyHostToDevice)); CK(cudaMemcpy(dv, vb.data(), vb.size(), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dek, ek.data(), ek.size()*2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(dev_, ev.data(), ev.size()*2, cudaMemcpyHostToDevice));
+    CK(cudaMemset(dmask, 0, (size_t) n_kv*2));
+    CK(cudaMemcpy(drows, rows.data(), (size_t) n_kv*4, cudaMemcpyHostToDevice)); CK(cudaMemcpy(dq, q.data(), q.size()*4, cudaMemcpyHostToDevice));
+    a.q = dq; a.k = dk; a.v = dv; a.mask = dmask; a.ek = dek; a.ev = dev_; a.rows = drows; a.dst = dout;
+    a.part_o = dpo; a.part_ml = dpml; a.n_kv = n_kv; a.gqa = G; a.chunk_rows = chunk_rows; a.n_chunks = n_chunks;
+    a.scale = scale; a.q_s2 = HD; a.k_s1 = (int64_t) kseg*n_head_kv; a.k_s2 = (int64_t) kseg;
+    a.v_s1 = (int64_t) vseg*n_head_kv; a.v_s2 = (int64_t) vseg; a.ek_s1 = ne0; a.ev_s1 = ne0;
+    d2_fattn_decode_launch(a, s, 0);
+    CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+    std::vector<float> got(q.size());
+    CK(cudaMemcpy(got.data(), dout, got.size()*4, cudaMemcpyDeviceToHost));
+    double err = 0;
+    for (size_t i = 0; i < got.size(); i++) err = timing ? (std::isfinite(got[i]) ? err : INFINITY) : fmax(err, fabs(got[i] - want[i]));
+    const int bad = timing ? !(err == 0) : !(err <= 2e-3*out_max);
+    printf("decode HD %d K p%d V p%d G %d n_kv %d: %d chunks of %d rows, max abs err %.3g (max |out| %.3g)%s\n",
+        HD, PK, PV, G, n_kv, n_chunks, chunk_rows, err, out_max, bad ? " FAILED" : "");
+    if (timing) {
+        cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+        for (int i = 0; i < 5; i++) d2_fattn_decode_launch(a, s, 0);
+        const int iters = 50;
+        CK(cudaEventRecord(e0));
+        for (int i = 0; i < iters; i++) d2_fattn_decode_launch(a, s, 0);
+        CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1));
+        float ms = 0; CK(cudaEventElapsedTime(&ms, e0, e1));
+        const double us = 1e3*ms/iters, bytes = (double) (kseg + vseg)*n_head_kv*n_kv;
+        printf("  time %.1f us per call, %.0f GB/s of D2 cache read (f16 would read %.0f MB)\n", us, bytes/us/1e3, 4.0*HD*n_head_kv*n_kv/1e6);
+    }
+    cudaFree(dk); cudaFree(dv); cudaFree(dek); cudaFree(dev_); cudaFree(dmask); cudaFree(drows); cudaFree(dq); cudaFree(dout); cudaFree(dpo); cudaFree(dpml);
+    return bad;
+}
+
+int main(int argc, char ** argv) {
+    if (argc > 1 && std::string(argv[1]) == "time") { // the Mistral-7B shape at 32K only (for a profiler)
+        return check_decode<128, 8, 16>(8, 4, 32768, true);
+    }
+    if (argc > 1 && std::string(argv[1]) == "decode") {
+        int bad = 0;
+        bad |= check_decode< 64, 16, 16>(3, 3, 3000, false);     // SmolLM2: 9 query heads on 3 KV heads
+        bad |= check_decode< 64, 16, 16>(3, 3, 50, false);       // one chunk, one partial tile
+        bad |= check_decode< 64,  8, 16>(3, 3, 1000, false);     // 39-byte blocks: rows at every alignment
+        bad |= check_decode<128,  8,  0>(2, 4, 700, false);      // an f16 V
+        bad |= check_decode<128,  8, 16>(8, 4, 2000, false);     // Mistral-7B
+        bad |= check_decode<128,  8, 16>(8, 4, 32768, true);
+        bad |= check_decode<128,  8, 16>(8, 4, 131072, true);
+        bad |= check_decode<256, 32, 32>(2, 8, 2000, false);
+        printf(bad ? "D2 DECODE CHECK FAILED\n" : "D2 decode check passed\n");
+        return bad;
+    }
     int bad = 0;
     bad |= check< 64,  8>(3, 4096); bad |= check< 64, 16>(3, 4096); bad |= check< 64, 32>(3, 4096);
     bad |= check<128,  8>(8, 4096); bad |= check<128, 16>(8, 4096); bad |= check<128, 32>(8, 4096);

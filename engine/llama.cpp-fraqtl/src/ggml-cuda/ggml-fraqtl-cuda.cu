@@ -209,13 +209,16 @@ void ggml_fraqtl_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * ds
 }
 
 // ---------------------------------------------------------------------------------------
-// flash attention, one query token: grid (KV head, chunk of rows); each block keeps the G
-// query heads of its KV head in shared memory, dequantizes a tile of K and V rows (exact rows
-// from the f16 copies), and keeps an online softmax; chunks are merged by log-sum-exp.
+// flash attention, one query token: grid (KV head, chunk of rows). A block keeps the G query
+// heads of its KV head in shared memory and walks its chunk in tiles of 64 rows: the raw bytes
+// of the next tile are copied in (cp.async, 4-byte words) while the current one is decoded to
+// f16 (exact rows from the f16 copies), scored, softmaxed online and multiplied into V. Chunks
+// are merged by log-sum-exp.
 
 #define D2_FA_THREADS 128
 #define D2_FA_TILE    64
 #define D2_FA_GMAX    8
+#define D2_FA_SM_BLOCKS 16 // 2048 threads per SM
 
 struct d2_fattn_args {
     const float   * q;
@@ -242,25 +245,130 @@ struct d2_fattn_args {
     int64_t  ev_s1;
 };
 
-template <int HD>
-static constexpr size_t d2_fattn_smem() {
-    return sizeof(float)*D2_FA_GMAX*(HD + D2_FA_TILE) + sizeof(half2)*D2_FA_TILE*(HD/2 + 2) + sizeof(half)*D2_FA_TILE*HD;
+// bytes of one head's row, and the 4-byte words that cover it wherever it starts
+static constexpr __host__ __device__ int d2_seg_bytes(int hd, int p) {
+    return p == 0 ? 2*hd : (hd/64)*d2_block_bytes(p);
+}
+static constexpr __host__ __device__ int d2_seg_words(int hd, int p) {
+    return (d2_seg_bytes(hd, p) + 6)/4;
+}
+
+// shared memory of the decode kernel, in 4-byte words
+template <int HD, int PK, int PV>
+struct d2_fattn_smem_layout;
+
+static constexpr __host__ __device__ size_t d2_fattn_smem_bytes(int hd, int pk, int pv) {
+    return 4*(size_t) (D2_FA_GMAX*hd + D2_FA_GMAX*D2_FA_TILE + D2_FA_TILE*(hd/2 + 2) + D2_FA_TILE*hd/2 +
+        2*D2_FA_TILE*(d2_seg_words(hd, pk) + d2_seg_words(hd, pv)) + 4 + 2*D2_FA_TILE + D2_FA_TILE);
 }
 
 template <int HD, int PK, int PV>
-__launch_bounds__(D2_FA_THREADS)
-static __global__ void d2_fattn_decode(const d2_fattn_args a) {
-    constexpr int SPR    = HD/8;                        // spans of 8 per row
-    constexpr int KSW    = HD/2 + 2;                    // sK row stride in half2: rows 2r+p hit distinct banks
-    constexpr int DPT    = HD > 128 ? HD/128 : 1;       // V dims per thread
-    constexpr int RSPLIT = HD < 128 ? 128/HD : 1;       // threads sharing one V dim (rows interleaved)
-    static_assert(D2_FA_TILE == 64 && D2_FA_THREADS == 2*D2_FA_TILE, "one thread pair per tile row");
+struct d2_fattn_smem_layout {
+    static constexpr int KSW  = HD/2 + 2;                                  // sK row stride (half2)
+    static constexpr int KW   = d2_seg_words(HD, PK);
+    static constexpr int VW   = d2_seg_words(HD, PV);
+    static constexpr int Q    = 0;                                         // float [GMAX][HD]
+    static constexpr int P    = Q + D2_FA_GMAX*HD;                         // float [GMAX][TILE]
+    static constexpr int K    = P + D2_FA_GMAX*D2_FA_TILE;                 // half2 [TILE][KSW]
+    static constexpr int V    = K + D2_FA_TILE*KSW;                        // half2 [TILE][HD/2]
+    static constexpr int RAW  = V + D2_FA_TILE*HD/2;                       // u32 [2][TILE][KW + VW]
+    static constexpr int ROWS = RAW + 2*D2_FA_TILE*(KW + VW) + 4;          // i32 [2][TILE] (4 words: a tail read)
+    static constexpr int MASK = ROWS + 2*D2_FA_TILE;                       // half2 [2][TILE/2]
+    static constexpr int END  = MASK + D2_FA_TILE;
+    static constexpr size_t bytes = 4*(size_t) END;
+    static_assert(bytes == d2_fattn_smem_bytes(HD, PK, PV), "one formula for the layout and the launch");
+};
 
-    extern __shared__ float smem[];
-    float * sQ = smem;                                            // [GMAX][HD]
-    float * sP = sQ + D2_FA_GMAX*HD;                              // [GMAX][TILE]
-    half2 * sK = (half2 *) (sP + D2_FA_GMAX*D2_FA_TILE);          // [TILE][KSW]
-    half  * sV = (half *) (sK + D2_FA_TILE*KSW);                  // [TILE][HD]
+static __device__ __forceinline__ void d2_cp4(void * smem, const void * gmem) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"((unsigned) __cvta_generic_to_shared(smem)), "l"(gmem));
+#else
+    *(uint32_t *) smem = *(const uint32_t *) gmem;
+#endif
+}
+
+static __device__ __forceinline__ void d2_cp_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+
+template <int N>
+static __device__ __forceinline__ void d2_cp_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" :: "n"(N));
+#endif
+}
+
+// 4 bytes at any byte address of shared memory (reads the next aligned word too)
+static __device__ __forceinline__ uint32_t d2_sm_u32(const uint8_t * p) {
+    const uint32_t * w = (const uint32_t *) ((uintptr_t) p & ~(uintptr_t) 3);
+    return __funnelshift_r(w[0], w[1], 8*(unsigned) ((uintptr_t) p & 3));
+}
+
+static __device__ __forceinline__ half2 d2_u32_as_half2(const uint32_t u) {
+    half2 h;
+    memcpy(&h, &u, sizeof(h));
+    return h;
+}
+
+// elements [8*span, 8*span + 8) of one head's row staged in shared memory, as four half2
+template <int P>
+static __device__ __forceinline__ void d2_sm_span(const uint8_t * row, const int span, half2 out[4]) {
+    if constexpr (P == 0) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            out[j] = d2_u32_as_half2(d2_sm_u32(row + 16*span + 4*j));
+        }
+    } else {
+        const uint8_t * blk = row + (span/8)*d2_block_bytes(P);
+        const int e0 = 8*(span % 8);
+        if (e0 < P) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                out[j] = d2_u32_as_half2(d2_sm_u32(blk + 2 + 2*e0 + 4*j));
+            }
+        } else {
+            const float    s    = __half2float(__ushort_as_half((unsigned short) (d2_sm_u32(blk) & 0xFFFF)));
+            const uint32_t bits = d2_sm_u32(blk + 2 + 2*P + 3*((e0 - P)/8));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                out[j] = __floats2half2_rn((float) ((int) ((bits >> (6*j    )) & 7) - 4)*s,
+                                           (float) ((int) ((bits >> (6*j + 3)) & 7) - 4)*s);
+            }
+        }
+    }
+}
+
+static __device__ __forceinline__ void d2_gl_span_f16(const half * src, half2 out[4]) {
+    const uint4 raw = *(const uint4 *) src; // exact copies are 16-byte aligned
+    out[0] = d2_u32_as_half2(raw.x);
+    out[1] = d2_u32_as_half2(raw.y);
+    out[2] = d2_u32_as_half2(raw.z);
+    out[3] = d2_u32_as_half2(raw.w);
+}
+
+template <int HD, int PK, int PV>
+__launch_bounds__(D2_FA_THREADS, 2)
+static __global__ void d2_fattn_decode(const d2_fattn_args a) {
+    using L = d2_fattn_smem_layout<HD, PK, PV>;
+    constexpr int SPR    = HD/8;                   // spans of 8 per row
+    constexpr int KSEG   = d2_seg_bytes(HD, PK);
+    constexpr int VSEG   = d2_seg_bytes(HD, PV);
+    constexpr int NCOL   = HD/2;                   // half2 columns of V
+    constexpr int RSPLIT = D2_FA_THREADS/NCOL > 1 ? D2_FA_THREADS/NCOL : 1;
+    constexpr int CPT    = NCOL/(D2_FA_THREADS/RSPLIT);     // columns per thread
+    constexpr int RPT    = D2_FA_TILE/RSPLIT;      // rows per thread in P·V
+    static_assert(D2_FA_TILE == 64 && D2_FA_THREADS == 2*D2_FA_TILE, "a thread quad per row pair");
+
+    extern __shared__ uint32_t smem_u32[];
+    float   * sQ    = (float *) (smem_u32 + L::Q);
+    float   * sP    = (float *) (smem_u32 + L::P);
+    half2   * sK    = (half2 *) (smem_u32 + L::K);
+    half2   * sV    = (half2 *) (smem_u32 + L::V);
+    uint32_t* sRaw  = smem_u32 + L::RAW;
+    int32_t * sRows = (int32_t *) (smem_u32 + L::ROWS);
+    half    * sMask = (half *) (smem_u32 + L::MASK);
     __shared__ float sM[D2_FA_GMAX];
     __shared__ float sL[D2_FA_GMAX];
     __shared__ float sA[D2_FA_GMAX];
@@ -269,6 +377,43 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     const int c   = blockIdx.y;
     const int tid = threadIdx.x;
     const int G   = a.gqa;
+
+    const int r0 = c*a.chunk_rows;
+    const int r1 = min(r0 + a.chunk_rows, a.n_kv);
+    const uint8_t * k_head = a.k + h*a.k_s2;
+    const uint8_t * v_head = a.v + h*a.v_s2;
+
+    // the raw bytes, row map and mask of the tile at t0 into buffer b
+    auto stage = [&](const int t0, const int b) {
+        uint32_t * raw = sRaw + b*D2_FA_TILE*(L::KW + L::VW);
+        for (int i = tid; i < D2_FA_TILE*(L::KW + L::VW); i += D2_FA_THREADS) {
+            const int r   = i / (L::KW + L::VW);
+            const int j   = i % (L::KW + L::VW);
+            const int row = t0 + r;
+            if (row >= r1) {
+                continue;
+            }
+            const bool      is_k = j < L::KW;
+            const uint8_t * p    = is_k ? k_head + row*a.k_s1 : v_head + row*a.v_s1;
+            const int       w    = is_k ? j : j - L::KW;
+            const int       nw   = ((int) ((uintptr_t) p & 3) + (is_k ? KSEG : VSEG) + 3)/4;
+            if (w < nw) {
+                d2_cp4(raw + i, (const uint8_t *) ((uintptr_t) p & ~(uintptr_t) 3) + 4*w);
+            }
+        }
+        if (tid < D2_FA_TILE) {
+            const int row = t0 + tid;
+            if (a.rows && row < r1) {
+                d2_cp4(sRows + b*D2_FA_TILE + tid, a.rows + row);
+            }
+        } else if (tid < D2_FA_TILE + D2_FA_TILE/2) {
+            const int i = tid - D2_FA_TILE;
+            if (t0 + 2*i < r1) {
+                d2_cp4(sMask + b*D2_FA_TILE + 2*i, a.mask + t0 + 2*i); // t0 is even: word-aligned
+            }
+        }
+        d2_cp_commit();
+    };
 
     for (int i = tid; i < G*HD; i += D2_FA_THREADS) {
         const int g = i / HD;
@@ -279,85 +424,101 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
         sL[tid] = 0.0f;
     }
 
-    float acc[D2_FA_GMAX][DPT];
+    float acc[D2_FA_GMAX][CPT][2];
 #pragma unroll
     for (int g = 0; g < D2_FA_GMAX; ++g) {
 #pragma unroll
-        for (int k = 0; k < DPT; ++k) {
-            acc[g][k] = 0.0f;
+        for (int k = 0; k < CPT; ++k) {
+            acc[g][k][0] = acc[g][k][1] = 0.0f;
         }
     }
 
-    const int r0 = c*a.chunk_rows;
-    const int r1 = min(r0 + a.chunk_rows, a.n_kv);
-    const uint8_t * k_head = a.k + h*a.k_s2;
-    const uint8_t * v_head = a.v + h*a.v_s2;
+    if (r0 < r1) {
+        stage(r0, 0);
+    }
+    int buf = 0;
+    for (int t0 = r0; t0 < r1; t0 += D2_FA_TILE, buf ^= 1) {
+        if (t0 + D2_FA_TILE < r1) {
+            stage(t0 + D2_FA_TILE, buf ^ 1); // its buffer was last read before the previous tile's scores
+            d2_cp_wait<1>();
+        } else {
+            d2_cp_wait<0>();
+        }
+        __syncthreads(); // this tile's bytes are in; the previous tile is consumed; sQ, sM, sL are set
 
-    for (int t0 = r0; t0 < r1; t0 += D2_FA_TILE) {
-        __syncthreads(); // the previous tile is consumed; sQ, sM, sL are set
-
-        // dequantize the tile: exact rows from the f16 copies, the rest from the cache
+        // decode to f16: exact rows from the f16 copies, the rest from the staged bytes
+        const uint32_t * raw  = sRaw + buf*D2_FA_TILE*(L::KW + L::VW);
+        const int32_t  * rmap = sRows + buf*D2_FA_TILE;
         for (int i = tid; i < D2_FA_TILE*SPR; i += D2_FA_THREADS) {
             const int r   = i / SPR;
             const int sp  = i % SPR;
             const int row = t0 + r;
-            float k8[8];
-            float v8[8];
-            if (row < r1) {
-                const int src = a.rows ? a.rows[row] : row;
-                if (src >= a.n_kv) {
-                    const int64_t slot = src - a.n_kv;
-                    d2_ld_f16x8(a.ek + slot*a.ek_s1 + (int64_t) h*HD + 8*sp, k8);
-                    d2_ld_f16x8(a.ev + slot*a.ev_s1 + (int64_t) h*HD + 8*sp, v8);
-                } else {
-                    d2_ld_span<PK>(k_head + row*a.k_s1, sp, k8);
-                    d2_ld_span<PV>(v_head + row*a.v_s1, sp, v8);
-                }
+            half2 k4[4];
+            half2 v4[4];
+            const int src = row < r1 ? (a.rows ? rmap[r] : row) : -1;
+            if (src >= a.n_kv) {
+                const int64_t slot = src - a.n_kv;
+                d2_gl_span_f16(a.ek + slot*a.ek_s1 + (int64_t) h*HD + 8*sp, k4);
+                d2_gl_span_f16(a.ev + slot*a.ev_s1 + (int64_t) h*HD + 8*sp, v4);
+            } else if (src >= 0) {
+                const uint8_t * kr = (const uint8_t *) (raw + r*(L::KW + L::VW))        + ((uintptr_t) (k_head + row*a.k_s1) & 3);
+                const uint8_t * vr = (const uint8_t *) (raw + r*(L::KW + L::VW) + L::KW) + ((uintptr_t) (v_head + row*a.v_s1) & 3);
+                d2_sm_span<PK>(kr, sp, k4);
+                d2_sm_span<PV>(vr, sp, v4);
             } else {
 #pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    k8[j] = 0.0f;
-                    v8[j] = 0.0f;
+                for (int j = 0; j < 4; ++j) {
+                    k4[j] = v4[j] = __float2half2_rn(0.0f);
                 }
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                sK[r*KSW + 4*sp + j]        = __floats2half2_rn(k8[2*j], k8[2*j + 1]);
-                ((half2 *) sV)[(r*HD + 8*sp)/2 + j] = __floats2half2_rn(v8[2*j], v8[2*j + 1]);
+                sK[r*L::KSW + 4*sp + j] = k4[j];
+                sV[r*NCOL   + 4*sp + j] = v4[j];
             }
         }
         __syncthreads();
 
-        // scores: a thread pair per row, each taking every other half2 of it
+        // scores: a thread quad per row pair, each thread taking every fourth half2 of both rows
         {
-            const int r = tid >> 1;
-            const int p = tid & 1;
-            float s[D2_FA_GMAX];
+            const int rp = tid >> 2;          // row pair
+            const int t  = tid & 3;
+            const half2 * k0 = sK + (2*rp + 0)*L::KSW;
+            const half2 * k1 = sK + (2*rp + 1)*L::KSW;
+            float s0[D2_FA_GMAX];
+            float s1[D2_FA_GMAX];
 #pragma unroll
             for (int g = 0; g < D2_FA_GMAX; ++g) {
-                s[g] = 0.0f;
+                s0[g] = s1[g] = 0.0f;
             }
-            const half2 * kr = sK + r*KSW;
-#pragma unroll 8
-            for (int w = p; w < HD/2; w += 2) {
-                const float2 kf = __half22float2(kr[w]);
+#pragma unroll 4
+            for (int w = t; w < HD/2; w += 4) {
+                const float2 kf0 = __half22float2(k0[w]);
+                const float2 kf1 = __half22float2(k1[w]);
 #pragma unroll
                 for (int g = 0; g < D2_FA_GMAX; ++g) {
                     if (g < G) {
                         const float2 qf = *(const float2 *) (sQ + g*HD + 2*w);
-                        s[g] = fmaf(qf.x, kf.x, fmaf(qf.y, kf.y, s[g]));
+                        s0[g] = fmaf(qf.x, kf0.x, fmaf(qf.y, kf0.y, s0[g]));
+                        s1[g] = fmaf(qf.x, kf1.x, fmaf(qf.y, kf1.y, s1[g]));
                     }
                 }
             }
 #pragma unroll
             for (int g = 0; g < D2_FA_GMAX; ++g) {
-                s[g] += __shfl_xor_sync(0xFFFFFFFF, s[g], 1);
+                s0[g] += __shfl_xor_sync(0xFFFFFFFF, s0[g], 1);
+                s0[g] += __shfl_xor_sync(0xFFFFFFFF, s0[g], 2);
+                s1[g] += __shfl_xor_sync(0xFFFFFFFF, s1[g], 1);
+                s1[g] += __shfl_xor_sync(0xFFFFFFFF, s1[g], 2);
             }
-            if (p == 0) {
-                const int   row = t0 + r;
-                const float mv  = row < r1 ? __half2float(a.mask[row]) : -INFINITY;
-                for (int g = 0; g < G; ++g) {
-                    sP[g*D2_FA_TILE + r] = s[g] + mv;
+            if (t < 2) {
+                const int   r   = 2*rp + t;
+                const float mv  = t0 + r < r1 ? __half2float(sMask[buf*D2_FA_TILE + r]) : -INFINITY;
+#pragma unroll
+                for (int g = 0; g < D2_FA_GMAX; ++g) {
+                    if (g < G) {
+                        sP[g*D2_FA_TILE + r] = (t == 0 ? s0[g] : s1[g]) + mv;
+                    }
                 }
             }
         }
@@ -387,29 +548,43 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
         }
         __syncthreads();
 
-        // P·V into the running output
+        // P·V: each thread a half2 column (or CPT of them) over a contiguous quarter/half of the rows
         {
-            const int rs = tid / (D2_FA_THREADS/RSPLIT);
-            const int d0 = tid % (D2_FA_THREADS/RSPLIT);
+            const int rs   = tid / (D2_FA_THREADS/RSPLIT);
+            const int col0 = tid % (D2_FA_THREADS/RSPLIT);
 #pragma unroll
             for (int g = 0; g < D2_FA_GMAX; ++g) {
                 if (g < G) {
                     const float alpha = sA[g];
 #pragma unroll
-                    for (int k = 0; k < DPT; ++k) {
-                        acc[g][k] *= alpha;
+                    for (int k = 0; k < CPT; ++k) {
+                        acc[g][k][0] *= alpha;
+                        acc[g][k][1] *= alpha;
                     }
                 }
             }
-#pragma unroll 4
-            for (int r = rs; r < D2_FA_TILE; r += RSPLIT) {
+#pragma unroll 2
+            for (int r = rs*RPT; r < (rs + 1)*RPT; r += 4) {
+                float4 p4[D2_FA_GMAX];
 #pragma unroll
-                for (int k = 0; k < DPT; ++k) {
-                    const float v = __half2float(sV[r*HD + d0 + k*D2_FA_THREADS]);
+                for (int g = 0; g < D2_FA_GMAX; ++g) {
+                    if (g < G) {
+                        p4[g] = *(const float4 *) (sP + g*D2_FA_TILE + r);
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < CPT; ++k) {
+                    const int col = col0 + k*(D2_FA_THREADS/RSPLIT);
+                    float2 vf[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        vf[j] = __half22float2(sV[(r + j)*NCOL + col]);
+                    }
 #pragma unroll
                     for (int g = 0; g < D2_FA_GMAX; ++g) {
                         if (g < G) {
-                            acc[g][k] = fmaf(sP[g*D2_FA_TILE + r], v, acc[g][k]);
+                            acc[g][k][0] = fmaf(p4[g].x, vf[0].x, fmaf(p4[g].y, vf[1].x, fmaf(p4[g].z, vf[2].x, fmaf(p4[g].w, vf[3].x, acc[g][k][0]))));
+                            acc[g][k][1] = fmaf(p4[g].x, vf[0].y, fmaf(p4[g].y, vf[1].y, fmaf(p4[g].z, vf[2].y, fmaf(p4[g].w, vf[3].y, acc[g][k][1]))));
                         }
                     }
                 }
@@ -417,15 +592,19 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
         }
     }
 
-    const int rs = tid / (D2_FA_THREADS/RSPLIT);
-    const int d0 = tid % (D2_FA_THREADS/RSPLIT);
+    const int rs   = tid / (D2_FA_THREADS/RSPLIT);
+    const int col0 = tid % (D2_FA_THREADS/RSPLIT);
     if constexpr (RSPLIT > 1) {
-        // add up the row-interleaved partial outputs (sK is free now)
+        // add up the row groups' partial outputs (sK is free now)
+        static_assert(CPT == 1 && (RSPLIT - 1)*D2_FA_GMAX*HD <= D2_FA_TILE*(HD/2 + 2), "the reduction fits in sK");
         __syncthreads();
-        float * red = (float *) sK;
+        float2 * red = (float2 *) sK;
         if (rs > 0) {
-            for (int g = 0; g < G; ++g) {
-                red[((rs - 1)*D2_FA_GMAX + g)*HD + d0] = acc[g][0];
+#pragma unroll
+            for (int g = 0; g < D2_FA_GMAX; ++g) {
+                if (g < G) {
+                    red[((rs - 1)*D2_FA_GMAX + g)*NCOL + col0] = make_float2(acc[g][0][0], acc[g][0][1]);
+                }
             }
         }
         __syncthreads();
@@ -434,7 +613,9 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
 #pragma unroll
                 for (int g = 0; g < D2_FA_GMAX; ++g) {
                     if (g < G) {
-                        acc[g][0] += red[((j - 1)*D2_FA_GMAX + g)*HD + d0];
+                        const float2 o = red[((j - 1)*D2_FA_GMAX + g)*NCOL + col0];
+                        acc[g][0][0] += o.x;
+                        acc[g][0][1] += o.y;
                     }
                 }
             }
@@ -448,12 +629,16 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
             if (g < G) {
                 const int64_t qh = (int64_t) h*G + g;
 #pragma unroll
-                for (int k = 0; k < DPT; ++k) {
-                    const int d = d0 + k*D2_FA_THREADS;
+                for (int k = 0; k < CPT; ++k) {
+                    const int d = 2*(col0 + k*(D2_FA_THREADS/RSPLIT));
+                    float2 o = make_float2(acc[g][k][0], acc[g][k][1]);
                     if (a.n_chunks == 1) {
-                        a.dst[qh*HD + d] = sL[g] > 0.0f ? acc[g][k]/sL[g] : 0.0f;
+                        const float inv = sL[g] > 0.0f ? 1.0f/sL[g] : 0.0f;
+                        o.x *= inv;
+                        o.y *= inv;
+                        *(float2 *) (a.dst + qh*HD + d) = o;
                     } else {
-                        a.part_o[(qh*a.n_chunks + c)*HD + d] = acc[g][k];
+                        *(float2 *) (a.part_o + (qh*a.n_chunks + c)*HD + d) = o;
                     }
                 }
             }
@@ -563,11 +748,14 @@ static d2_fattn_shape d2_fattn_shape_of(const ggml_tensor * dst) {
              (int) Q->ne[2], (int) K->ne[2], (int) Q->ne[1] };
 }
 
-static void d2_fattn_chunking(const int device, const d2_fattn_shape & s, int & chunk_rows, int & n_chunks) {
-    const int nsm      = ggml_cuda_info().devices[device].nsm;
-    const int n_tiles  = (s.n_kv + D2_FA_TILE - 1)/D2_FA_TILE;
-    const int want     = std::max(1, 4*nsm/std::max(1, s.n_head_kv)); // about four blocks per SM
-    const int per      = std::max(1, (n_tiles + want - 1)/want);
+static void d2_fattn_chunking(const int nsm, const size_t smpbo, const d2_fattn_shape & s, int & chunk_rows, int & n_chunks) {
+    // one wave: as many blocks as fit on the device at once (shared memory bounds them), the rows
+    // of each KV head split evenly among its share of them
+    const size_t smem    = d2_fattn_smem_bytes(s.hd, s.pk, s.pv) + 1024; // the system's 1 KiB per block
+    const int    per_sm  = std::max(1, std::min(D2_FA_SM_BLOCKS, (int) ((smpbo + 1024)/smem)));
+    const int    n_tiles = (s.n_kv + D2_FA_TILE - 1)/D2_FA_TILE;
+    const int    want    = std::max(1, nsm*per_sm/std::max(1, s.n_head_kv));
+    const int    per     = std::max(1, (n_tiles + want - 1)/want);
     chunk_rows = per*D2_FA_TILE;
     n_chunks   = std::max(1, (s.n_kv + chunk_rows - 1)/chunk_rows);
 }
@@ -577,8 +765,11 @@ bool ggml_fraqtl_cuda_fattn_applies(const ggml_tensor * dst) {
 }
 
 bool ggml_fraqtl_cuda_fattn_supported(int device, const ggml_tensor * dst) {
-    GGML_UNUSED(device);
     const auto [Q, K, V, mask, ek, ev, rows] = d2_fattn_srcs_of(dst);
+    if (Q->ne[1] == 1 && d2_fattn_smem_bytes((int) K->ne[0], d2_cuda_protected(K->type), d2_cuda_protected(V->type)) >
+            ggml_cuda_info().devices[device].smpbo) {
+        return false; // the decode kernel's tiles do not fit this GPU's shared memory
+    }
     float max_bias = 0.0f;
     float softcap  = 0.0f;
     memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
@@ -604,7 +795,7 @@ size_t ggml_fraqtl_cuda_fattn_alloc_size(int device, const ggml_tensor * dst) {
     if (s.n_tokens == 1) {
         int chunk_rows = 0;
         int n_chunks   = 0;
-        d2_fattn_chunking(device, s, chunk_rows, n_chunks);
+        d2_fattn_chunking(ggml_cuda_info().devices[device].nsm, ggml_cuda_info().devices[device].smpbo, s, chunk_rows, n_chunks);
         if (n_chunks > 1) {
             size += d2_pad((size_t) s.n_head*n_chunks*s.hd*sizeof(float));
             size += d2_pad((size_t) s.n_head*n_chunks*sizeof(float2));
@@ -620,9 +811,9 @@ size_t ggml_fraqtl_cuda_fattn_alloc_size(int device, const ggml_tensor * dst) {
 template <int HD>
 static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
     const dim3   grid(s.n_head_kv, a.n_chunks, 1);
-    const size_t smem = d2_fattn_smem<HD>();
 #define D2_CASE(PK, PV)                                                                           \
     if (s.pk == PK && s.pv == PV) {                                                               \
+        const size_t smem = d2_fattn_smem_layout<HD, PK, PV>::bytes;                              \
         if (smem > 48*1024) { /* per device: cheap, so set on every launch */                    \
             CUDA_CHECK(cudaFuncSetAttribute(d2_fattn_decode<HD, PK, PV>,                          \
                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));                    \
@@ -637,6 +828,24 @@ static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, 
     D2_CASE( 0,  8) D2_CASE( 0, 16) D2_CASE( 0, 32)
 #undef D2_CASE
     GGML_ABORT("fraqtl: no D2 decode kernel for K p%d / V p%d", s.pk, s.pv);
+}
+
+// one query token: the split-KV kernel, then the log-sum-exp merge of its chunks
+static void d2_fattn_decode_launch(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
+    switch (s.hd) {
+        case  64: d2_launch_decode< 64>(a, s, stream); break;
+        case 128: d2_launch_decode<128>(a, s, stream); break;
+        case 256: d2_launch_decode<256>(a, s, stream); break;
+        default: GGML_ABORT("fraqtl: head size %d", s.hd);
+    }
+    if (a.n_chunks > 1) {
+        switch (s.hd) {
+            case  64: d2_fattn_combine< 64><<<s.n_head,  64, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
+            case 128: d2_fattn_combine<128><<<s.n_head, 128, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
+            case 256: d2_fattn_combine<256><<<s.n_head, 256, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
+        }
+        CUDA_CHECK(cudaGetLastError());
+    }
 }
 
 template <int HD>
@@ -743,26 +952,12 @@ void ggml_fraqtl_cuda_flash_attn_ext(ggml_backend_cuda_context & ctx, ggml_tenso
     a.v_s2  = V->nb[2];
     a.ek_s1 = ek ? ek->nb[1]/sizeof(half) : 0;
     a.ev_s1 = ev ? ev->nb[1]/sizeof(half) : 0;
-    d2_fattn_chunking(ctx.device, s, a.chunk_rows, a.n_chunks);
+    d2_fattn_chunking(ggml_cuda_info().devices[ctx.device].nsm, ggml_cuda_info().devices[ctx.device].smpbo, s, a.chunk_rows, a.n_chunks);
     if (a.n_chunks > 1) {
         char * extra = (char *) dst->data + d2_pad(ggml_nbytes(dst));
         a.part_o  = (float *) extra;
         a.part_ml = (float2 *) (extra + d2_pad((size_t) s.n_head*a.n_chunks*s.hd*sizeof(float)));
     }
 
-    cudaStream_t stream = ctx.stream();
-    switch (s.hd) {
-        case  64: d2_launch_decode< 64>(a, s, stream); break;
-        case 128: d2_launch_decode<128>(a, s, stream); break;
-        case 256: d2_launch_decode<256>(a, s, stream); break;
-        default: GGML_ABORT("fraqtl: head size %d", s.hd);
-    }
-    if (a.n_chunks > 1) {
-        switch (s.hd) {
-            case  64: d2_fattn_combine< 64><<<s.n_head,  64, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
-            case 128: d2_fattn_combine<128><<<s.n_head, 128, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
-            case 256: d2_fattn_combine<256><<<s.n_head, 256, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
-        }
-        CUDA_CHECK(cudaGetLastError());
-    }
+    d2_fattn_decode_launch(a, s, ctx.stream());
 }
