@@ -121,6 +121,23 @@ def test_all_eight_levels_are_used(ggml_base: ctypes.CDLL, p: int) -> None:
     assert levels == set(range(-4, 4))
 
 
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_a_nan_gets_the_documented_code(ggml_base: ctypes.CDLL, p: int) -> None:
+    # casting NaN to int was undefined behaviour (code 4 on x86 by luck); the quantizer now
+    # clamps with fmaxf/fminf, which maps a NaN to level -4 exactly as the CUDA kernel does
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=64).astype(np.float32)
+    clean = quantize(ggml_base, p, x)
+    x[p + 5] = np.nan
+    block = quantize(ggml_base, p, x)
+    raw = block[2 + 2 * p :]
+    codes = [(raw[3 * g] | raw[3 * g + 1] << 8 | raw[3 * g + 2] << 16) >> (3 * j) & 7
+             for g in range(len(raw) // 3) for j in range(8)]
+    assert codes[5] == 0
+    assert np.isfinite(np.frombuffer(block[:2], dtype=np.float16)[0])
+    assert block[2 : 2 + 2 * p] == clean[2 : 2 + 2 * p]
+
+
 def test_zero_block_is_exact(ggml_base: ctypes.CDLL) -> None:
     x = np.zeros(128, dtype=np.float32)
     for p in SIZES:

@@ -35,13 +35,18 @@ static inline void d2_store_half(uint8_t * dst, float v) {
     memcpy(dst, &h, sizeof(h));
 }
 
-// squared error of quantizing t[0..n) with scale s (codes clamp(round(t/s), -4, 3))
+// the 3-bit code of t at 1/scale inv: clamp(round(t*inv), -4, 3). fmaxf/fminf also give a NaN
+// a valid code (-4, as the CUDA kernel does): casting NaN to int is undefined behaviour.
+static inline float d2_code(float t, float inv) {
+    return fminf(fmaxf(nearbyintf(t*inv), -4.0f), 3.0f);
+}
+
+// squared error of quantizing t[0..n) with scale s
 static float d2_tail_error(const float * t, int n, float s) {
     const float inv = 1.0f/s;
     float err = 0.0f;
     for (int i = 0; i < n; ++i) {
-        float q = nearbyintf(t[i]*inv);
-        q = q < -4.0f ? -4.0f : (q > 3.0f ? 3.0f : q);
+        const float q = d2_code(t[i], inv);
         const float e = t[i] - q*s;
         err += e*e;
     }
@@ -93,9 +98,7 @@ static void d2_quantize_block(const float * x, uint8_t * y, int p) {
     for (int g = 0; g < nt/8; ++g) {
         uint32_t bits = 0;
         for (int j = 0; j < 8; ++j) {
-            float q = nearbyintf(tail[8*g + j]*inv);
-            q = q < -4.0f ? -4.0f : (q > 3.0f ? 3.0f : q);
-            bits |= (uint32_t) ((int) q + 4) << (3*j);
+            bits |= (uint32_t) ((int) d2_code(tail[8*g + j], inv) + 4) << (3*j);
         }
         qs[3*g + 0] = (uint8_t) (bits      );
         qs[3*g + 1] = (uint8_t) (bits >>  8);
@@ -140,14 +143,14 @@ static float d2_dot_block(const uint8_t * x, const float * y, int p) {
 
 #define D2_DEFINE(P)                                                                                   \
 void quantize_row_d2_p##P##_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {    \
-    assert(k % QK_D2 == 0);                                                                            \
+    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
     uint8_t * y = (uint8_t *) vy;                                                                      \
     for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
         d2_quantize_block(x + b*QK_D2, y + b*d2_block_size(P), P);                                     \
     }                                                                                                  \
 }                                                                                                      \
 void dequantize_row_d2_p##P(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {       \
-    assert(k % QK_D2 == 0);                                                                            \
+    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
     const uint8_t * x = (const uint8_t *) vx;                                                          \
     for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
         d2_dequantize_block(x + b*d2_block_size(P), y + b*QK_D2, P);                                   \
