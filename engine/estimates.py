@@ -26,10 +26,11 @@ class KvEstimate:
     kv_bytes: int
     exact_copy_bytes: int  # D2's sink + window copies (0 for upstream arms)
     compute_bytes: int
+    basis_bytes: int = 0  # D2's per-(layer, KV head) rotations, f32 (0 for upstream arms)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.exact_copy_bytes + self.compute_bytes
+        return self.weights_bytes + self.kv_bytes + self.exact_copy_bytes + self.compute_bytes + self.basis_bytes
 
     @property
     def total_mib(self) -> float:
@@ -48,8 +49,15 @@ def kv_bytes(info: GgufInfo, arm: ArmConfig, n_ctx: int) -> int:
 def exact_copy_bytes(info: GgufInfo, arm: ArmConfig, n_ctx: int) -> int:
     if arm.recipe is None:
         return 0
-    rows = min(arm.recipe.sinks + arm.recipe.window, padded_ctx(n_ctx))
+    rows = min(arm.recipe.sinks + arm.recipe.window, padded_ctx(n_ctx)) + 1  # + the scratch row
     return rows * info.n_layer * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
+
+
+def basis_bytes(info: GgufInfo, arm: ArmConfig) -> int:
+    """D2's rotations on the device: K's basis, V's basis and its inverse, f32, per layer and KV head."""
+    if arm.recipe is None:
+        return 0
+    return info.n_layer * info.n_head_kv * (info.head_dim_k**2 + 2 * info.head_dim_v**2) * 4
 
 
 def _n_vocab(info: GgufInfo) -> int:
@@ -75,6 +83,11 @@ def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: Arm
     output_phase = n_ubatch * 4 * (_n_vocab(info) + ffn + 2 * info.n_embd) + mask
     if arm is None or arm.name == "f16":
         return output_phase
+    if arm.recipe is not None:
+        # D2: the decode kernel reads D2 blocks directly; a prompt converts one KV head at a time
+        # to f16, and every ubatch adds the exact-row map (one int32 per cell)
+        one_head_f16 = n_kv * (info.head_dim_k + info.head_dim_v) * 2
+        return max(output_phase, mask + one_head_f16 + n_ubatch * info.n_embd * 4 * 4) + n_kv * 4
     kv_f16 = n_kv * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
     attention_phase = mask + kv_f16 + n_ubatch * info.n_embd * 4 * 4
     return max(output_phase, attention_phase)
@@ -86,4 +99,5 @@ def estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = N_UBATC
         kv_bytes=kv_bytes(info, arm, n_ctx),
         exact_copy_bytes=exact_copy_bytes(info, arm, n_ctx),
         compute_bytes=compute_bytes(info, n_ctx, n_ubatch, arm),
+        basis_bytes=basis_bytes(info, arm),
     )

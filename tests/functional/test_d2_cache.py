@@ -17,6 +17,7 @@ from engine import sidecar as sc
 from engine.arms import ArmConfig, Recipe
 from engine.d2 import D2Settings
 from engine.errors import ArmUnavailableError
+from engine.estimates import estimate
 from engine.estimates import kv_bytes as estimate_kv_bytes
 from engine.events import AnswerDone
 from engine.gguf import read_gguf
@@ -131,6 +132,9 @@ def test_allocation_equals_the_recipe_formula(model: Path) -> None:
         # exact copies: sinks + window (capped at the cache) + one scratch row, f16
         rows = min(recipe.sinks + recipe.window, cells) + 1
         assert mem.exact_bytes == rows * info.n_layer * info.n_head_kv * 128 * 2
+        # and the estimate (what the app shows before loading) counts the same fixed buffers
+        assert estimate(info, arm, 1000).exact_copy_bytes == mem.exact_bytes
+        assert estimate(info, arm, 1000).basis_bytes == mem.basis_bytes
     # the locked recipe at head_dim 64 is the same 5.69 bits per element as at 128
     assert ArmConfig.parse("d2").bits_per_element(64, 64) == pytest.approx(5.6875)
     assert ArmConfig.parse("d2").bits_per_element(128, 128) == pytest.approx(5.6875)

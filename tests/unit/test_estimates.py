@@ -11,7 +11,12 @@ from engine.arms import ArmConfig
 from engine.estimates import MIB, compute_bytes, kv_bytes
 from engine.gguf import GgufInfo
 
-RECEIPT = Path(__file__).resolve().parents[2] / "bench/receipts/2026-11-29-memory-mistral-7b-instruct-v0.3-h200/receipt.json"
+RECEIPTS = Path(__file__).resolve().parents[2] / "bench/receipts"
+RECEIPT = RECEIPTS / "2026-11-29-memory-mistral-7b-instruct-v0.3-h200/receipt.json"
+# D2 on the GPU beside the upstream arms, same build (random-control bases: memory is what counts)
+D2_RECEIPTS = [RECEIPTS / "2026-11-29-memory-mistral-shape-d2-cuda-h200/receipt.json",
+               RECEIPTS / "2026-11-29-memory-mistral-shape-d2-cuda-h200-128k/receipt.json"]
+ROWS = [row for path in [RECEIPT, *D2_RECEIPTS] for row in json.loads(path.read_text())["results"]]
 
 
 def mistral_shape() -> GgufInfo:
@@ -23,7 +28,7 @@ def mistral_shape() -> GgufInfo:
     return GgufInfo(Path("mistral-shape.gguf"), 3, meta, (), 0)
 
 
-@pytest.mark.parametrize("row", json.loads(RECEIPT.read_text())["results"], ids=lambda r: f"{r['arm']}-{r['n_ctx']}")
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r['arm']}-{r['n_ctx']}")
 def test_estimate_matches_llama_cpp_buffers_within_one_percent(row: dict) -> None:
     info = mistral_shape()
     arm = ArmConfig.parse(row["arm"])
@@ -47,3 +52,16 @@ def test_estimates_assume_the_ubatch_the_engine_uses() -> None:
     assert EngineSpec("m.gguf").n_batch == N_UBATCH
     for function in (estimate, compute_bytes):
         assert inspect.signature(function).parameters["n_ubatch"].default == EngineSpec("m.gguf").n_batch
+
+
+def test_d2_estimate_counts_its_fixed_device_buffers() -> None:
+    # the Mistral-7B shape: exact copies of 8 + 1024 tokens and one scratch row, and the bases
+    # (tests/functional/test_d2_cache.py checks both against what the engine allocates)
+    from engine.estimates import estimate
+
+    est = estimate(mistral_shape(), ArmConfig.parse("d2"), 32768)
+    assert est.basis_bytes / MIB == 48.0
+    assert est.exact_copy_bytes / MIB == 129.125
+    assert est.total_bytes == (est.weights_bytes + est.kv_bytes + est.exact_copy_bytes + est.compute_bytes
+                               + est.basis_bytes)
+    assert estimate(mistral_shape(), ArmConfig.parse("q8_0"), 32768).basis_bytes == 0
