@@ -98,12 +98,24 @@ class ArmConfig:
     model_default: bool = False
     # "<arm>@cpu": every layer and the cache on the CPU, the reference the GPU path must match
     on_cpu: bool = False
+    # "d2#<name>": the sidecars of the calibration folder <name> (default: the first found), so
+    # two calibrations of one model can be compared side by side
+    calibration: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ArmConfig:
         text = text.strip().lower()
         if text.endswith("@cpu"):
             return dataclasses.replace(cls.parse(text[: -len("@cpu")]), on_cpu=True)
+        if "#" in text:
+            base, _, name = text.partition("#")
+            arm = cls.parse(base)
+            if arm.recipe is None or not name or "/" in name or name.startswith("."):
+                raise EngineError(
+                    f"'{text}': a calibration is named after a D2 arm, like d2#my-calibration (a folder name "
+                    "under the sidecar folders)."
+                )
+            return dataclasses.replace(arm, calibration=name)
         if text in _UPSTREAM:
             return cls(text)
         if text == "d2":
@@ -115,7 +127,7 @@ class ArmConfig:
     @property
     def label(self) -> str:
         base = self.name if self.recipe is None else ("d2" if self.model_default else f"d2:{self.recipe.label}")
-        return base + ("@cpu" if self.on_cpu else "")
+        return base + (f"#{self.calibration}" if self.calibration else "") + ("@cpu" if self.on_cpu else "")
 
     @property
     def is_d2(self) -> bool:

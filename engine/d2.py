@@ -130,7 +130,15 @@ def settings_for(info: GgufInfo, arm: ArmConfig, model_sha256: str | None = None
         raise ArmUnavailableError(arm.label, f"the sidecar reader is missing ({exc}).") from exc
     from engine.models import model_sha256 as sha_of
 
-    found = sidecar.find_sidecars(model_sha256 or sha_of(info.path))
+    sha = model_sha256 or sha_of(info.path)
+    found = sidecar.find_sidecars(sha, name=arm.calibration)
+    if not found and arm.calibration:
+        known = ", ".join(sidecar.calibration_names(sha)) or "none"
+        raise ArmUnavailableError(
+            arm.label,
+            f"no calibration named '{arm.calibration}' for {info.name} in {', '.join(map(str, sidecar.sidecar_dirs()))} "
+            f"(found: {known}).",
+        )
     if not found:
         raise ArmUnavailableError(
             arm.label,

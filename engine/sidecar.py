@@ -382,6 +382,19 @@ def sidecar_origin(path: str | Path) -> str:
     return f"other path ({p.parent})"
 
 
+def calibration_names(model_sha256: str, dirs: list[Path] | None = None) -> list[str]:
+    """The folder names of the calibrations found for this model (what ``d2#<name>`` accepts)."""
+    names = []
+    for root in dirs if dirs is not None else sidecar_dirs():
+        for path in _manifests(root):
+            try:
+                if read_manifest(path).model_sha256 == model_sha256:
+                    names.append(path.parent.name)
+            except SidecarFormatError:
+                continue
+    return names
+
+
 def sidecar_dirs() -> list[Path]:
     """Where calibrated sidecars are looked for: the user's own first, then the shipped ones."""
     return [locations.data_dir() / "sidecars", locations.SIDECARS_DIR]
@@ -394,15 +407,19 @@ def _manifests(root: Path) -> Iterator[Path]:
     yield from sorted(root.glob(f"*/{MANIFEST_NAME}"))
 
 
-def find_sidecars(model_sha256: str, dirs: list[Path] | None = None) -> tuple[Path, Path, SidecarManifest] | None:
+def find_sidecars(model_sha256: str, dirs: list[Path] | None = None,
+                  name: str | None = None) -> tuple[Path, Path, SidecarManifest] | None:
     """(K path, V path, manifest) of the sidecars calibrated for the model with this sha256.
 
-    Looks in :func:`sidecar_dirs` (or ``dirs``), a folder per calibration; manifests that do
-    not parse and pairs whose files are missing are skipped. The pair found is checked against
-    the manifest's sha256 fields: a changed file raises SidecarChecksumError, never loads.
+    Looks in :func:`sidecar_dirs` (or ``dirs``), a folder per calibration (only the folder
+    called ``name`` when given); manifests that do not parse and pairs whose files are missing
+    are skipped. The pair found is checked against the manifest's sha256 fields: a changed file
+    raises SidecarChecksumError, never loads.
     """
     for root in dirs if dirs is not None else sidecar_dirs():
         for path in _manifests(root):
+            if name is not None and path.parent.name != name:
+                continue
             try:
                 manifest = read_manifest(path)
             except SidecarFormatError:

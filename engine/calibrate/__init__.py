@@ -12,6 +12,11 @@ K rank rule (``--k-rank auto``): per (layer, head) the smallest R that is a mult
 at least 8 and at most head_dim, whose top-R eigenvalues hold at least ``--k-energy``
 (default 0.80) of the head's energy (trace of its second moment). ``--k-rank N`` fixes R.
 
+K order (``--k-order query``, the default): the engine keeps a K head's first directions exact,
+so the K basis is ordered by each direction's share of the attention scores' second moment,
+λ_c · E[(q·u_c)²], with the queries of the head captured beside K and V; ``energy`` keeps K's
+own eigenvalue order.
+
 After every sequence the moments, the token count and the corpus position are saved in
 ``DIR/.fraqtl-calibrate-state.npz``; Ctrl-C (or a crash) loses at most the current
 sequence, and the same command resumes. Sidecars are written through temp files and a
@@ -45,12 +50,14 @@ from engine.calibrate.run import (
 from engine.calibrate.spectrum import (
     DEFAULT_K_ENERGY,
     RANK_STEP,
+    K_ORDERS,
     NonFiniteMomentsError,
     check_moments,
     choose_ranks,
     eigenbasis,
     energy_rank,
     energy_share,
+    query_order,
 )
 
 __all__ = [
@@ -59,5 +66,5 @@ __all__ = [
     "DEFAULT_BATCH", "DEFAULT_TOKENS", "STATE_NAME", "STATE_VERSION", "CalibrationConfig",
     "CalibrationInterrupted", "CalibrationProgress", "CalibrationResult", "calibrate", "default_ctx",
     "model_stem", "DEFAULT_K_ENERGY", "RANK_STEP", "NonFiniteMomentsError", "check_moments", "choose_ranks",
-    "eigenbasis", "energy_rank", "energy_share",
+    "eigenbasis", "energy_rank", "energy_share", "K_ORDERS", "query_order",
 ]

@@ -50,6 +50,14 @@ class MomentCapture:
             raise EngineError(f"libllama refused a calibration capture for {n_layer}×{n_head_kv} heads of {hd_k}/{hd_v}.")
         self.callback = ctypes.cast(lib.llama_fraqtl_calib_callback(), llama_cpp.ggml_backend_sched_eval_callback)
 
+    def enable_queries(self, n_head: int) -> None:
+        """Also fold the post-RoPE queries of every KV head's query heads (kind "q")."""
+        self._lib.llama_fraqtl_calib_enable_q.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        self._lib.llama_fraqtl_calib_enable_q.restype = ctypes.c_bool
+        if not self._lib.llama_fraqtl_calib_enable_q(self.handle, n_head):
+            raise EngineError(f"libllama refused a query capture of {n_head} heads on {self.n_head_kv} KV heads.")
+        self.hd["q"] = self.hd["k"]
+
     def tokens(self, layer: int, kind: str) -> int:
         return int(self._lib.llama_fraqtl_calib_tokens(self.handle, layer, kind.encode()))
 

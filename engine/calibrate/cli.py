@@ -23,7 +23,7 @@ from engine.calibrate.run import (
     calibrate,
     model_stem,
 )
-from engine.calibrate.spectrum import DEFAULT_K_ENERGY, energy_share
+from engine.calibrate.spectrum import DEFAULT_K_ENERGY, K_ORDERS, energy_share
 from engine.errors import EngineError
 from engine.sidecar import write_manifest
 
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="K protected rank per head: 'auto' (energy rule, see --k-energy) or a multiple of 8")
     p.add_argument("--k-energy", type=float, default=DEFAULT_K_ENERGY,
                    help=f"energy share the auto K rank must reach (default {DEFAULT_K_ENERGY})")
+    p.add_argument("--k-order", choices=K_ORDERS, default="query",
+                   help="which K directions stay exact: those the attention scores depend on most ('query', "
+                        "default: also captures the queries) or those with the most K energy ('energy')")
     p.add_argument("--v-protect", type=int, default=None,
                    help="V protected rank written in the V header (default: the locked recipe at this head_dim)")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"tokens per ubatch (default {DEFAULT_BATCH})")
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.output or (locations.data_dir() / "sidecars" / model_stem(model_path))
         config = CalibrationConfig(
             model_path=model_path, out_dir=out_dir, corpus=tuple(Path(c) for c in args.corpus), tokens=args.tokens,
-            ctx=args.ctx, k_rank=args.k_rank, k_energy=args.k_energy, v_protect=args.v_protect, n_batch=args.batch,
+            ctx=args.ctx, k_rank=args.k_rank, k_energy=args.k_energy, k_order=args.k_order, v_protect=args.v_protect,
+            n_batch=args.batch,
             n_threads=args.threads,
         )
         progress = Progress(

@@ -31,6 +31,7 @@ def _r(x: np.ndarray, digits: int = 5) -> list[Any]:
 def build_manifest(*, info: GgufInfo, model_path: Path, model_sha: str, k_path: Path, v_path: Path,
                    files: Sequence[CorpusFile], digest: str, tokens: int, n_sequences: int, ctx: int, n_batch: int,
                    rope: dict[str, Any], k_rank: int | str, k_energy: float, v_protect: int, ranks: np.ndarray,
+                   k_order: str = "energy",
                    wk: np.ndarray, wv: np.ndarray, seconds: float, tok_s: float, n_threads: int, resumed: int,
                    libllama: str) -> dict[str, Any]:
     def spectrum(w: np.ndarray, r: np.ndarray | int) -> dict[str, Any]:
@@ -60,6 +61,9 @@ def build_manifest(*, info: GgufInfo, model_path: Path, model_sha: str, k_path: 
             "k_rank_rule": (f"smallest multiple of {RANK_STEP} >= {MIN_RANK} with top-R energy share >= {k_energy}"
                             if k_rank == "auto" else "fixed"),
             "k_energy_target": k_energy if k_rank == "auto" else None,
+            "k_order": k_order,
+            "k_order_rule": ("K directions by their share of the scores' second moment, eigenvalue x query "
+                             "variance along the direction" if k_order == "query" else "K directions by K energy"),
             "k_ranks": ranks.astype(int).tolist(),
             "k_rank_mean": round(float(ranks.mean()), 3),
             "v_protect": v_protect,

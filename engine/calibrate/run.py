@@ -28,7 +28,15 @@ from engine.calibrate.corpus import (
     read_text,
 )
 from engine.calibrate.manifest import build_manifest
-from engine.calibrate.spectrum import DEFAULT_K_ENERGY, RANK_STEP, check_moments, choose_ranks, eigenbasis
+from engine.calibrate.spectrum import (
+    DEFAULT_K_ENERGY,
+    K_ORDERS,
+    RANK_STEP,
+    check_moments,
+    choose_ranks,
+    eigenbasis,
+    query_order,
+)
 from engine.errors import EngineError
 from engine.files import write_atomic
 from engine.gguf import GgufInfo, read_gguf
@@ -69,6 +77,7 @@ class CalibrationConfig:
     k_rank: int | str = "auto"
     k_energy: float = DEFAULT_K_ENERGY
     v_protect: int | None = None  # None: the locked recipe's V rank at this head_dim
+    k_order: str = "query"  # K directions by share of the score ("query") or by K energy ("energy")
     n_batch: int = DEFAULT_BATCH
     n_threads: int | None = None
     stem: str | None = None  # file name stem; None: from the model file name
@@ -93,7 +102,7 @@ class CalibrationResult:
     manifest: dict[str, Any]
     k: SidecarFile
     v: SidecarFile
-    k_eigenvalues: np.ndarray  # [layers, heads, d] per token, decreasing
+    k_eigenvalues: np.ndarray  # [layers, heads, d] per token, in the K sidecar's order (see k_order)
     v_eigenvalues: np.ndarray
     tokens: int
     seconds: float  # evaluation time of this run (excluding resumed work)
@@ -141,21 +150,37 @@ def _plan_sequences(model: CaptureModel, files: Sequence[CorpusFile], budget: in
     return sequences
 
 
-def _fingerprint(model_sha: str, digest: str, tokens: int, ctx: int, rope: dict[str, Any]) -> str:
-    # what fixes the token sequences and their statistics; --batch/--threads may change on resume
-    return json.dumps({"v": STATE_VERSION, "model": model_sha, "corpus": digest, "tokens": tokens, "ctx": ctx,
-                       "rope": rope}, sort_keys=True)
+def _fingerprint(model_sha: str, digest: str, tokens: int, ctx: int, rope: dict[str, Any], k_order: str) -> str:
+    # what fixes the token sequences and their statistics; --batch/--threads may change on resume.
+    # A query-ordered run also keeps query moments, so its state is not an energy run's.
+    fields = {"v": STATE_VERSION, "model": model_sha, "corpus": digest, "tokens": tokens, "ctx": ctx, "rope": rope}
+    if k_order != "energy":
+        fields["k_order"] = k_order
+    return json.dumps(fields, sort_keys=True)
 
 
-def _save_state(path: Path, fingerprint: str, seq_done: int, tokens_done: int, capture: MomentCapture) -> None:
+def _save_state(path: Path, fingerprint: str, seq_done: int, tokens_done: int, capture: MomentCapture,
+                queries: tuple[np.ndarray, int] | None) -> None:
     import io
 
+    extra = {} if queries is None else {"mq": queries[0], "nq": np.int64(queries[1])}
     buf = io.BytesIO()
     np.savez(buf, fingerprint=np.array(fingerprint), seq_done=np.int64(seq_done), tokens_done=np.int64(tokens_done),
              mk=capture.all_moments("k"), mv=capture.all_moments("v"),
              nk=np.array([capture.tokens(i, "k") for i in range(capture.n_layer)], dtype=np.int64),
-             nv=np.array([capture.tokens(i, "v") for i in range(capture.n_layer)], dtype=np.int64))
+             nv=np.array([capture.tokens(i, "v") for i in range(capture.n_layer)], dtype=np.int64), **extra)
     write_atomic(path, buf.getvalue())
+
+
+def _queries(capture: MomentCapture, saved: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int]:
+    """Query moments and their token count: what a resumed state held plus what this run captured.
+
+    (libllama's capture takes saved K and V moments back, but not query moments: they stay here.)
+    """
+    mq, nq = capture.all_moments("q"), capture.tokens(0, "q")
+    if saved is not None:
+        mq, nq = mq + saved[0], nq + saved[1]
+    return mq, nq
 
 
 def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -165,7 +190,10 @@ def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
         with np.load(path) as z:
             if str(z["fingerprint"]) != fingerprint:
                 return None
-            return {k: z[k] for k in ("seq_done", "tokens_done", "mk", "mv", "nk", "nv")}
+            state = {k: z[k] for k in ("seq_done", "tokens_done", "mk", "mv", "nk", "nv")}
+            if "mq" in z:
+                state["queries"] = (z["mq"], int(z["nq"]))
+            return state
     except (OSError, ValueError, KeyError):
         return None  # a damaged state file: start over
 
@@ -202,6 +230,8 @@ def calibrate(
     v_protect = config.v_protect if config.v_protect is not None else LOCKED.protected(info.head_dim_v, "v")
     if not MIN_RANK <= v_protect <= info.head_dim_v:
         raise EngineError(f"--v-protect {v_protect} must lie between 8 and head_dim {info.head_dim_v}.")
+    if config.k_order not in K_ORDERS:
+        raise EngineError(f"--k-order {config.k_order} must be one of {', '.join(K_ORDERS)}.")
     if config.tokens < 64:
         raise EngineError(f"--tokens {config.tokens} is too few; give at least 64.")
     ctx = config.ctx or default_ctx(info, config.tokens)
@@ -215,11 +245,15 @@ def calibrate(
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_NAME
-    fingerprint = _fingerprint(model_sha, digest, config.tokens, ctx, rope)
+    fingerprint = _fingerprint(model_sha, digest, config.tokens, ctx, rope, config.k_order)
+    by_query = config.k_order == "query"
     n_threads = config.n_threads or max(os.cpu_count() or 1, 1)
 
     model = CaptureModel(model_path, info, ctx, n_batch, n_threads)
+    saved_queries: tuple[np.ndarray, int] | None = None
     try:
+        if by_query:
+            model.capture.enable_queries(info.n_head)
         sequences = _plan_sequences(model, files, config.tokens, ctx)
         if not sequences:
             raise CorpusError(", ".join(str(f.path) for f in files), "it has fewer than 64 tokens")
@@ -232,6 +266,9 @@ def calibrate(
                 model.capture.add_moments(il, "k", state["mk"][il], int(state["nk"][il]))
                 model.capture.add_moments(il, "v", state["mv"][il], int(state["nv"][il]))
             _check_counts(model.capture, tokens_done)
+            saved_queries = state.get("queries")
+            if by_query and saved_queries is None and tokens_done:
+                raise EngineError(f"{state_path} holds no query moments; delete it to start this run over.")
         resumed = tokens_done
         t0 = time.perf_counter()
         fed = 0
@@ -255,11 +292,13 @@ def calibrate(
                 break
             tokens_done += len(seq)
             _check_counts(model.capture, tokens_done)
-            _save_state(state_path, fingerprint, i + 1, tokens_done, model.capture)
+            _save_state(state_path, fingerprint, i + 1, tokens_done, model.capture,
+                        _queries(model.capture, saved_queries) if by_query else None)
         if stop_reason is not None:
             raise CalibrationInterrupted(tokens_done, total, state_path)
         seconds = time.perf_counter() - t0
         mk, mv = model.capture.all_moments("k"), model.capture.all_moments("v")
+        mq, nq = _queries(model.capture, saved_queries) if by_query else (None, 0)
         libllama = fraqtl_version()
     finally:
         model.close()
@@ -268,6 +307,9 @@ def calibrate(
     check_moments("v", mv)
     wk, uk = eigenbasis(mk, tokens_done)
     wv, uv = eigenbasis(mv, tokens_done)
+    if mq is not None:
+        check_moments("q", mq)
+        wk, uk = query_order(wk, uk, mq, nq)
     with np.errstate(over="ignore"):  # moments that overflow in fp16 after the eigensolver
         check_moments("k", uk.astype(np.float16))
         check_moments("v", uv.astype(np.float16))
@@ -281,7 +323,8 @@ def calibrate(
     manifest = build_manifest(
         info=info, model_path=model_path, model_sha=model_sha, k_path=k_path, v_path=v_path, files=files,
         digest=digest, tokens=tokens_done, n_sequences=len(sequences), ctx=ctx, n_batch=n_batch, rope=rope,
-        k_rank=config.k_rank, k_energy=config.k_energy, v_protect=v_protect, ranks=ranks, wk=wk, wv=wv,
+        k_rank=config.k_rank, k_energy=config.k_energy, k_order=config.k_order, v_protect=v_protect, ranks=ranks,
+        wk=wk, wv=wv,
         seconds=seconds, tok_s=(tokens_done - resumed) / max(seconds, 1e-9), n_threads=n_threads,
         resumed=resumed, libllama=libllama,
     )

@@ -82,3 +82,27 @@ def choose_ranks(eigenvalues: np.ndarray, k_rank: int | str, target: float = DEF
         return np.full(lead, int(k_rank), dtype=np.int32)
     flat = eigenvalues.reshape(-1, eigenvalues.shape[-1])
     return np.array([energy_rank(w, target) for w in flat], dtype=np.int32).reshape(lead)
+
+
+K_ORDERS = ("query", "energy")
+
+
+def query_order(eigenvalues: np.ndarray, basis: np.ndarray, q_moments: np.ndarray,
+                q_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """K's directions reordered by their share of the attention scores' second moment.
+
+    A score is q·k = Σ_c (q·u_c)(k·u_c); with q and k uncorrelated, direction c adds
+    E[(q·u_c)²]·E[(k·u_c)²] = (u_cᵀ Q u_c)·λ_c to E[(q·k)²], where Q is the second moment of the
+    queries that read this KV head (summed over its query heads). The engine keeps the first
+    directions exact, so they should be the ones the scores depend on most, not the ones K has
+    most energy in. ``eigenvalues [..., c]``, ``basis [..., d, c]`` (columns are directions),
+    ``q_moments [..., d, d]`` (sums over ``q_tokens`` tokens); returns both reordered, stable
+    among equal shares.
+    """
+    q = np.asarray(q_moments, dtype=np.float64) / max(q_tokens, 1)
+    u = np.asarray(basis, dtype=np.float64)
+    q_var = np.einsum("...dc,...de,...ec->...c", u, q, u)
+    share = np.asarray(eigenvalues, dtype=np.float64) * np.clip(q_var, 0.0, None)
+    order = np.argsort(-share, axis=-1, kind="stable")
+    return (np.take_along_axis(eigenvalues, order, axis=-1),
+            np.ascontiguousarray(np.take_along_axis(basis, order[..., None, :], axis=-1)))

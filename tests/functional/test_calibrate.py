@@ -59,7 +59,7 @@ def test_capture_counts_every_token_per_layer(model_path: Path) -> None:
 
 
 def test_tiny_calibration_writes_valid_sidecars(model_path: Path, tmp_path: Path) -> None:
-    result = cal.calibrate(small_config(model_path, tmp_path / "out", k_rank=16))
+    result = cal.calibrate(small_config(model_path, tmp_path / "out", k_rank=16, k_order="energy"))
     info = read_gguf(model_path)
     assert result.tokens == 384 and result.resumed_tokens == 0
     k, v = sc.load_sidecars(result.k_path, result.v_path, info)
@@ -81,6 +81,21 @@ def test_tiny_calibration_writes_valid_sidecars(model_path: Path, tmp_path: Path
     # the calibrated basis concentrates energy far better than a random rotation would
     share = cal.energy_share(result.k_eigenvalues, 16).mean()
     assert share > 0.6 > 16 / 64
+
+
+def test_query_order_keeps_the_basis_and_protects_what_the_scores_use(model_path: Path, tmp_path: Path) -> None:
+    energy = cal.calibrate(small_config(model_path, tmp_path / "energy", k_order="energy"))
+    query = cal.calibrate(small_config(model_path, tmp_path / "query"))  # the default
+    assert (energy.manifest["recipe"]["k_order"], query.manifest["recipe"]["k_order"]) == ("energy", "query")
+    ue, uq = energy.k.basis.astype(np.float64), query.k.basis.astype(np.float64)
+    # the same directions (fp16 storage aside), reordered per (layer, head)
+    overlap = np.abs(np.swapaxes(ue, -1, -2) @ uq)
+    assert np.allclose(overlap.max(axis=-2), 1.0, atol=2e-3) and np.allclose(overlap.max(axis=-1), 1.0, atol=2e-3)
+    moved = (np.argmax(overlap, axis=-2) != np.arange(ue.shape[-1])).any(axis=-1)
+    assert moved.mean() > 0.5  # most heads protect other directions than K's energy order would
+    assert sorted(query.k_eigenvalues.ravel().tolist()) == pytest.approx(sorted(energy.k_eigenvalues.ravel().tolist()))
+    # V is untouched by the K order
+    assert query.v_path.read_bytes() == energy.v_path.read_bytes()
 
 
 def test_resume_after_interruption_gives_identical_sidecars(model_path: Path, tmp_path: Path) -> None:
@@ -215,13 +230,13 @@ def test_non_finite_moments_stop_with_a_clear_message(model_path: Path, tmp_path
                                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(cal.run, "CaptureModel", _FakeCaptureModel)  # run.py is where calibrate() looks it up
     with pytest.raises(cal.NonFiniteMomentsError) as info:
-        cal.calibrate(small_config(model_path, tmp_path / "a"))
+        cal.calibrate(small_config(model_path, tmp_path / "a", k_order="energy"))
     assert (info.value.kind, info.value.layer, info.value.head) == ("k", 3, 1)
     assert "--basis random" in str(info.value)
     assert not list((tmp_path / "a").glob("*.bin"))  # nothing half-written
     # the command line prints one sentence and exits 1, no traceback (it raised ValueError before)
     rc = cal.main([str(model_path), "--tokens", "384", "--ctx", "128", "--batch", "64", "--threads", "2",
-                   "-o", str(tmp_path / "b"), "--quiet"])
+                   "--k-order", "energy", "-o", str(tmp_path / "b"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "not finite" in err and "Traceback" not in err
 

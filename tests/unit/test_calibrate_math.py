@@ -180,3 +180,16 @@ def test_cli_arguments() -> None:
     assert cal.build_parser().parse_args([]).k_rank == "auto"
     with pytest.raises(SystemExit):
         cal.build_parser().parse_args(["--k-rank", "lots"])
+
+
+def test_query_order_protects_the_directions_the_scores_depend_on() -> None:
+    # K: most energy along e0, little along e1; the queries only ever look along e1
+    w = np.array([[[10.0, 1.0, 0.5, 0.1]]])
+    u = np.eye(4)[None, None]
+    q = np.diag([0.0, 5.0, 0.0, 0.1])[None, None] * 7  # a sum over 7 tokens
+    wq, uq = cal.query_order(w, u, q, 7)
+    assert wq[0, 0].tolist() == [1.0, 0.1, 10.0, 0.5]  # shares 5, 0.01, 0, 0 (stable among zeros)
+    assert np.array_equal(uq[0, 0], np.eye(4)[:, [1, 3, 0, 2]])
+    # isotropic queries keep K's energy order
+    wi, ui = cal.query_order(w, u, np.eye(4)[None, None], 1)
+    assert np.array_equal(wi, w) and np.array_equal(ui, u)
