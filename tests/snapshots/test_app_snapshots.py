@@ -5,6 +5,8 @@ Update after a deliberate UI change with ``pytest tests/snapshots --snapshot-upd
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from textual.widgets import Input
@@ -71,7 +73,13 @@ def test_compare_screen(snap_compare, model_path) -> None:
     assert snap_compare(make_app(model_path, compare_q4_0=True), terminal_size=SIZE, run_before=compared)
 
 
-def test_settings_screen(snap_compare, model_path) -> None:
+def test_settings_screen(snap_compare, model_path, monkeypatch) -> None:
+    # the screen shows the settings path: a fixed one, since the length of pytest's numbered
+    # tmp_path (pytest-99, pytest-100) changed the hint's wrapping and so the snapshot
+    config = Path(tempfile.gettempdir()) / "fraqtl-snapshot-config"
+    shutil.rmtree(config, ignore_errors=True)
+    monkeypatch.setenv("FRAQTL_CONFIG_DIR", str(config))
+
     async def settings(pilot) -> None:
         await settle(pilot, lambda: pilot.app.chat_screen.state == "ready")
         await pilot.press("f4")
