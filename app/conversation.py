@@ -21,6 +21,7 @@ from app.settings import Settings, max_context
 from engine.errors import ContextOverflowError
 from engine.events import AnswerDone, Event
 from engine.gguf import GgufInfo, read_gguf
+from engine.sampling import GREEDY, Sampling
 from engine.worker import EngineLoaded, EngineSpec, EngineWorker
 
 SYSTEM_PROMPT = (
@@ -42,7 +43,8 @@ class Engine(Protocol):
     def stop(self) -> None: ...
     def close(self) -> None: ...
     def count_chat_tokens(self, messages: Sequence[dict[str, str]]) -> int: ...
-    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256) -> Iterator[Event]: ...
+    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256,
+               sampling: Sampling = GREEDY) -> Iterator[Event]: ...
 
 
 EngineFactory = Callable[[EngineSpec], Engine]
@@ -153,7 +155,7 @@ class Conversation:
         tokens = self.engine.count_chat_tokens(messages)
         if tokens + self.settings.max_tokens > n_ctx:
             raise ContextOverflowError(tokens + self.settings.max_tokens, n_ctx)
-        for event in self.engine.answer(messages, self.settings.max_tokens):
+        for event in self.engine.answer(messages, self.settings.max_tokens, self.settings.sampling()):
             if isinstance(event, AnswerDone):
                 self.session.turns.append(Turn("user", question))
                 self.session.turns.append(Turn("assistant", event.text.strip(), self.engine.spec.arm,

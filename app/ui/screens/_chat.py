@@ -44,6 +44,7 @@ from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
 from app.ui.widgets import AnswerView, ChatLog, DocumentBar, QuestionInput, VramPanel
 from engine.errors import EngineError
 from engine.events import AnswerDone, EngineFailed, PrefillProgress, Token
+from engine.sampling import GREEDY
 
 if TYPE_CHECKING:
     from app.ui.app import FraqtlApp
@@ -412,7 +413,9 @@ class ChatScreen(Screen[None]):
         self.current_answer = None
         self.query_one(ChatLog).scroll_end(animate=False)
         stopped = " (stopped)" if message.done.finish == "cancelled" else ""
-        self.set_state("ready", f"Answered{stopped}: evaluated {message.done.n_evaluated:,} new prompt tokens, "
+        sampling = self.fraqtl.settings.sampling()
+        how = "" if sampling == GREEDY else f" ({sampling.describe()})"
+        self.set_state("ready", f"Answered{stopped}{how}: evaluated {message.done.n_evaluated:,} new prompt tokens, "
                                 f"reused {message.done.n_prompt - message.done.n_evaluated:,}.")
 
     @on(EngineFailedMessage)
