@@ -39,7 +39,7 @@ class FraqtlCommands(Provider):
         ("Open document", "Open a PDF, Markdown or text file", "open"),
         ("Stop answer", "Stop the answer or prefill now running", "stop"),
         ("Compare arms", "Answer one question with f16, q8_0 and d2 side by side", "compare"),
-        ("Reopen session", "Reopen a saved document and transcript", "sessions"),
+        ("Sessions", "Reopen, rename or delete a saved document and transcript", "sessions"),
         ("Settings", "Model, arm, recipe, context, YaRN, sidecar", "settings"),
         ("Restart engine", "Start the engine process again (after a crash or a settings change)", "restart_engine"),
         ("Toggle VRAM panel", "Show or hide the GPU memory panel", "toggle_vram"),

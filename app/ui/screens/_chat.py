@@ -466,7 +466,7 @@ class ChatScreen(Screen[None]):
             if session is not None:
                 self.reopen(session)
 
-        self.app.push_screen(SessionsDialog(), chosen)
+        self.app.push_screen(SessionsDialog(self.conversation.session if self.conversation else None), chosen)
 
     def action_restart_engine(self) -> None:
         if self.conversation is None:
