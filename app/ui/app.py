@@ -43,6 +43,7 @@ class FraqtlCommands(Provider):
         ("Settings", "Model, arm, recipe, context, YaRN, sidecar", "settings"),
         ("Restart engine", "Start the engine process again (after a crash or a settings change)", "restart_engine"),
         ("Toggle VRAM panel", "Show or hide the GPU memory panel", "toggle_vram"),
+        ("Document view", "Read the text the model reads, page by page (F6)", "document"),
         ("Export transcript", "Save the questions and answers as Markdown", "export"),
         ("Save screenshot", "Save an SVG screenshot of this screen", "screenshot"),
     ]

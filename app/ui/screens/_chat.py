@@ -41,6 +41,7 @@ from app.ui.messages import (
     PrefillProgressed,
 )
 from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
+from app.ui.screens._document import DocumentScreen
 from app.ui.widgets import AnswerView, ChatLog, DocumentBar, QuestionInput, VramPanel
 from engine.errors import EngineError
 from engine.events import AnswerDone, EngineFailed, PrefillProgress, Token
@@ -60,6 +61,7 @@ class ChatScreen(Screen[None]):
         Binding("f3", "sessions", "Sessions"),
         Binding("f4", "settings", "Settings"),
         Binding("f5", "restart_engine", "Restart engine"),
+        Binding("f6", "document", "Document"),
         Binding("f9", "toggle_vram", "VRAM panel"),
         Binding("ctrl+s", "export", "Export"),
     ]
@@ -81,6 +83,7 @@ class ChatScreen(Screen[None]):
         self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
         self.session_notes: list[str] = []  # what reopening the last session had to tell the person
         self.exported_to: Path | None = None
+        self.document_page: int | None = None  # where the document view was left
         self.engine_epoch = 0  # bumped when the engine is (re)started or given up on as hung
         self.last_engine_news = time.monotonic()  # when a worker last reported on the engine
 
@@ -186,6 +189,7 @@ class ChatScreen(Screen[None]):
                 notes.append(f"{exc} The whole document is used.")
                 session.page_range = ""
         self.fraqtl.document = document
+        self.document_page = None
         self.conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path,
                                          self.fraqtl.factory, session=session)
         self.fraqtl.conversation = self.conversation
@@ -495,6 +499,26 @@ class ChatScreen(Screen[None]):
             return
         self.exported_to = path
         self.notify(f"Exported the transcript to {path}.", markup=False)
+
+    def action_document(self) -> None:
+        self.action_show_page(None)
+
+    def action_show_page(self, page: int | None) -> None:
+        """The document view, at ``page`` (a citation's) or where it was last left."""
+        if self.conversation is None:
+            self.notify("Open a document first (ctrl+o).", severity="warning", markup=False)
+            return
+        document = self.conversation.document
+        if page is not None and document.page(page) is None:
+            self.notify(f"The document has no page {page}; that citation points nowhere.", severity="warning",
+                        markup=False)
+            page = None
+
+        def left(shown: int | None) -> None:
+            if shown is not None:
+                self.document_page = shown
+
+        self.app.push_screen(DocumentScreen(document, page if page is not None else self.document_page), left)
 
     def action_toggle_vram(self) -> None:
         panel = self.query_one(VramPanel)
