@@ -102,6 +102,11 @@ class Conversation:
 
     # -------------------------------------------------------------- engine
 
+    def use_model(self, model_path: Path) -> None:
+        """Answer with another model from the next engine start (the transcript stays)."""
+        self.info = read_gguf(model_path)
+        self.model_path = model_path
+
     def spec(self, arm: str | None = None, n_ctx: int | None = None) -> EngineSpec:
         n_ctx = n_ctx or self.settings.n_ctx
         return EngineSpec(str(self.model_path), arm or self.settings.arm, n_ctx=n_ctx,

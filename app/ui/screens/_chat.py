@@ -62,6 +62,7 @@ class ChatScreen(Screen[None]):
         Binding("f4", "settings", "Settings"),
         Binding("f5", "restart_engine", "Restart engine"),
         Binding("f6", "document", "Document"),
+        Binding("f7", "models", "Models"),
         Binding("f9", "toggle_vram", "VRAM panel"),
         Binding("ctrl+s", "export", "Export"),
     ]
@@ -486,6 +487,9 @@ class ChatScreen(Screen[None]):
 
     def action_settings(self) -> None:
         self.fraqtl.action_settings()
+
+    def action_models(self) -> None:
+        self.fraqtl.action_models()
 
     def action_export(self) -> None:
         if self.conversation is None or not self.conversation.session.turns:
