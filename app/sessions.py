@@ -63,6 +63,7 @@ class Session:
     updated: float = dataclasses.field(default_factory=time.time)
     document_sources: list[str] = dataclasses.field(default_factory=list)  # every file, when there are several
     name: str = ""  # the person's name for the session; empty: the document's title
+    n_ctx: int = 0  # the larger context chosen when the document did not fit; 0: the settings'
     unknown: dict[str, object] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -157,7 +158,7 @@ class Session:
             raise SessionFileError(str(path), f"{', '.join(sorted(missing))} missing")
         _check(record, {"document_source": str, "document_title": str, "document_sha256": str, "id": str,
                         "turns": list, "page_range": str, "updated": (int, float), "document_sources": list,
-                        "name": str}, "", path)
+                        "name": str, "n_ctx": int}, "", path)
         turns: list[Turn] = []
         turn_fields = {f.name for f in dataclasses.fields(Turn)}
         for i, raw in enumerate(record.get("turns", [])):

@@ -189,6 +189,8 @@ class ChatScreen(Screen[None]):
             except PageRangeError as exc:
                 notes.append(f"{exc} The whole document is used.")
                 session.page_range = ""
+        if session is not None and session.n_ctx > self.fraqtl.settings.n_ctx:
+            self.fraqtl.settings.n_ctx = session.n_ctx  # for this run, as if chosen again in the overflow dialog
         self.fraqtl.document = document
         self.document_page = None
         self.conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path,
@@ -288,6 +290,7 @@ class ChatScreen(Screen[None]):
         kind, value = choice
         if kind == "context":
             self.fraqtl.settings.n_ctx = int(value)  # type: ignore[call-overload]
+            self.conversation.session.n_ctx = int(value)  # type: ignore[call-overload]  # reopening uses it again
             self.start_engine(n_ctx=int(value))  # type: ignore[call-overload]
         elif kind == "range":
             document = self.conversation.document.parse_range(str(value))
