@@ -25,18 +25,21 @@ GOAL_MS = 100.0
 PORTS = ["Velmora", "Hallan Point", "Orrin", "Castell Bay", "Dunmere", "Skelby"]
 
 
-def long_pdf(path: Path, pages: int) -> Path:
-    """A ferry log of ``pages`` pages, about 750 tokens each."""
+def long_pdf(path: Path, pages: int, lines: dict[tuple[int, int], str] | None = None) -> Path:
+    """A ferry log of ``pages`` pages, 30 lines (about 410 words, 750 tokens) each; ``lines``
+    replaces the line at (page, line), both counted from 1, e.g. to plant a fact to ask about."""
     from fpdf import FPDF
 
     pdf = FPDF()
     pdf.set_font("helvetica", size=9)
     for page in range(1, pages + 1):
         pdf.add_page()
-        for line in range(30):
-            day = (page - 1) * 30 + line + 1
-            pdf.cell(0, 8, f"Day {day}: the ferry Grey Heron carried {40 + day % 57} passengers from "
-                           f"{PORTS[day % 6]} to {PORTS[(day * 5 + 1) % 6]}.", new_x="LMARGIN", new_y="NEXT")
+        for line in range(1, 31):
+            day = (page - 1) * 30 + line
+            text = (lines or {}).get((page, line)) or (
+                f"Day {day}: the ferry Grey Heron carried {40 + day % 57} passengers from {PORTS[day % 6]} "
+                f"to {PORTS[(day * 5 + 1) % 6]}.")
+            pdf.cell(0, 8, text, new_x="LMARGIN", new_y="NEXT")
     pdf.output(str(path))
     return path
 

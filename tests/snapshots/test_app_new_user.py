@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fpdf import FPDF
 from textual import events
+from textual.widgets import Button
 
 from app.sessions import Session
 from app.settings import Settings
@@ -21,26 +21,15 @@ from app.ui import create_app
 from app.ui.screens import CompareScreen, OverflowDialog, SessionsDialog
 from app.ui.widgets import AnswerView, QuestionView
 from app_fakes import FakeEngine, FakeSampler
-from test_app_ui import status, until
+from bench.ui_lag import long_pdf
+from test_app_ui import status
+from test_app_ui import until as until_soon
 
-PORTS = ["Velmora", "Hallan Point", "Orrin", "Castell Bay", "Dunmere", "Skelby"]
 
+async def until(pilot, condition, steps: int = 1500) -> None:
+    await until_soon(pilot, condition, steps)  # 30 s: two busy cores slow even the fake down
 
-def ferry_log(path: Path, pages: int = 18) -> Path:
-    """A ferry log as a PDF, about 410 words a page; page 3 names the harbour master."""
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=9)
-    for page in range(1, pages + 1):
-        pdf.add_page()
-        for line in range(30):
-            day = (page - 1) * 30 + line + 1
-            text = (f"Day {day}: the ferry Grey Heron carried {40 + day % 57} passengers from {PORTS[day % 6]} "
-                    f"to {PORTS[(day * 5 + 1) % 6]}.")
-            if page == 3 and line == 10:
-                text = "The harbour master of Velmora is Ilse Varga, who took the post in 1998."
-            pdf.cell(0, 8, text, new_x="LMARGIN", new_y="NEXT")
-    pdf.output(str(path))
-    return path
+MASTER = "The harbour master of Velmora is Ilse Varga, who took the post in 1998."
 
 
 def make(model_path: Path):
@@ -57,7 +46,7 @@ async def ask(pilot, chat, question: str):
 
 
 async def test_a_new_users_whole_session(model_path, app_dirs: Path) -> None:
-    log = ferry_log(app_dirs / "ferry log.pdf")
+    log = long_pdf(app_dirs / "ferry log.pdf", 18, {(3, 11): MASTER})
     app = make(model_path)
     async with app.run_test(size=(140, 40)) as pilot:
         chat = app.chat_screen
@@ -68,11 +57,12 @@ async def test_a_new_users_whole_session(model_path, app_dirs: Path) -> None:
         assert 8192 == dialog.fit.n_ctx_train < dialog.fit.needed <= 16384
         assert f"It needs {dialog.fit.needed:,} tokens" in str(dialog.query_one("#overflow-numbers").render())
         assert str(dialog.query_one("#overflow-larger").label) == "Use a 16,384-token context with YaRN"
-        await pilot.click("#overflow-larger")
+        dialog.query_one("#overflow-larger", Button).press()  # as a click, without waiting for layout
         await until(pilot, lambda: chat.state == "ready")
         spec = app.conversation.engine.spec
         assert (spec.n_ctx, spec.yarn) == (16384, True)
         assert app.document.title == "ferry log.pdf" and len(app.document.pages) == 18
+        assert MASTER in app.document.page(3)
 
         first = await ask(pilot, chat, "Who is the harbour master of Velmora?")
         assert first.n_prompt > 8192
@@ -85,8 +75,8 @@ async def test_a_new_users_whole_session(model_path, app_dirs: Path) -> None:
         await until(pilot, lambda: isinstance(app.screen, CompareScreen))
         compare = app.screen
         assert compare.query_one("#compare-question").value == "When did she take the post?"
-        await pilot.click("#compare-run")
-        await until(pilot, lambda: bool(compare.results), steps=500)
+        compare.query_one("#compare-run", Button).press()
+        await until(pilot, lambda: bool(compare.results))
         assert [(r.arm, r.status) for r in compare.results] == [("f16", "done"), ("q8_0", "done"),
                                                                 ("d2", "unavailable")]  # the fake has no D2
         await pilot.press("ctrl+s")
