@@ -19,7 +19,7 @@ from textual.widgets.text_area import Selection
 
 from app.ingest import Document
 
-PREVIEW_CHARS = 28  # of a page's first words, in the page list
+PREVIEW_CHARS = 22  # of a page's first words, in the page list
 
 
 def marker_rows(document: Document) -> dict[int, int]:

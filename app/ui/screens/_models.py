@@ -145,6 +145,7 @@ class ModelsScreen(ModalScreen[Path | None]):
                 yield Button("Close", id="models-close")
 
     def on_mount(self) -> None:
+        self.query_one("#calibrate-bar", ProgressBar).display = False  # until a calibration starts
         self.fill_list(self.in_use)
 
     # -------------------------------------------------------------- the list and the card
@@ -305,6 +306,10 @@ class ModelsScreen(ModalScreen[Path | None]):
             self.query_one("#calibrate-status", Static).update("Stopping at the next batch…")
 
     def set_calibrating(self, running: bool) -> None:
+        bar = self.query_one("#calibrate-bar", ProgressBar)
+        if running:
+            bar.update(total=None, progress=0)
+        bar.display = True  # shown from the first calibration on; it keeps the last run's result
         self.query_one("#models-calibrate", Button).disabled = running
         self.query_one("#models-stop", Button).disabled = not running
         self.query_one("#calibrate-tokens", Input).disabled = running
