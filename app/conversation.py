@@ -20,7 +20,8 @@ from app.sessions import Session, Turn
 from app.settings import Settings, max_context
 from engine.errors import ContextOverflowError
 from engine.events import AnswerDone, Event
-from engine.gguf import GgufInfo, read_gguf
+from app.model_library import model_info
+from engine.gguf import GgufInfo
 from engine.sampling import GREEDY, Sampling
 from engine.worker import EngineLoaded, EngineSpec, EngineWorker
 
@@ -93,7 +94,7 @@ class Conversation:
         self.settings = settings
         self.model_path = model_path
         self.factory = factory
-        self.info: GgufInfo = read_gguf(model_path)
+        self.info: GgufInfo = model_info(model_path)
         self.session = session or Session(document.source, document.title, document.sha256,
                                           document_sources=document.sources if len(document.sources) > 1 else [])
         self.engine: Engine | None = None
@@ -104,7 +105,7 @@ class Conversation:
 
     def use_model(self, model_path: Path) -> None:
         """Answer with another model from the next engine start (the transcript stays)."""
-        self.info = read_gguf(model_path)
+        self.info = model_info(model_path)
         self.model_path = model_path
 
     def spec(self, arm: str | None = None, n_ctx: int | None = None) -> EngineSpec:

@@ -9,19 +9,35 @@ file that cannot be read is an empty list, never an error. This module never tou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
 from engine import locations
 from engine.calibrate.run import model_stem
-from engine.errors import EngineError
+from engine.errors import EngineError, ModelNotFoundError
 from engine.files import write_atomic
-from engine.gguf import read_gguf
+from engine.gguf import GgufInfo, read_gguf
 from engine.models import DEFAULT_MODEL, REGISTRY, model_sha256, packaged_path
 from engine.sidecar import find_sidecars, sidecar_origin
 
 MAX_RECENT = 10
 TEMPLATE_PREVIEW = 160  # characters of a chat template shown in the card
+
+
+@functools.lru_cache(maxsize=8)
+def _read_info(path: Path, size: int, mtime_ns: int) -> GgufInfo:
+    return read_gguf(path)
+
+
+def model_info(path: Path) -> GgufInfo:
+    """The model's GGUF header, parsed once per file version: parsing takes 0.1–0.5 s, too long for
+    the event loop, so the ingest worker calls this first and the UI thread finds it cached."""
+    try:
+        stat = Path(path).expanduser().stat()
+    except OSError:
+        raise ModelNotFoundError(str(path)) from None
+    return _read_info(Path(path).expanduser(), stat.st_size, stat.st_mtime_ns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +60,7 @@ class ModelCard:
     @classmethod
     def read(cls, path: Path) -> ModelCard:
         """Raises :class:`~engine.errors.ModelNotFoundError` or ``ModelFormatError`` with a sentence."""
-        info = read_gguf(path)
+        info = model_info(path)
         return cls(info.path, info.name, info.arch, info.n_params, info.n_ctx_train, info.n_layer, info.n_head,
                    info.n_head_kv, info.head_dim_k, info.chat_template, info.file_size, is_bundled(info.path))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -137,16 +138,19 @@ def run(args: argparse.Namespace, model: Path, argv: list[str]) -> Path:
     probe = LagProbe(args.interval_ms / 1000)
     with tempfile.TemporaryDirectory(prefix="fraqtl-ui-lag-") as tmp:
         pdf = long_pdf(Path(tmp) / "ferry log.pdf", args.pages)
+        load_before = os.getloadavg()[0]  # other processes on the machine lengthen every gap
         t0 = time.perf_counter()
         facts = asyncio.run(_drive(args, model, pdf, probe))
         wall = time.perf_counter() - t0
+        load_after = os.getloadavg()[0]
     rows = probe.rows()
     worst = max(r["worst_gap_ms"] for r in rows)
     grid = {"pages": args.pages, "ctx": args.ctx, "max_tokens": args.max_tokens, "interval_ms": args.interval_ms,
             "compare_arms": bool(args.arms), "goal_ms": GOAL_MS}
     record = rc.new_receipt("ui-lag", model, argv, grid)
     record["results"] = rows
-    record["summary"] = {"worst_gap_ms": worst, "meets_goal": worst <= GOAL_MS, "wall_s": round(wall, 1), **facts}
+    record["summary"] = {"worst_gap_ms": worst, "meets_goal": worst <= GOAL_MS, "wall_s": round(wall, 1),
+                         "load_average_1min": [load_before, load_after], **facts}
     verdict = "meets" if worst <= GOAL_MS else "misses"
     markdown = rc.header_markdown(record, "UI responsiveness (event-loop lag)") + "\n".join([
         "",
@@ -157,7 +161,8 @@ def run(args: argparse.Namespace, model: Path, argv: list[str]) -> Path:
         rc.markdown_table(rows, ["phase", "seconds", "samples", "worst_gap_ms", "p99_gap_ms", "mean_gap_ms",
                                  "over_goal"]),
         "",
-        f"Worst gap {worst:.1f} ms: {verdict} the {GOAL_MS:.0f} ms goal.",
+        f"Worst gap {worst:.1f} ms: {verdict} the {GOAL_MS:.0f} ms goal. Load average (1 min) "
+        f"{load_before:.1f} at the start and {load_after:.1f} at the end, on {os.cpu_count()} cores.",
         "",
     ])
     return rc.write(rc.receipt_dir(args.out, f"ui-lag-{rc.model_slug(record['model'])}"), record, markdown)

@@ -22,6 +22,7 @@ from textual.widgets import Footer, Header
 
 from app.citations import check_citations
 from app.conversation import Conversation
+from app.model_library import model_info
 from app.errors import DocumentError, EngineHungError, PageRangeError
 from app.ingest import Document, IngestLimits, load_document
 from app.paths import route_input
@@ -159,6 +160,10 @@ class ChatScreen(Screen[None]):
             post(DocumentFailed(f"Reading {', '.join(p.name for p in paths)} failed ({type(exc).__name__}: "
                                 f"{exc}); please report it, and try another copy of the file."))
             return
+        try:
+            model_info(self.fraqtl.model_path)  # parsed here, so that the event loop finds it cached
+        except EngineError:
+            pass  # the engine's start says what is wrong with the model
         post(DocumentLoaded(Document.join(docs)))
 
     @on(IngestProgressed)
