@@ -22,9 +22,9 @@ from textual.widgets import Footer, Header
 
 from app.citations import check_citations
 from app.conversation import Conversation
-from app.model_library import model_info
 from app.errors import DocumentError, EngineHungError, PageRangeError
 from app.ingest import Document, IngestLimits, load_document
+from app.model_library import model_info
 from app.paths import route_input
 from app.sessions import Session
 from app.ui.messages import (
