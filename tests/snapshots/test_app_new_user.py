@@ -21,7 +21,6 @@ from app.ui import create_app
 from app.ui.screens import CompareScreen, OverflowDialog, SessionsDialog
 from app.ui.widgets import AnswerView, QuestionView
 from app_fakes import FakeEngine, FakeSampler
-from bench.ui_lag import long_pdf
 from test_app_ui import status
 from test_app_ui import until as until_soon
 
@@ -46,6 +45,10 @@ async def ask(pilot, chat, question: str):
 
 
 async def test_a_new_users_whole_session(model_path, app_dirs: Path) -> None:
+    # imported here: a module-level import of the bench package before tests/bench is collected
+    # would shadow that folder's own package of the same name
+    from bench.ui_lag import long_pdf
+
     log = long_pdf(app_dirs / "ferry log.pdf", 18, {(3, 11): MASTER})
     app = make(model_path)
     async with app.run_test(size=(140, 40)) as pilot:
