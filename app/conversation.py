@@ -20,7 +20,9 @@ from app.sessions import Session, Turn
 from app.settings import Settings, max_context
 from engine.errors import ContextOverflowError
 from engine.events import AnswerDone, Event
-from engine.gguf import GgufInfo, read_gguf
+from app.model_library import model_info
+from engine.gguf import GgufInfo
+from engine.sampling import GREEDY, Sampling
 from engine.worker import EngineLoaded, EngineSpec, EngineWorker
 
 SYSTEM_PROMPT = (
@@ -42,7 +44,8 @@ class Engine(Protocol):
     def stop(self) -> None: ...
     def close(self) -> None: ...
     def count_chat_tokens(self, messages: Sequence[dict[str, str]]) -> int: ...
-    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256) -> Iterator[Event]: ...
+    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256,
+               sampling: Sampling = GREEDY) -> Iterator[Event]: ...
 
 
 EngineFactory = Callable[[EngineSpec], Engine]
@@ -91,7 +94,7 @@ class Conversation:
         self.settings = settings
         self.model_path = model_path
         self.factory = factory
-        self.info: GgufInfo = read_gguf(model_path)
+        self.info: GgufInfo = model_info(model_path)
         self.session = session or Session(document.source, document.title, document.sha256,
                                           document_sources=document.sources if len(document.sources) > 1 else [])
         self.engine: Engine | None = None
@@ -99,6 +102,11 @@ class Conversation:
         self.fit: Fit | None = None
 
     # -------------------------------------------------------------- engine
+
+    def use_model(self, model_path: Path) -> None:
+        """Answer with another model from the next engine start (the transcript stays)."""
+        self.info = model_info(model_path)
+        self.model_path = model_path
 
     def spec(self, arm: str | None = None, n_ctx: int | None = None) -> EngineSpec:
         n_ctx = n_ctx or self.settings.n_ctx
@@ -153,7 +161,7 @@ class Conversation:
         tokens = self.engine.count_chat_tokens(messages)
         if tokens + self.settings.max_tokens > n_ctx:
             raise ContextOverflowError(tokens + self.settings.max_tokens, n_ctx)
-        for event in self.engine.answer(messages, self.settings.max_tokens):
+        for event in self.engine.answer(messages, self.settings.max_tokens, self.settings.sampling()):
             if isinstance(event, AnswerDone):
                 self.session.turns.append(Turn("user", question))
                 self.session.turns.append(Turn("assistant", event.text.strip(), self.engine.spec.arm,

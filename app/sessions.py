@@ -18,6 +18,13 @@ from engine.files import write_atomic
 from engine import locations
 
 
+MAX_NAME = 120
+
+
+class SessionNameError(ValueError):
+    """A name the session cannot take; the message says what fits."""
+
+
 class SessionFileError(ValueError):
     """A session file that cannot be used; the message names it and says what is wrong."""
 
@@ -55,6 +62,8 @@ class Session:
     page_range: str = ""  # e.g. "3-12" when only part of the document was used
     updated: float = dataclasses.field(default_factory=time.time)
     document_sources: list[str] = dataclasses.field(default_factory=list)  # every file, when there are several
+    name: str = ""  # the person's name for the session; empty: the document's title
+    n_ctx: int = 0  # the larger context chosen when the document did not fit; 0: the settings'
     unknown: dict[str, object] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -64,13 +73,34 @@ class Session:
             return list(self.document_sources)
         return [line for line in self.document_source.split("\n") if line] or [self.document_source]
 
+    @property
+    def title(self) -> str:
+        return self.name or self.document_title
+
+    @property
+    def questions(self) -> int:
+        return sum(turn.role == "user" for turn in self.turns)
+
     @staticmethod
     def folder() -> Path:
         return locations.sessions_dir()
 
+    def rename(self, name: str) -> Path:
+        """Give the session a name (empty: the document's title again) and save it."""
+        name = " ".join(name.split())
+        if len(name) > MAX_NAME:
+            raise SessionNameError(f"A session name has at most {MAX_NAME} characters, not {len(name)}; "
+                                   "shorten it.")
+        self.name = name
+        return self.save()
+
+    def delete(self) -> None:
+        """Remove the saved file (the caller has asked the person); an exported transcript stays."""
+        self.path.unlink(missing_ok=True)
+
     def to_markdown(self, model: str = "") -> str:
         """The transcript as Markdown: the document, then each question and its answer."""
-        lines = [f"# {self.document_title}", ""]
+        lines = [f"# {self.title}", ""]
         lines += [f"- Document: {', '.join(self.sources)}" + (f" (pages {self.page_range})" if self.page_range else "")]
         if model:
             lines.append(f"- Model: {model}")
@@ -127,7 +157,8 @@ class Session:
         if missing:
             raise SessionFileError(str(path), f"{', '.join(sorted(missing))} missing")
         _check(record, {"document_source": str, "document_title": str, "document_sha256": str, "id": str,
-                        "turns": list, "page_range": str, "updated": (int, float), "document_sources": list}, "", path)
+                        "turns": list, "page_range": str, "updated": (int, float), "document_sources": list,
+                        "name": str, "n_ctx": int}, "", path)
         turns: list[Turn] = []
         turn_fields = {f.name for f in dataclasses.fields(Turn)}
         for i, raw in enumerate(record.get("turns", [])):

@@ -17,7 +17,8 @@ from engine.files import write_atomic
 from engine import locations
 from engine.arms import ArmConfig
 from app.paths import path_kind, user_path
-from engine.errors import EngineError
+from engine.errors import EngineError, SamplingError
+from engine.sampling import Sampling
 
 MAX_CONTEXT = 131072  # 128K: the most the app asks of any model, YaRN included
 YARN_FACTOR = 4  # YaRN stretches a model's trained context at most this many times
@@ -41,6 +42,9 @@ class Settings:
     max_pages: int = 2000  # documents with more pages are refused before any page is read
     ingest_timeout_s: int = 120  # reading one document stops after this long
     answer_timeout_s: int = 120  # an engine silent this long while answering is given up on (F5 restarts it)
+    temperature: float = 0.0  # 0: greedy; the arm comparison is always greedy
+    top_p: float = 1.0
+    repeat_penalty: float = 1.0  # 1: off; 1.1–1.3 stops a small model repeating itself
 
     def validate(self) -> Settings:
         try:
@@ -63,6 +67,10 @@ class Settings:
             raise SettingsError(f"The thread count must be 0 (all cores) or more, not {self.n_threads}.")
         if not 1 <= self.max_tokens <= 8192:
             raise SettingsError(f"The answer length must be between 1 and 8,192 tokens, not {self.max_tokens:,}.")
+        try:
+            self.sampling()
+        except SamplingError as exc:
+            raise SettingsError(str(exc)) from exc
         if self.model and path_kind(user_path(self.model)) != "file":
             raise SettingsError(f"There is no model file at {self.model}; leave it empty for the default model.")
         return self
@@ -153,6 +161,10 @@ class Settings:
     def max_document_bytes(self) -> int:
         return self.max_document_mb * 2**20
 
+    def sampling(self) -> Sampling:
+        """How the chat picks tokens (raises :class:`~engine.errors.SamplingError` when out of range)."""
+        return Sampling(float(self.temperature), float(self.top_p), float(self.repeat_penalty)).validate()
+
 
 def _has_type(value: object, hint: object) -> bool:
     args = typing.get_args(hint)
@@ -162,13 +174,15 @@ def _has_type(value: object, hint: object) -> bool:
             return True
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
         if kind in (bool, str) and isinstance(value, kind):  # type: ignore[arg-type]
             return True
     return False
 
 
 def _type_name(hint: object) -> str:
-    names = {int: "a whole number", bool: "true or false", str: "text", type(None): "null"}
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "null"}
     args = typing.get_args(hint) or (hint,)
     return " or ".join(names.get(a, str(a)) for a in args)  # type: ignore[call-overload]
 
@@ -200,6 +214,11 @@ def _convert(name: str, raw: str, hint: object) -> object:
             return int(raw.replace("_", "").replace(",", ""))
         except ValueError:
             raise SettingsError(f"FRAQTL_{name.upper()}={raw!r} is not a whole number.") from None
+    if base is float:
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise SettingsError(f"FRAQTL_{name.upper()}={raw!r} is not a number (e.g. 0.7).") from None
     return raw
 
 

@@ -1,7 +1,7 @@
 """``fraqtl-bench``: paired, reproducible receipts for memory, fidelity, retrieval and speed.
 
-A thin command line over :mod:`bench.kld`, :mod:`bench.retrieval`, :mod:`bench.memory` and
-:mod:`engine.shape`. Every subcommand runs each arm in its own worker process and writes a
+A thin command line over :mod:`bench.kld`, :mod:`bench.retrieval`, :mod:`bench.memory`,
+:mod:`bench.ui_lag` (the app's responsiveness) and :mod:`engine.shape`. Every subcommand runs each arm in its own worker process and writes a
 receipt under ``bench/receipts/<date>-<name>/`` (or ``--out``). ``--quick`` picks grids that
 finish on two CPU cores in a minute or two; the defaults are the GPU grids.
 """
@@ -115,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-fill", action="store_true", help="allocate the context without filling it")
         p.add_argument("--yarn", action="store_true", help="YaRN above the trained context")
 
+    p = sub.add_parser("ui-lag", help="the app's event-loop lag during ingest, prefill, streaming and a comparison")
+    p.add_argument("--model", default=None, help="registry key or GGUF path (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--pages", type=int, default=40, help="pages of the generated PDF (about 750 tokens each)")
+    p.add_argument("--ctx", type=_ints, default=[32768], help="context in tokens (YaRN above the trained length)")
+    p.add_argument("--max-tokens", type=int, default=48, help="answer length")
+    p.add_argument("--interval-ms", type=float, default=5.0, help="how often the probe asks to wake")
+    p.add_argument("--no-arms", dest="arms", action="store_false", help="skip the arm comparison")
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds a phase may take before the run fails")
+    p.add_argument("--out", type=Path, default=None, help="receipts root (default bench/receipts)")
+    p.set_defaults(quick=False)
+
     from engine.shape import FTYPES, SHAPES
 
     p = sub.add_parser("shape-model", help="write a random-weight GGUF with a named model's exact shape")
@@ -174,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             from bench import kld
 
             out = kld.run(args, model, argv_used)
+        elif args.command == "ui-lag":
+            from bench import ui_lag
+
+            args.ctx = args.ctx[0]
+            out = ui_lag.run(args, model, argv_used)
         elif args.command in ("niah", "ruler"):
             from bench import retrieval
 

@@ -1,6 +1,7 @@
 """Regenerate the SVG screenshots in docs/screenshots/ with the real default model.
 
-Run ``.venv/bin/python docs/screenshots.py``. Every figure on them is real: the answers come
+Run ``.venv/bin/python docs/screenshots.py`` for all of them, or name some
+(``docs/screenshots.py document models``) to skip the slow comparison. Every figure on them is real: the answers come
 from SmolLM2-135M-Instruct on this machine, and without a GPU the VRAM panel shows the
 estimates and the reason telemetry is off.
 """
@@ -28,7 +29,12 @@ async def wait(pilot, condition, timeout: float = 300.0) -> None:
     await pilot.pause(0.5)
 
 
+WANTED = set(sys.argv[1:]) or {"chat", "compare", "settings", "overflow", "document", "models"}
+
+
 def save(app, name: str) -> None:
+    if name not in WANTED:
+        return
     app.clear_notifications()
     app.save_screenshot(filename=f"{name}.svg", path=str(OUT))
     print(f"wrote docs/screenshots/{name}.svg")
@@ -57,18 +63,31 @@ async def main() -> None:
             await wait(pilot, lambda: chat.last_done is not before and chat.state == "ready")
         chat.query_one("#question").cursor_blink = False
         save(app, "chat")
-        app.settings.max_tokens = 24  # quantized caches decode slowly on a CPU
-        await pilot.press("f2")
-        await wait(pilot, lambda: bool(app.screen.query("#compare-run")), 10)
-        await pilot.click("#compare-run")
-        await wait(pilot, lambda: bool(app.screen.results), 900)
-        app.screen.query_one("#compare-question").cursor_blink = False
-        save(app, "compare")
+        await pilot.press("f6")
+        await wait(pilot, lambda: bool(app.screen.query("#document-pages")), 10)
+        app.screen.show_page(2)
+        await pilot.pause(0.5)
+        save(app, "document")
         await pilot.press("escape")
+        await pilot.press("f7")
+        await wait(pilot, lambda: bool(app.screen.query("#models-list")) and app.screen.checks == 0, 60)
+        save(app, "models")
+        await pilot.press("escape")
+        if "compare" in WANTED:
+            app.settings.max_tokens = 24  # quantized caches decode slowly on a CPU
+            await pilot.press("f2")
+            await wait(pilot, lambda: bool(app.screen.query("#compare-run")), 10)
+            await pilot.click("#compare-run")
+            await wait(pilot, lambda: bool(app.screen.results), 900)
+            app.screen.query_one("#compare-question").cursor_blink = False
+            save(app, "compare")
+            await pilot.press("escape")
         await pilot.press("f4")
         await wait(pilot, lambda: bool(app.screen.query("#settings-save")), 10)
         save(app, "settings")
 
+    if "overflow" not in WANTED:
+        return
     small = create_app(Settings(n_ctx=512, max_tokens=48), [DEFAULT_SAMPLE], model)
     async with small.run_test(size=SIZE) as pilot:
         await wait(pilot, lambda: bool(small.screen.query("#overflow-numbers")), 120)

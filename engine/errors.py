@@ -64,6 +64,14 @@ class ContextOverflowError(EngineError):
         )
 
 
+class SamplingError(EngineError, ValueError):
+    """A sampling setting out of range; the message names it and says what fits."""
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        self.name, self.value, self.allowed = name, value, allowed
+        super().__init__(f"The {name} must be {allowed}, not {value}.")
+
+
 class ArmUnavailableError(EngineError):
     def __init__(self, arm: str, reason: str) -> None:
         self.arm, self.reason = arm, reason

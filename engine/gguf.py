@@ -122,6 +122,11 @@ class GgufInfo:
     def weights_bytes(self) -> int:
         return sum(t.n_bytes for t in self.tensors)
 
+    @property
+    def n_params(self) -> int:
+        """Parameters: the elements of every tensor in the file."""
+        return sum(t.n_elements for t in self.tensors)
+
 
 def _read(fh: BinaryIO, fmt: str) -> Any:
     size = struct.calcsize(fmt)

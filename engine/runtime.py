@@ -32,6 +32,7 @@ from engine.errors import (
 )
 from engine.events import AnswerDone, Event, PrefillProgress, Token
 from engine.gguf import GgufInfo, read_gguf
+from engine.sampling import GREEDY, Sampling, TokenSampler
 
 Message = dict[str, str]
 
@@ -247,8 +248,10 @@ class Runtime:
         prompt_tokens: Sequence[int],
         max_tokens: int = 256,
         should_stop: Callable[[], bool] = lambda: False,
+        sampling: Sampling = GREEDY,
     ) -> Iterator[Event]:
-        """Prefill the prompt (reusing the cache), then decode greedily, yielding events."""
+        """Prefill the prompt (reusing the cache), then decode (greedy by default), yielding events."""
+        sampler = TokenSampler(sampling)  # an unusable setting is refused before any work
         n_before = self.n_evaluated_total
         t0 = time.perf_counter()
         last: PrefillProgress | None = None
@@ -261,17 +264,19 @@ class Runtime:
             yield AnswerDone("", len(prompt_tokens), n_evaluated, 0, n_evaluated / prefill_s, 0.0, "cancelled")
             return
         generated: list[int] = []
+        recent = list(prompt_tokens[-sampling.repeat_last_n:]) if sampling.repeat_last_n else []
         pending = b""
         text_parts: list[str] = []
         finish = "length"
         t1 = time.perf_counter()
         room = self.n_ctx - self.n_cached - 1
         for _ in range(min(max_tokens, room)):
-            token = int(np.argmax(self.last_logits()))
+            token = sampler.pick(self.last_logits(), recent)
             if self.is_end(token):
                 finish = "stop"
                 break
             generated.append(token)
+            recent.append(token)
             pending += self.llm.detokenize([token])
             text, pending = _split_utf8(pending)
             if text:
@@ -299,8 +304,8 @@ class Runtime:
         )
 
     def answer(self, messages: Sequence[Message], max_tokens: int = 256,
-               should_stop: Callable[[], bool] = lambda: False) -> Iterator[Event]:
-        return self.generate(self.chat_tokens(messages), max_tokens, should_stop)
+               should_stop: Callable[[], bool] = lambda: False, sampling: Sampling = GREEDY) -> Iterator[Event]:
+        return self.generate(self.chat_tokens(messages), max_tokens, should_stop, sampling)
 
     # ------------------------------------------------------------------ memory
 

@@ -28,6 +28,7 @@ from engine import errors
 from engine.errors import ArmUnavailableError, EngineCrashedError, EngineError
 from engine.estimates import N_UBATCH
 from engine.events import EngineFailed, Event
+from engine.sampling import GREEDY, Sampling
 
 _POLL_S = 0.1
 
@@ -139,9 +140,9 @@ def _child_main(spec: EngineSpec, conn: Connection, stop_flag: Any) -> None:
             elif command == "kv_bytes":
                 conn.send(("result", runtime.kv_bytes()))
             elif command == "answer":
-                messages, max_tokens = args
+                messages, max_tokens, sampling = args
                 stop_flag.clear()
-                for event in runtime.answer(messages, max_tokens, should_stop=stop_flag.is_set):
+                for event in runtime.answer(messages, max_tokens, should_stop=stop_flag.is_set, sampling=sampling):
                     conn.send(("event", event))
                 conn.send(("end", None))
             else:
@@ -278,11 +279,12 @@ class EngineWorker:
     def kv_bytes(self) -> int:
         return int(self._call("kv_bytes"))
 
-    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256) -> Iterator[Event]:
+    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256,
+               sampling: Sampling = GREEDY) -> Iterator[Event]:
         """Stream the events of one answer; a dead child ends the stream with EngineFailed."""
         self._stop.clear()
         try:
-            self._conn.send(("answer", (list(messages), max_tokens)))
+            self._conn.send(("answer", (list(messages), max_tokens, sampling)))
         except (OSError, BrokenPipeError):
             yield EngineFailed(str(EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode))),
                                "EngineCrashedError")

@@ -17,7 +17,8 @@ from app.conversation import Conversation, EngineFactory
 from app.ingest import Document
 from app.sessions import Session
 from app.settings import Settings
-from app.ui.screens import ChatScreen, CompareScreen, SettingsScreen
+from app.model_library import RecentModels, is_bundled
+from app.ui.screens import ChatScreen, CompareScreen, ModelsScreen, SettingsScreen
 from engine.models import resolve
 from engine.nvml import NvmlSampler
 from engine.worker import EngineWorker
@@ -39,10 +40,12 @@ class FraqtlCommands(Provider):
         ("Open document", "Open a PDF, Markdown or text file", "open"),
         ("Stop answer", "Stop the answer or prefill now running", "stop"),
         ("Compare arms", "Answer one question with f16, q8_0 and d2 side by side", "compare"),
-        ("Reopen session", "Reopen a saved document and transcript", "sessions"),
+        ("Sessions", "Reopen, rename or delete a saved document and transcript", "sessions"),
         ("Settings", "Model, arm, recipe, context, YaRN, sidecar", "settings"),
         ("Restart engine", "Start the engine process again (after a crash or a settings change)", "restart_engine"),
         ("Toggle VRAM panel", "Show or hide the GPU memory panel", "toggle_vram"),
+        ("Models", "Open a GGUF, see what it is, calibrate D2 sidecars for it (F7)", "models"),
+        ("Document view", "Read the text the model reads, page by page (F6)", "document"),
         ("Export transcript", "Save the questions and answers as Markdown", "export"),
         ("Save screenshot", "Save an SVG screenshot of this screen", "screenshot"),
     ]
@@ -124,13 +127,43 @@ class FraqtlApp(App[None]):
                      self.settings.sidecar)
             self.model_path = resolve(self.settings.model)
             if after != before and self.conversation is not None and self.chat_screen.state != "answering":
-                self.conversation.model_path = self.model_path
+                self.conversation.use_model(self.model_path)
                 self.chat_screen.start_engine()
                 self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.", markup=False)
             else:
                 self.notify("Settings saved.", markup=False)
 
         self.push_screen(SettingsScreen(), saved)
+
+    def action_models(self) -> None:
+        def chosen(path: Path | None) -> None:
+            if path is not None:
+                self.use_model(path)
+
+        self.push_screen(ModelsScreen(self.model_path), chosen)
+
+    def use_model(self, path: Path) -> None:
+        """Make ``path`` the model (saved in the settings) and restart the engine with it."""
+        if path.resolve() == self.model_path.resolve():
+            self.notify(f"{path.name} is the model in use already.", markup=False)
+            return
+        if self.chat_screen.state == "answering":
+            self.notify("An answer is streaming; press Esc to stop it, then choose the model again.",
+                        severity="warning", markup=False)
+            return
+        self.settings.model = None if is_bundled(path) else str(path)
+        RecentModels.add(self.model_path)  # the model left stays one choice away
+        RecentModels.add(path)
+        self.model_path = path
+        try:
+            self.settings.save()
+        except OSError as exc:
+            self.notify(f"The settings could not be saved ({exc}); {path.name} is used for this run only.",
+                        severity="warning", markup=False)
+        if self.conversation is not None:
+            self.conversation.use_model(path)
+            self.chat_screen.start_engine()
+        self.notify(f"Now using {path.name}.", markup=False)
 
     def action_screenshot(self) -> None:
         path = self.save_screenshot()

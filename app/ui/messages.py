@@ -11,6 +11,9 @@ from app.citations import Citation
 from app.compare import ArmResult
 from app.conversation import Fit
 from app.ingest import Document
+from app.model_library import SidecarStatus
+from engine.calibrate.run import CalibrationProgress
+from engine.calibrate.worker import CalibrationDone, CalibrationFailed
 from engine.events import AnswerDone, PrefillProgress
 from engine.worker import EngineLoaded
 
@@ -97,3 +100,24 @@ class ArmUpdated(Message):
 @dataclass
 class ComparisonCompleted(Message):
     results: list[ArmResult]
+
+
+@dataclass
+class SidecarsChecked(Message):
+    """Whether D2 sidecars exist for a model (found by hashing it in a worker)."""
+
+    path: Path
+    status: SidecarStatus
+
+
+@dataclass
+class CalibrationProgressed(Message):
+    progress: CalibrationProgress
+
+
+@dataclass
+class CalibrationEnded(Message):
+    """The calibration finished (sidecars written) or stopped (its finished sequences kept)."""
+
+    path: Path
+    outcome: CalibrationDone | CalibrationFailed

@@ -98,3 +98,27 @@ def test_a_sidecar_folder_without_this_models_sidecars_is_refused(model_path, tm
     spec = EngineSpec(str(model_path), "d2", n_ctx=256, n_threads=2, sidecar=str(tmp_path))
     with pytest.raises(ArmUnavailableError, match=f"no sidecar for .* in {tmp_path}"):
         EngineWorker(spec).start()
+
+
+def test_sampling_crosses_the_pipe_reproducibly_and_the_penalty_curbs_repeats(model_path):
+    from collections import Counter
+
+    from engine.sampling import Sampling
+
+    repeating = [{"role": "user", "content": "List the days of the week, again and again."}]
+    with EngineWorker(EngineSpec(str(model_path), "f16", n_ctx=512, n_threads=2)) as worker:
+        greedy = list(worker.answer(QUESTION, max_tokens=16))[-1]
+        assert list(worker.answer(QUESTION, 16, Sampling()))[-1].token_ids == greedy.token_ids  # greedy is the default
+        warm = Sampling(temperature=1.5, top_p=0.95, seed=11)
+        first, second = (list(worker.answer(QUESTION, 16, warm))[-1] for _ in range(2))
+        assert isinstance(first, AnswerDone) and first.token_ids == second.token_ids  # a seed reproduces it
+        other = list(worker.answer(QUESTION, 16, Sampling(temperature=1.5, top_p=0.95, seed=12)))[-1]
+        assert {first.token_ids, other.token_ids} != {greedy.token_ids}  # it does sample
+        # greedy, SmolLM2 writes "Monday, Monday\nTuesday, Tuesday…" (one token 9 times in 40)
+        plain = list(worker.answer(repeating, 40))[-1]
+        curbed = list(worker.answer(repeating, 40, Sampling(repeat_penalty=1.3)))[-1]
+        most = Counter(plain.token_ids).most_common(1)[0][1]
+        assert most >= 6 and Counter(curbed.token_ids).most_common(1)[0][1] <= most // 2
+        failed = list(worker.answer(QUESTION, 4, Sampling(top_p=0.0)))[-1]
+        assert isinstance(failed, EngineFailed) and failed.kind == "SamplingError"
+        assert failed.message.startswith("The top-p must be above 0")

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from engine.errors import ArmUnavailableError
 from engine.events import AnswerDone, Event, PrefillProgress, Token
 from engine.nvml import GpuSample
+from engine.sampling import GREEDY, Sampling
 from engine.worker import EngineLoaded, EngineSpec
 
 GIB = 2**30
@@ -31,7 +32,9 @@ class FakeEngine:
     def count_chat_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         return int(sum(len(m["content"].split()) for m in messages) * self.tokens_per_word) + 8
 
-    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256) -> Iterator[Event]:
+    def answer(self, messages: Sequence[dict[str, str]], max_tokens: int = 256,
+               sampling: Sampling = GREEDY) -> Iterator[Event]:
+        self.last_sampling = sampling
         n_prompt = self.count_chat_tokens(messages)
         evaluated = n_prompt if max_tokens == 0 else 17
         yield PrefillProgress(0, evaluated, n_prompt - evaluated, 0.0, 0.0)

@@ -12,6 +12,7 @@ from app.ui.screens import CompareScreen
 from app.ui.widgets import ArmPanel
 from app_fakes import FakeEngine, FakeSampler
 from engine.events import AnswerDone, PrefillProgress, Token
+from engine.sampling import GREEDY
 from test_app_ui import until
 
 
@@ -38,9 +39,9 @@ class CountedEngine(FakeEngine):
     def close(self) -> None:
         CountedEngine.open_engines.discard(id(self))
 
-    def answer(self, messages, max_tokens=256):
+    def answer(self, messages, max_tokens=256, sampling=GREEDY):
         if not (CountedEngine.slow and max_tokens):
-            yield from super().answer(messages, max_tokens)
+            yield from super().answer(messages, max_tokens, sampling)
             return
         self.stopped.clear()
         yield PrefillProgress(17, 17, 0, 800.0, 0.0)

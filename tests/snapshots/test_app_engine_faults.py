@@ -13,6 +13,7 @@ from app.ui import create_app
 from app.ui.widgets import QuestionView
 from app_fakes import FakeEngine, FakeSampler
 from engine.events import PrefillProgress
+from engine.sampling import GREEDY
 from test_app_ui import status, until
 
 
@@ -27,12 +28,12 @@ class HangingEngine(FakeEngine):
         self.hangs = HangingEngine.started == 1
         self.released = threading.Event()
 
-    def answer(self, messages, max_tokens=256):
+    def answer(self, messages, max_tokens=256, sampling=GREEDY):
         if max_tokens and self.hangs:
             yield PrefillProgress(0, 17, 0, 0.0, 0.0)
             self.released.wait(60)  # a llama.cpp call that never returns
             return
-        yield from super().answer(messages, max_tokens)
+        yield from super().answer(messages, max_tokens, sampling)
 
     def close(self) -> None:
         self.released.set()

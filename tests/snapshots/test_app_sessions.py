@@ -110,3 +110,78 @@ async def test_f3_lists_sessions_whose_titles_look_like_markup(model_path, tmp_p
         await pilot.press("enter")
         await until(pilot, lambda: screen.state == "ready" and app.document.title == doc.name)
         assert [a.text for a in screen.query(AnswerView)] == ["Ilse Varga."]
+
+
+async def test_sessions_are_renamed_and_deleted_only_after_asking(model_path, tmp_path: Path) -> None:
+    from textual.widgets import Input, OptionList
+
+    from app.ui.screens import ConfirmDialog, NameDialog, SessionsDialog
+
+    old = Session("/docs/old.pdf", "old.pdf", "1" * 64, turns=[Turn("user", "Q?"), Turn("assistant", "A.", "f16")],
+                  updated=1.0)
+    old.save()
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        chat = app.chat_screen
+        await until(pilot, lambda: chat.state == "ready")
+        chat.ask("Who designed the railway?")
+        await until(pilot, lambda: chat.state == "ready" and chat.last_done is not None)
+        current = app.conversation.session
+        await pilot.press("f3")
+        await until(pilot, lambda: isinstance(app.screen, SessionsDialog))
+        dialog = app.screen
+        listed = dialog.query_one("#sessions-list", OptionList)
+        assert [o.id for o in listed.options] == [current.id, old.id]  # newest first
+        assert str(listed.get_option_at_index(0).prompt).endswith("· open now")
+        # the open session cannot be deleted from under the chat
+        listed.highlighted = 0
+        await pilot.press("delete")
+        await pilot.pause(0.05)
+        assert isinstance(app.screen, SessionsDialog) and current.path.exists()
+        assert "open now; open another document or session first" in str(dialog.query_one("#sessions-error").render())
+        # renaming the open session renames the chat's copy too, so its next save keeps the name
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, NameDialog))
+        app.screen.query_one("#name-input", Input).value = "  Railway   questions "
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen is dialog)
+        assert current.name == "Railway questions" and Session.load(current.id).name == "Railway questions"
+        assert str(listed.get_option_at_index(0).prompt).startswith("Railway questions · 1 question(s)")
+        # Esc in the confirmation keeps the session; only the Delete button deletes
+        listed.highlighted = 1
+        await pilot.press("delete")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        assert "“old.pdf”: 1 question(s) and their answers will be gone" in str(
+            app.screen.query_one("#confirm-question").render())
+        assert app.screen.focused.id == "confirm-keep"  # Enter alone does not delete
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is dialog)
+        assert old.path.exists() and len(listed.options) == 2
+        await pilot.press("delete")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        await pilot.click("#confirm-yes")
+        await until(pilot, lambda: app.screen is dialog)
+        assert not old.path.exists() and [o.id for o in listed.options] == [current.id]
+        await pilot.press("escape")
+        chat.ask("When did it open?")
+        await until(pilot, lambda: chat.state == "ready" and len(current.turns) == 4)
+        assert json.loads(current.path.read_text())["name"] == "Railway questions"
+
+
+def test_session_names_are_tidied_limited_and_checked(tmp_path: Path) -> None:
+    import pytest
+
+    from app.sessions import SessionFileError, SessionNameError
+
+    session = Session("/d.pdf", "d.pdf", "2" * 64)
+    session.rename("\tBudget\n review ")
+    assert Session.load(session.id).title == "Budget review"
+    session.rename("")
+    assert Session.load(session.id).title == "d.pdf"  # empty: the document's title again
+    with pytest.raises(SessionNameError, match="at most 120 characters, not 121; shorten it"):
+        session.rename("x" * 121)
+    assert Session.load(session.id).name == ""  # a refused name is not saved
+    record = json.loads(session.path.read_text())
+    session.path.write_text(json.dumps({**record, "name": 7}))
+    with pytest.raises(SessionFileError, match="name is int"):
+        Session.load(session.id)

@@ -2,7 +2,9 @@
 
 from app.ui.screens._chat import ChatScreen
 from app.ui.screens._compare import CompareScreen
-from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
+from app.ui.screens._document import DocumentScreen
+from app.ui.screens._dialogs import ConfirmDialog, NameDialog, OpenDialog, OverflowDialog, SessionsDialog
+from app.ui.screens._models import GgufFileDialog, ModelsScreen
 from app.ui.screens._settings import SettingsScreen
 
-__all__ = ["ChatScreen", "CompareScreen", "OpenDialog", "OverflowDialog", "SessionsDialog", "SettingsScreen"]
+__all__ = ["ChatScreen", "CompareScreen", "ConfirmDialog", "DocumentScreen", "GgufFileDialog", "ModelsScreen", "NameDialog", "OpenDialog", "OverflowDialog", "SessionsDialog", "SettingsScreen"]

@@ -24,6 +24,7 @@ from app.citations import check_citations
 from app.conversation import Conversation
 from app.errors import DocumentError, EngineHungError, PageRangeError
 from app.ingest import Document, IngestLimits, load_document
+from app.model_library import model_info
 from app.paths import route_input
 from app.sessions import Session
 from app.ui.messages import (
@@ -41,9 +42,11 @@ from app.ui.messages import (
     PrefillProgressed,
 )
 from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
+from app.ui.screens._document import DocumentScreen
 from app.ui.widgets import AnswerView, ChatLog, DocumentBar, QuestionInput, VramPanel
 from engine.errors import EngineError
 from engine.events import AnswerDone, EngineFailed, PrefillProgress, Token
+from engine.sampling import GREEDY
 
 if TYPE_CHECKING:
     from app.ui.app import FraqtlApp
@@ -59,6 +62,8 @@ class ChatScreen(Screen[None]):
         Binding("f3", "sessions", "Sessions"),
         Binding("f4", "settings", "Settings"),
         Binding("f5", "restart_engine", "Restart engine"),
+        Binding("f6", "document", "Document"),
+        Binding("f7", "models", "Models"),
         Binding("f9", "toggle_vram", "VRAM panel"),
         Binding("ctrl+s", "export", "Export"),
     ]
@@ -80,6 +85,7 @@ class ChatScreen(Screen[None]):
         self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
         self.session_notes: list[str] = []  # what reopening the last session had to tell the person
         self.exported_to: Path | None = None
+        self.document_page: int | None = None  # where the document view was left
         self.engine_epoch = 0  # bumped when the engine is (re)started or given up on as hung
         self.last_engine_news = time.monotonic()  # when a worker last reported on the engine
 
@@ -154,6 +160,10 @@ class ChatScreen(Screen[None]):
             post(DocumentFailed(f"Reading {', '.join(p.name for p in paths)} failed ({type(exc).__name__}: "
                                 f"{exc}); please report it, and try another copy of the file."))
             return
+        try:
+            model_info(self.fraqtl.model_path)  # parsed here, so that the event loop finds it cached
+        except EngineError:
+            pass  # the engine's start says what is wrong with the model
         post(DocumentLoaded(Document.join(docs)))
 
     @on(IngestProgressed)
@@ -184,7 +194,10 @@ class ChatScreen(Screen[None]):
             except PageRangeError as exc:
                 notes.append(f"{exc} The whole document is used.")
                 session.page_range = ""
+        if session is not None and session.n_ctx > self.fraqtl.settings.n_ctx:
+            self.fraqtl.settings.n_ctx = session.n_ctx  # for this run, as if chosen again in the overflow dialog
         self.fraqtl.document = document
+        self.document_page = None
         self.conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path,
                                          self.fraqtl.factory, session=session)
         self.fraqtl.conversation = self.conversation
@@ -282,6 +295,7 @@ class ChatScreen(Screen[None]):
         kind, value = choice
         if kind == "context":
             self.fraqtl.settings.n_ctx = int(value)  # type: ignore[call-overload]
+            self.conversation.session.n_ctx = int(value)  # type: ignore[call-overload]  # reopening uses it again
             self.start_engine(n_ctx=int(value))  # type: ignore[call-overload]
         elif kind == "range":
             document = self.conversation.document.parse_range(str(value))
@@ -412,7 +426,9 @@ class ChatScreen(Screen[None]):
         self.current_answer = None
         self.query_one(ChatLog).scroll_end(animate=False)
         stopped = " (stopped)" if message.done.finish == "cancelled" else ""
-        self.set_state("ready", f"Answered{stopped}: evaluated {message.done.n_evaluated:,} new prompt tokens, "
+        sampling = self.fraqtl.settings.sampling()
+        how = "" if sampling == GREEDY else f" ({sampling.describe()})"
+        self.set_state("ready", f"Answered{stopped}{how}: evaluated {message.done.n_evaluated:,} new prompt tokens, "
                                 f"reused {message.done.n_prompt - message.done.n_evaluated:,}.")
 
     @on(EngineFailedMessage)
@@ -463,7 +479,7 @@ class ChatScreen(Screen[None]):
             if session is not None:
                 self.reopen(session)
 
-        self.app.push_screen(SessionsDialog(), chosen)
+        self.app.push_screen(SessionsDialog(self.conversation.session if self.conversation else None), chosen)
 
     def action_restart_engine(self) -> None:
         if self.conversation is None:
@@ -480,6 +496,9 @@ class ChatScreen(Screen[None]):
     def action_settings(self) -> None:
         self.fraqtl.action_settings()
 
+    def action_models(self) -> None:
+        self.fraqtl.action_models()
+
     def action_export(self) -> None:
         if self.conversation is None or not self.conversation.session.turns:
             self.notify("Ask a question first: there is no transcript to export yet.", severity="warning", markup=False)
@@ -492,6 +511,26 @@ class ChatScreen(Screen[None]):
             return
         self.exported_to = path
         self.notify(f"Exported the transcript to {path}.", markup=False)
+
+    def action_document(self) -> None:
+        self.action_show_page(None)
+
+    def action_show_page(self, page: int | None) -> None:
+        """The document view, at ``page`` (a citation's) or where it was last left."""
+        if self.conversation is None:
+            self.notify("Open a document first (ctrl+o).", severity="warning", markup=False)
+            return
+        document = self.conversation.document
+        if page is not None and document.page(page) is None:
+            self.notify(f"The document has no page {page}; that citation points nowhere.", severity="warning",
+                        markup=False)
+            page = None
+
+        def left(shown: int | None) -> None:
+            if shown is not None:
+                self.document_page = shown
+
+        self.app.push_screen(DocumentScreen(document, page if page is not None else self.document_page), left)
 
     def action_toggle_vram(self) -> None:
         panel = self.query_one(VramPanel)

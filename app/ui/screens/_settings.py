@@ -1,9 +1,9 @@
-"""The settings screen: model, arm, recipe, context, YaRN, sidecar; saved with platformdirs."""
+"""The settings screen: model, arm, recipe, context, YaRN, sidecar, sampling; saved with platformdirs."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on
@@ -68,6 +68,18 @@ class SettingsScreen(ModalScreen[bool]):
                     yield Label("Answer limit (tokens)")
                     yield Input(str(s.max_tokens), type="integer", id="set-max-tokens")
                 with Horizontal(classes="field"):
+                    yield Label("Temperature")
+                    yield Input(f"{s.temperature:g}", placeholder="0: greedy (the default)", id="set-temperature")
+                with Horizontal(classes="field"):
+                    yield Label("Top-p")
+                    yield Input(f"{s.top_p:g}", placeholder="1: every token", id="set-top-p")
+                with Horizontal(classes="field"):
+                    yield Label("Repetition penalty")
+                    yield Input(f"{s.repeat_penalty:g}", placeholder="1: off; 1.1–1.3 curbs repeats",
+                                id="set-repeat-penalty")
+                yield Static("Sampling applies to chat answers from the next question on; the arm comparison "
+                             "always answers greedily, so its arms stay comparable.", classes="hint")
+                with Horizontal(classes="field"):
                     yield Label("Compare q4_0 too")
                     yield Switch(s.compare_q4_0, id="set-q4")
                 yield Static(f"Saved to {Settings.path()}. Any FRAQTL_<NAME> environment variable "
@@ -87,19 +99,31 @@ class SettingsScreen(ModalScreen[bool]):
                 current,
                 model=self.query_one("#set-model", Input).value.strip() or None,
                 arm=f"{arm}:{recipe}" if arm == "d2" and recipe else arm,
-                n_ctx=int(self.query_one("#set-ctx", Input).value or 0),
+                n_ctx=self.number("#set-ctx", "The context", int),
                 yarn=self.query_one("#set-yarn", Switch).value,
                 sidecar=self.query_one("#set-sidecar", Input).value.strip() or None,
-                max_tokens=int(self.query_one("#set-max-tokens", Input).value or 0),
+                max_tokens=self.number("#set-max-tokens", "The answer limit", int),
+                temperature=self.number("#set-temperature", "The temperature", float),
+                top_p=self.number("#set-top-p", "Top-p", float),
+                repeat_penalty=self.number("#set-repeat-penalty", "The repetition penalty", float),
                 compare_q4_0=self.query_one("#set-q4", Switch).value,
             ).validate()
             candidate.save()
-        except (SettingsError, ValueError, OSError) as exc:
+        except (SettingsError, OSError) as exc:
             self.query_one("#settings-error", Static).update(Text(str(exc)))
             return
         for field, value in vars(candidate).items():
             setattr(current, field, value)
         self.dismiss(True)
+
+    def number(self, selector: str, label: str, kind: type[int] | type[float]) -> Any:
+        """The field's value as ``kind``; a SettingsError that names the field when it is not one."""
+        raw = self.query_one(selector, Input).value.strip()
+        try:
+            return kind(raw.replace("_", ""))
+        except ValueError:
+            example = "a whole number, e.g. 8192" if kind is int else "a number, e.g. 0.7"
+            raise SettingsError(f"{label} must be {example}, not {raw!r}.") from None
 
     @on(Button.Pressed, "#settings-cancel")
     def cancel(self) -> None:

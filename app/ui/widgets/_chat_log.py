@@ -5,8 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.content import Content
 from textual.widgets import Markdown, Static
-from textual.widgets._markdown import MarkdownStream
+from textual.widgets.markdown import MarkdownStream
 
 from app.citations import Citation
 from engine.events import AnswerDone
@@ -61,11 +62,15 @@ class AnswerView(Vertical):
                 parts.append("stopped")
             elif done.finish == "length":
                 parts.append("cut at the answer limit")
-        if citations:
-            parts.append("citations: " + ", ".join(c.label for c in citations))
+        pieces: list[Content] = [Content(part) for part in parts]
+        if citations:  # each page links to the document view at that page
+            links = [Content.from_markup(f"[@click=screen.show_page({c.page:d})]$label[/]", label=c.label)
+                     for c in citations]
+            pieces.append(Content.assemble("citations: ", Content(", ").join(links)))
         if note:
-            parts.append(note)
-        self.query_one(".answer-meta", Static).update(Text(" · ".join(parts)))
+            pieces.append(Content(note))
+        meta = Content(" · ").join(pieces)
+        self.query_one(".answer-meta", Static).update(meta)
 
 
 class ChatLog(VerticalScroll):

@@ -10,11 +10,10 @@ from app.ui.messages import PathsDropped, PathsRefused
 
 
 class QuestionInput(Input):
-    def _on_paste(self, event: events.Paste) -> None:
+    def on_paste(self, event: events.Paste) -> None:
+        """Paths become a message; anything else falls through to Input's own paste handling."""
         route = route_input(event.text)
         if route.kind in ("open", "refuse"):
             event.stop()
-            event.prevent_default()
+            event.prevent_default()  # Input's handler does not type the path in
             self.post_message(PathsDropped(list(route.files)) if route.files else PathsRefused(route.problem))
-            return
-        super()._on_paste(event)
