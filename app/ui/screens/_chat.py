@@ -93,8 +93,8 @@ class ChatScreen(Screen[None]):
             with Vertical(id="chat-column"):
                 yield DocumentBar()
                 yield ChatLog()
-                yield QuestionInput(placeholder="Ask about the document, or drop a file to open it",
-                                    id="question")
+                opening = "ctrl+o opens a file" if self.app.is_web else "or drop a file to open it"
+                yield QuestionInput(placeholder=f"Ask about the document, {opening}", id="question")
             yield VramPanel(self.fraqtl.sampler, refresh_s=self.fraqtl.vram_refresh_s, id="vram")
         yield Footer()
 
@@ -339,7 +339,8 @@ class ChatScreen(Screen[None]):
 
     def ask(self, question: str) -> None:
         if self.conversation is None:
-            self.notify("Open a document first (ctrl+o, or drop a file here).", severity="warning", markup=False)
+            where = "ctrl+o" if self.app.is_web else "ctrl+o, or drop a file here"
+            self.notify(f"Open a document first ({where}).", severity="warning", markup=False)
             return
         if self.state in ("loading", "prefilling", "ingesting"):
             self.pending_question = question

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets import Button, DirectoryTree, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from app.conversation import Fit
@@ -31,16 +32,23 @@ DIALOG_CSS = """
 
 
 class OpenDialog(ModalScreen[list[Path] | None]):
-    """Type, paste or drop a path (or several)."""
+    """Type, paste or drop a path (or several); in a browser, also pick one from a folder tree."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="OpenDialog")
+    DEFAULT_CSS = DIALOG_CSS.format(name="OpenDialog") + "OpenDialog DirectoryTree { height: 14; }"
     BINDINGS = [("escape", "dismiss(None)", "Cancel")]
+    AUTO_FOCUS = "#open-path"
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Open a document", classes="dialog-title")
-            yield Static("A PDF, Markdown or text file. Drop files onto the terminal or paste their paths; "
-                         "several paths are read as one document.")
+            if self.app.is_web:  # a file dropped on a browser page never reaches the app
+                yield Static("A PDF, Markdown or text file on the machine that runs fraqtl-chat: type its path "
+                             "or pick it below (files dropped on the browser page do not reach the app); "
+                             "several paths are read as one document.")
+                yield DirectoryTree(Path.home(), id="open-tree")
+            else:
+                yield Static("A PDF, Markdown or text file. Drop files onto the terminal or paste their paths; "
+                             "several paths are read as one document.")
             yield Input(placeholder="/path/to/document.pdf", id="open-path")
             yield Static("", classes="dialog-error", id="open-error")
             with Horizontal(classes="dialog-buttons"):
@@ -62,6 +70,12 @@ class OpenDialog(ModalScreen[list[Path] | None]):
             self.query_one("#open-error", Static).update(Text(str(DocumentNotFoundError(str(missing)))))
         else:
             self.dismiss(paths)
+
+    @on(DirectoryTree.FileSelected)
+    def picked(self, event: DirectoryTree.FileSelected) -> None:
+        field = self.query_one("#open-path", Input)
+        field.value = shlex.quote(str(event.path))
+        field.focus()
 
     @on(Button.Pressed, "#open-cancel")
     def cancel(self) -> None:
