@@ -16,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fraqtl-chat",
         description="Ask questions about long documents (PDF, Markdown, text) with a local llama.cpp model "
                     "whose KV cache is compressed with D2. With no FILE, opens the bundled sample document.",
-        epilog="Settings are saved by the app; FRAQTL_<NAME> environment variables override them "
-               "(e.g. FRAQTL_ARM=q8_0, FRAQTL_N_CTX=16384, FRAQTL_YARN=1).",
+        epilog="`fraqtl-chat setup` builds the patched llama.cpp engine and fetches the default model (the "
+               "first run does it when no engine is installed). Settings are saved by the app; FRAQTL_<NAME> "
+               "environment variables override them (e.g. FRAQTL_ARM=q8_0, FRAQTL_N_CTX=16384, FRAQTL_YARN=1).",
     )
     parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help="documents to open (several are read as one)")
     parser.add_argument("--model", help="a GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
@@ -102,9 +103,31 @@ def open_in_browser(url: str) -> bool:
     return webbrowser.open(url, new=2)
 
 
+def ensure_engine() -> bool:
+    """The first run of an installed package builds the engine (``fraqtl-chat setup``) before anything else."""
+    from app.first_run import SetupError, engine_installed, setup
+
+    if engine_installed():
+        return True
+    print("No patched llama.cpp engine is installed in this environment yet: running `fraqtl-chat setup`.",
+          file=sys.stderr)
+    try:
+        setup(check=False)
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["setup"] and not Path("setup").is_file():  # `./setup` opens a file of that name
+        from app.first_run import main as setup_main
+
+        return setup_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if not ensure_engine():
+        return 1
     from app.errors import DocumentNotFoundError
     from app.samples import DEFAULT_SAMPLE
     from app.sessions import Session, SessionFileError
