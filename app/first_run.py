@@ -13,6 +13,7 @@ This module never starts the UI; every failure is one sentence that says what to
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
 import sys
 import time
@@ -97,6 +98,41 @@ def smoke_answer(model_path: Path) -> str:
     raise SetupError("The engine was installed but ended without an answer; run `fraqtl-chat setup` again.")
 
 
+LAUNCHERS = ("fraqtl-chat.desktop", "fraqtl-chat-window.desktop")
+ICON = "fraqtl-chat.svg"
+
+
+def launcher_sources() -> Path:
+    """Where the launchers are: installed with the wheel, or the repository's packaging/ folder."""
+    for folder in (Path(sys.prefix) / "share" / "fraqtl-chat" / "launchers", locations.REPO_ROOT / "packaging"):
+        if all((folder / name).is_file() for name in (*LAUNCHERS, ICON)):
+            return folder
+    raise SetupError(f"The desktop launchers are not in {sys.prefix}/share/fraqtl-chat/launchers; reinstall "
+                     "fraqtl-chat (they ship with the package).")
+
+
+def install_launchers(share: Path | None = None) -> list[Path]:
+    """The terminal and window launchers and the icon, for this user, starting this installation."""
+    source = launcher_sources()
+    share = share or locations.desktop_share_dir()
+    script = Path(sys.prefix) / "bin" / "fraqtl-chat"
+    command = str(script) if script.is_file() else shutil.which("fraqtl-chat")
+    if command is None:
+        raise SetupError("No fraqtl-chat command was found to start from the launchers; install the package "
+                         "with pipx or uv tool, or put its bin folder on PATH.")
+    written = []
+    for name in LAUNCHERS:
+        text = (source / name).read_text("utf-8")
+        target = share / "applications" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text.replace("Exec=fraqtl-chat", f"Exec={shlex.quote(command)}"), "utf-8")
+        written.append(target)
+    icon = share / "icons" / "hicolor" / "scalable" / "apps" / ICON
+    icon.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / ICON, icon)
+    return [*written, icon]
+
+
 def setup(backend: str = "auto", cuda_arch: str = "", check: bool = True) -> Path:
     """Build (or reuse) and install the engine, fetch the default model, prove it answers."""
     from engine.errors import EngineError
@@ -139,8 +175,14 @@ def main(argv: list[str]) -> int:
                         help="auto = CUDA when nvcc and a GPU are present")
     parser.add_argument("--cuda-arch", default="", help="CUDA architectures, e.g. 90 (default: this GPU's)")
     parser.add_argument("--no-check", action="store_true", help="skip the one-question check at the end")
+    parser.add_argument("--launchers", action="store_true",
+                        help="only install the desktop launchers (terminal and window) and the icon for this user")
     args = parser.parse_args(argv)
     try:
+        if args.launchers:
+            for path in install_launchers():
+                print(path)
+            return 0
         setup(args.backend, args.cuda_arch, check=not args.no_check)
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)

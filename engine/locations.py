@@ -41,6 +41,11 @@ def config_dir() -> Path:
     return _dir("FRAQTL_CONFIG_DIR", platformdirs.user_config_dir(APP_NAME))
 
 
+def desktop_share_dir() -> Path:
+    """The user's XDG data folder (``~/.local/share``): desktop launchers and icons go below it."""
+    return Path(platformdirs.user_data_dir())
+
+
 def models_dir() -> Path:
     path = data_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,13 @@ def test_wheel_installs_into_a_fresh_venv_and_its_first_run_reuses_the_cached_en
     setup = subprocess.run([bin_dir / "fraqtl-chat", "setup"], cwd=home, env=env, capture_output=True, text=True,
                            timeout=300)
     assert setup.returncode == 0, setup.stderr
+    launchers = subprocess.run([bin_dir / "fraqtl-chat", "setup", "--launchers"], cwd=home,
+                               env={**env, "XDG_DATA_HOME": str(tmp_path / "share")}, capture_output=True, text=True,
+                               check=True, timeout=60)
+    window = tmp_path / "share" / "applications" / "fraqtl-chat-window.desktop"
+    assert str(window) in launchers.stdout
+    assert f"Exec={bin_dir / 'fraqtl-chat'} --desktop %F" in window.read_text()
+    assert (tmp_path / "share" / "icons" / "hicolor" / "scalable" / "apps" / "fraqtl-chat.svg").is_file()
     said = " ".join(setup.stderr.split())
     assert "patched llama_cpp already installed" in said and "nothing to do" in said
     assert "check: the d2 cache answered" in said and "ready in" in said

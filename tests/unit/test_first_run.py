@@ -43,3 +43,32 @@ def test_the_installed_engine_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not first_run.engine_installed()
     monkeypatch.setattr(first_run.engine_build, "installed_key", lambda: "abc")
     assert first_run.engine_installed()
+
+
+def test_launchers_are_installed_for_this_user_and_start_this_installation(tmp_path, monkeypatch) -> None:
+    import configparser
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    written = first_run.install_launchers()
+    assert [p.name for p in written] == ["fraqtl-chat.desktop", "fraqtl-chat-window.desktop", "fraqtl-chat.svg"]
+    script = Path(sys.prefix) / "bin" / "fraqtl-chat"
+    entries = {}
+    for path in written[:2]:
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # keys are case-sensitive
+        parser.read(path)
+        entries[path.name] = parser["Desktop Entry"]
+    assert entries["fraqtl-chat.desktop"]["Exec"] == f"{script} %F"
+    assert entries["fraqtl-chat.desktop"]["Terminal"] == "true"
+    assert entries["fraqtl-chat-window.desktop"]["Exec"] == f"{script} --desktop %F"
+    assert entries["fraqtl-chat-window.desktop"]["Terminal"] == "false"
+    assert entries["fraqtl-chat-window.desktop"]["StartupWMClass"] == "fraqtl-chat"  # Chromium's --class
+    assert written[2].read_text().startswith("<svg")
+    validator = shutil.which("desktop-file-validate")
+    if validator is None:
+        pytest.skip("desktop-file-validate is absent: `apt-get install desktop-file-utils` (.ci/run installs it)")
+    result = subprocess.run([validator, *map(str, written[:2])], capture_output=True, text=True)
+    assert result.returncode == 0 and "error" not in result.stdout, result.stdout
