@@ -52,7 +52,7 @@ def session_args(args: argparse.Namespace) -> list[str]:
     return forwarded + (["--yarn"] if args.yarn else [])
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, max_upload_bytes: int) -> int:
     """``--serve`` and ``--desktop``: check the address, print the URL, run until stopped."""
     from app.serve import BindRefusedError, PortInUseError, ServeAddress, SessionServer, app_command, free_port
     from app.desktop import NoBrowserError, find_browser, run_window
@@ -70,7 +70,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {address.host}, reachable from other machines; only a browser with the "
               "access token in this URL gets in. Anyone with the URL can read files this account can open.",
               file=sys.stderr)
-    server = SessionServer(app_command(session_args(args)), address)
+    server = SessionServer(app_command(session_args(args)), address, max_upload_bytes=max_upload_bytes)
     if browser is not None:
         async def open_window() -> None:
             await run_window(browser, address.url)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {DocumentNotFoundError(str(path))}", file=sys.stderr)
             return 2
     if args.serve or args.desktop:  # settings and files were checked here, not in a browser tab
-        return serve(args)
+        return serve(args, settings.max_document_bytes)
 
     from app.ui import create_app
 

@@ -1,34 +1,44 @@
 """Serve the app to a browser (textual-serve): loopback by default, one session at a time.
 
+Files dropped on the page are uploaded (``POST /upload``, from the page only, size-capped)
+into the uploads folder of the cache and pasted into the running app as quoted paths, the way
+a terminal pastes a dropped file; the app then opens them as usual.
+
 textual-serve starts one app process per browser connection, and each app process starts its
 own engine. :class:`SessionServer` therefore runs one app session at a time: a second tab (or a
 reload that comes before the first session has ended) waits a few seconds and then gets a small
 app that says why, never a second model on the GPU. Only loopback addresses are served unless
 the person passes ``--allow-remote``; then every request must carry a per-run access token.
 
-This module must never bind a non-loopback address without that flag, nor start a second app
-session while one runs. It never imports the engine.
+This module must never bind a non-loopback address without that flag, start a second app
+session while one runs, or write an upload anywhere but the uploads folder. Of the engine it
+imports only the locations of folders.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import shlex
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from textual_serve.app_service import AppService
 from textual_serve.server import Server, to_int
+
+from engine import locations
 
 log = logging.getLogger("fraqtl-chat.serve")
 
@@ -38,22 +48,38 @@ SESSION_GRACE_S = 6.0  # a reload closes the old session just after the new page
 TOKEN_COOKIE = "fraqtl_token"
 BUSY_COMMAND = shlex.join([sys.executable, "-m", "app.ui.session_busy"])
 
+UPLOAD_HEADER = "X-Fraqtl-Upload"  # a cross-site form cannot set it, and a cross-site fetch is preflighted
+MAX_UPLOAD_FILES = 16
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
 # Injected into textual-serve's page: a file dropped on it would replace the page (and end the
-# session), and its bytes cannot reach the app, so the drop is stopped and the page says why.
+# session), so the drop is stopped and the file is uploaded and opened instead.
 _DROP_GUARD = """
 <div id="fraqtl-drop-note" role="status" style="display:none;position:fixed;top:0;left:0;right:0;
-  z-index:100;padding:12px 16px;background:#5e0ba7;color:#fff;font:15px monospace;text-align:center">
-  Files dropped on this page do not reach fraqtl-chat. Press Ctrl+O and type the file's path
-  on the machine that runs fraqtl-chat.</div>
+  z-index:100;padding:12px 16px;background:#5e0ba7;color:#fff;font:15px monospace;text-align:center"></div>
 <script>
   (function () {
     var note = document.getElementById("fraqtl-drop-note"), timer = null;
+    function say(text, keep) {
+      note.textContent = text;
+      note.style.display = "block";
+      clearTimeout(timer);
+      if (!keep) { timer = setTimeout(function () { note.style.display = "none"; }, 10000); }
+    }
     window.addEventListener("dragover", function (e) { e.preventDefault(); });
     window.addEventListener("drop", function (e) {
       e.preventDefault();
-      note.style.display = "block";
-      clearTimeout(timer);
-      timer = setTimeout(function () { note.style.display = "none"; }, 10000);
+      var files = e.dataTransfer ? Array.from(e.dataTransfer.files) : [];
+      if (!files.length) { say("Only files can be dropped here; press Ctrl+O to type a path instead."); return; }
+      var form = new FormData();
+      files.forEach(function (f) { form.append("file", f, f.name); });
+      say("Uploading " + files.map(function (f) { return f.name; }).join(", ") + "…", true);
+      fetch("/upload", {method: "POST", body: form, headers: {"X-Fraqtl-Upload": "1"}, credentials: "same-origin"})
+        .then(function (r) { return r.text().then(function (t) { return [r.ok, t]; }); })
+        .then(function (res) {
+          say(res[0] ? "Uploaded " + files.length + " file(s) to fraqtl-chat's cache folder; opening." : res[1]);
+        })
+        .catch(function (err) { say("The upload failed (" + err + "); press Ctrl+O and type the path instead."); });
     });
   })();
 </script>
@@ -129,11 +155,15 @@ class SessionServer(Server):
     """textual-serve with an access check, page URLs taken from the request, one session at a time."""
 
     def __init__(self, command: str, address: ServeAddress, busy_command: str = BUSY_COMMAND,
-                 on_listening: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_listening: Callable[[], Awaitable[None]] | None = None,
+                 max_upload_bytes: int = 64 * 2**20, uploads: Path | None = None) -> None:
         super().__init__(command, host=address.host, port=address.port, title="fraqtl-chat")
         self.address = address
         self.busy_command = busy_command
         self.on_listening = on_listening
+        self.max_upload_bytes = max_upload_bytes
+        self.uploads = uploads
+        self.session: AppService | None = None  # the app session that holds the engine
         self.session_active = False
         self.sessions_started = 0  # app sessions (each with its engine) since the server started
         self.sessions_refused = 0  # connections that got the busy app instead
@@ -141,6 +171,7 @@ class SessionServer(Server):
     async def _make_app(self) -> web.Application:
         app = await super()._make_app()
         app.middlewares.append(self._guard)
+        app.router.add_post("/upload", self.handle_upload)
         return app
 
     # -------------------------------------------------------------- access
@@ -155,7 +186,9 @@ class SessionServer(Server):
             raise web.HTTPForbidden(text="This fraqtl-chat server needs the access token it printed at start: "
                                          "open the full URL, including ?token=….\n")
         origin = request.headers.get("Origin")
-        if request.path == "/ws" and origin is not None and origin.split("://", 1)[-1] != request.host:
+        if request.method == "POST" and origin is None:
+            raise web.HTTPForbidden(text="Uploads come from the fraqtl-chat page only.\n")
+        if request.path in ("/ws", "/upload") and origin is not None and origin.split("://", 1)[-1] != request.host:
             # another web site open in the same browser must not drive the app
             raise web.HTTPForbidden(text=f"Connections from {origin} are not accepted.\n")
         response = await handler(request)
@@ -209,6 +242,8 @@ class SessionServer(Server):
                 write_bytes=websocket.send_bytes, write_str=websocket.send_str, close=websocket.close,
                 download_manager=self.download_manager, debug=self.debug)
             await app_service.start(width, height)
+            if claimed:
+                self.session = app_service
             await self._process_messages(websocket, app_service)
         except asyncio.CancelledError:
             await websocket.close()
@@ -218,8 +253,43 @@ class SessionServer(Server):
             if app_service is not None:
                 await app_service.stop()  # returns once the app (and its engine) has exited
             if claimed:
+                self.session = None
                 self.session_active = False
         return websocket
+
+    # -------------------------------------------------------------- uploads
+
+    async def handle_upload(self, request: web.Request) -> web.Response:
+        """Files dropped on the page: saved under the uploads folder, then pasted into the app."""
+        if request.headers.get(UPLOAD_HEADER) != "1":
+            raise web.HTTPForbidden(text="Uploads come from the fraqtl-chat page only.")
+        session = self.session
+        if session is None:
+            raise web.HTTPConflict(text="No fraqtl-chat session is running in this page: reload it, then drop the "
+                                        "file again.")
+        try:
+            reader = await request.multipart()
+        except (AssertionError, ValueError):  # aiohttp asserts on a non-multipart body
+            raise web.HTTPBadRequest(text="The upload was not a file; drop a PDF, Markdown or text file.") from None
+        saved: list[Path] = []
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.filename is None:
+                continue
+            if len(saved) == MAX_UPLOAD_FILES:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=MAX_UPLOAD_FILES, actual_size=MAX_UPLOAD_FILES + 1,
+                    text=f"At most {MAX_UPLOAD_FILES} files can be dropped at once; drop fewer.")
+            try:
+                saved.append(await save_upload(part, part.filename, self.max_upload_bytes,
+                                               self.uploads or locations.uploads_dir()))
+            except UploadTooLargeError as exc:
+                raise web.HTTPRequestEntityTooLarge(max_size=exc.limit, actual_size=exc.limit + 1,
+                                                    text=str(exc)) from None
+        if not saved:
+            raise web.HTTPBadRequest(text="No file arrived; drop a PDF, Markdown or text file.")
+        paths = " ".join(shlex.quote(str(path)) for path in saved)
+        await session.send_bytes(f"\x1b[200~{paths}\x1b[201~".encode())  # a bracketed paste, as a terminal sends
+        return web.json_response({"paths": [str(p) for p in saved]})
 
     # -------------------------------------------------------------- start-up
 
@@ -246,6 +316,49 @@ class SessionServer(Server):
         if not _port_free(self.address.host, self.address.port):
             raise PortInUseError(self.address.host, self.address.port)
         super().serve(debug)
+
+
+class UploadTooLargeError(ValueError):
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        size = f"{limit / 2**20:,.0f} MiB" if limit >= 2**20 else f"{limit:,}-byte"
+        super().__init__(f"{name} is larger than the {size} document limit; raise "
+                         "max_document_mb in the settings (F4) or open a smaller file.")
+
+
+def upload_name(name: str) -> str:
+    """A plain file name from what a browser sent: no folders, control characters or leading dots."""
+    base = _UNSAFE_NAME.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(". ")
+    if len(base) > 160:
+        stem, dot, suffix = base.rpartition(".")
+        base = f"{stem[:150]}{dot}{suffix[:9]}" if dot and len(suffix) <= 9 else base[:160]
+    return base or "dropped-file"
+
+
+async def save_upload(part: BodyPartReader, name: str, limit: int, folder: Path) -> Path:
+    """Stream one file into ``folder/<sha256 prefix>/<name>``; refuse it past ``limit`` bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".upload-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            while chunk := await part.read_chunk(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise UploadTooLargeError(upload_name(name), limit)
+                digest.update(chunk)
+                out.write(chunk)
+        target = folder / digest.hexdigest()[:16] / upload_name(name)
+        if target.resolve().parent.parent != folder.resolve():  # upload_name makes this impossible; be sure
+            raise ValueError(f"refused to write {name!r} outside {folder}")
+        target.parent.mkdir(exist_ok=True)
+        os.replace(temporary, target)
+        return target
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def _dial_host(host: str) -> str:

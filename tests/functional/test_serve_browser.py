@@ -45,14 +45,15 @@ def served(model_path: Path, app_dirs: Path, tmp_path: Path) -> Iterator[ServedA
     assert app.process.returncode is not None
 
 
-def test_browser_opens_the_sample_asks_and_reads_the_streamed_answer(browser, served: ServedApp) -> None:
+def test_browser_opens_the_sample_asks_and_reads_the_streamed_answer(browser, served: ServedApp,
+                                                                    app_dirs: Path) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     tab = TerminalPage(page, served.url)
     tab.wait_for(lambda t: "velmora harbour.md" in t and status_line(t).startswith("Ready"),
                  "the first document to be prefilled")
 
-    tab.press("Control+o")  # the Open dialog is the way in: a dropped file never reaches the app
-    tab.wait_for(lambda t: "Open a document" in t and "do not reach the app" in plain(t), "the Open dialog", 30)
+    tab.press("Control+o")  # the Open dialog: a path on the machine that runs the app
+    tab.wait_for(lambda t: "Open a document" in t and "dropped on the page is uploaded" in plain(t), "the Open dialog", 30)
     tab.type(str(DEFAULT_SAMPLE))
     tab.press("Enter")
     tab.wait_for(lambda t: "orrin-valley-railway.md · 4 pages" in t and status_line(t).startswith("Ready"),
@@ -81,8 +82,17 @@ def test_browser_opens_the_sample_asks_and_reads_the_streamed_answer(browser, se
         target = ROOT / "docs" / "screenshots" / "browser.png"
         target.write_bytes(shot.read_bytes())
 
-    page.dispatch_event("body", "drop")  # a file dropped on the page: stopped, and the page says why
-    assert page.is_visible("#fraqtl-drop-note")
+    # a file dropped on the page is uploaded into the cache's uploads folder and opened by the app
+    dropped = page.evaluate_handle("""() => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File(["# Lamps\\n\\nThe lamp room has 12 brass lamps.\\n"], "lamp room.md"));
+        return transfer;
+    }""")
+    page.dispatch_event("body", "drop", {"dataTransfer": dropped})
+    page.wait_for_selector("#fraqtl-drop-note >> text=opening", timeout=30_000)
+    tab.wait_for(lambda t: "lamp room.md" in t and status_line(t).startswith("Ready"), "the dropped file to open")
+    uploads = list((app_dirs / "cache" / "uploads").glob("*/lamp room.md"))
+    assert len(uploads) == 1 and "12 brass lamps" in uploads[0].read_text()
 
 
 def test_a_second_tab_gets_a_message_and_no_second_engine(browser, served: ServedApp) -> None:

@@ -173,3 +173,82 @@ def test_the_browser_is_opened_unless_told_not_to(model_file: Path, monkeypatch:
     monkeypatch.delenv("BROWSER", raising=False)
     assert not cli.open_in_browser("http://127.0.0.1:8000/")  # never a text browser in this terminal
     assert opened == ["http://127.0.0.1:8000/"]
+
+
+class RecordingSession:
+    """Stands in for the running app session: records what would be typed into it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send_bytes(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+
+def upload_form(*files: tuple[str, bytes]):
+    from aiohttp import FormData
+
+    form = FormData(quote_fields=False)  # as a browser sends names
+    for name, content in files:
+        form.add_field("file", content, filename=name, content_type="application/octet-stream")
+    return form
+
+
+async def uploading_client(tmp_path: Path, limit: int = 1024):
+    server = SessionServer(app_command([]), ServeAddress("127.0.0.1", 8000), max_upload_bytes=limit,
+                           uploads=tmp_path / "uploads")
+    client = TestClient(TestServer(await server._make_app()))
+    await client.start_server()
+    headers = {"X-Fraqtl-Upload": "1", "Origin": f"http://{client.host}:{client.port}"}
+    return server, client, headers
+
+
+async def test_a_dropped_file_is_saved_in_the_uploads_folder_and_pasted_into_the_app(tmp_path: Path) -> None:
+    server, client, headers = await uploading_client(tmp_path)
+    try:
+        assert (await client.post("/upload", data=upload_form(("notes.md", b"# Notes")), headers=headers)).status == 409
+        server.session = RecordingSession()  # type: ignore[assignment]
+        reply = await client.post("/upload", data=upload_form(("my notes.md", b"# Notes"), ("../../../etc/x.txt", b"x")),
+                                  headers=headers)
+        assert reply.status == 200, await reply.text()
+        paths = [Path(p) for p in (await reply.json())["paths"]]
+        assert [p.name for p in paths] == ["my notes.md", "x.txt"]
+        assert all(p.parent.parent == tmp_path / "uploads" for p in paths) and paths[0].read_bytes() == b"# Notes"
+        assert server.session.sent == [f"\x1b[200~'{paths[0]}' {paths[1]}\x1b[201~".encode()]
+        assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == sorted(p.parent.name for p in paths)
+    finally:
+        await client.close()
+
+
+async def test_uploads_are_size_capped_and_come_only_from_the_page(tmp_path: Path) -> None:
+    server, client, headers = await uploading_client(tmp_path, limit=1024)
+    server.session = RecordingSession()  # type: ignore[assignment]
+    try:
+        big = await client.post("/upload", data=upload_form(("big.pdf", b"x" * 4096)), headers=headers)
+        assert big.status == 413
+        assert "big.pdf is larger than the 1,024-byte document limit; raise max_document_mb" in await big.text()
+        assert list((tmp_path / "uploads").rglob("*")) == []  # nothing half-written is left behind
+        many = upload_form(*[(f"{i}.md", b"x") for i in range(17)])
+        assert (await client.post("/upload", data=many, headers=headers)).status == 413
+        no_header = {"Origin": headers["Origin"]}
+        assert (await client.post("/upload", data=upload_form(("a.md", b"x")), headers=no_header)).status == 403
+        assert (await client.post("/upload", data=upload_form(("a.md", b"x")),
+                                  headers={"X-Fraqtl-Upload": "1"})).status == 403  # no Origin
+        other = {"X-Fraqtl-Upload": "1", "Origin": "http://evil.example"}
+        assert (await client.post("/upload", data=upload_form(("a.md", b"x")), headers=other)).status == 403
+        assert (await client.post("/upload", data=b"plain", headers=headers)).status == 400
+        assert server.session.sent == []
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(("sent", "kept"), [
+    ("report.pdf", "report.pdf"), ("../../etc/passwd", "passwd"), ("..\\..\\boot.ini", "boot.ini"),
+    (".bashrc", "bashrc"), ("a\x00b\nc.md", "a_b_c.md"), ("..", "dropped-file"), ("", "dropped-file"),
+    ("x" * 300 + ".pdf", "x" * 150 + ".pdf"),
+])
+def test_upload_names_are_plain_file_names(sent: str, kept: str) -> None:
+    from app.serve import upload_name
+
+    assert upload_name(sent) == kept

@@ -41,10 +41,10 @@ class OpenDialog(ModalScreen[list[Path] | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Open a document", classes="dialog-title")
-            if self.app.is_web:  # a file dropped on a browser page never reaches the app
+            if self.app.is_web:  # the browser's own files arrive by dropping them on the page (an upload)
                 yield Static("A PDF, Markdown or text file on the machine that runs fraqtl-chat: type its path "
-                             "or pick it below (files dropped on the browser page do not reach the app); "
-                             "several paths are read as one document.")
+                             "or pick it below; several paths are read as one document. A file dropped on the "
+                             "page is uploaded to fraqtl-chat's cache folder and opened.")
                 yield DirectoryTree(Path.home(), id="open-tree")
             else:
                 yield Static("A PDF, Markdown or text file. Drop files onto the terminal or paste their paths; "
