@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -93,8 +93,8 @@ class ChatScreen(Screen[None]):
             with Vertical(id="chat-column"):
                 yield DocumentBar()
                 yield ChatLog()
-                opening = "ctrl+o opens a file" if self.app.is_web else "or drop a file to open it"
-                yield QuestionInput(placeholder=f"Ask about the document, {opening}", id="question")
+                yield QuestionInput(placeholder="Ask about the document, or drop a file to open it",
+                                    id="question")
             yield VramPanel(self.fraqtl.sampler, refresh_s=self.fraqtl.vram_refresh_s, id="vram")
         yield Footer()
 
@@ -317,6 +317,14 @@ class ChatScreen(Screen[None]):
     def paths_dropped(self, message: PathsDropped) -> None:
         self.open_paths(message.paths)
 
+    def on_paste(self, event: events.Paste) -> None:
+        """Files pasted or dropped while the question box is not focused open too (served uploads arrive so)."""
+        route = route_input(event.text)
+        if route.kind == "open":
+            self.open_paths(list(route.files))
+        elif route.kind == "refuse":
+            self.paths_refused(PathsRefused(route.problem))
+
     @on(QuestionInput.Submitted, "#question")
     def question_submitted(self, event: QuestionInput.Submitted) -> None:
         text = event.value.strip()
@@ -339,8 +347,7 @@ class ChatScreen(Screen[None]):
 
     def ask(self, question: str) -> None:
         if self.conversation is None:
-            where = "ctrl+o" if self.app.is_web else "ctrl+o, or drop a file here"
-            self.notify(f"Open a document first ({where}).", severity="warning", markup=False)
+            self.notify("Open a document first (ctrl+o, or drop a file here).", severity="warning", markup=False)
             return
         if self.state in ("loading", "prefilling", "ingesting"):
             self.pending_question = question

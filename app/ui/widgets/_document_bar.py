@@ -22,8 +22,7 @@ class DocumentBar(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="doc-line"):
-            hint = "press ctrl+o" if self.app.is_web else "press ctrl+o or drop a file here"
-            yield Label(f"No document — {hint}", id="doc-title")
+            yield Label("No document — press ctrl+o or drop a file here", id="doc-title")
             yield Label("", id="doc-tokens")
         with Horizontal(id="progress-line"):
             yield Label("", id="doc-status")
