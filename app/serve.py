@@ -295,6 +295,7 @@ class SessionServer(Server):
 
     def initialize_logging(self) -> None:
         logging.basicConfig(level="INFO", format="%(message)s")
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per static file buries the URL
 
     async def on_startup(self, app: web.Application) -> None:
         if self.on_listening is not None:  # the site is not bound yet: wait for it in a task
