@@ -166,7 +166,6 @@ class SessionServer(Server):
         self.session: AppService | None = None  # the app session that holds the engine
         self.session_active = False
         self.sessions_started = 0  # app sessions (each with its engine) since the server started
-        self.sessions_refused = 0  # connections that got the busy app instead
 
     async def _make_app(self) -> web.Application:
         app = await super()._make_app()
@@ -180,6 +179,11 @@ class SessionServer(Server):
     async def _guard(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         """The access token on remote binds; on every bind, a websocket only from this page."""
+        if self.address.token is None and not is_loopback(_host_name(request.host)):
+            # a loopback server answers loopback names only: a web page whose name was re-pointed at
+            # 127.0.0.1 (DNS rebinding) would otherwise pass the origin check below
+            raise web.HTTPForbidden(text=f"This fraqtl-chat server answers only 127.0.0.1 or localhost, "
+                                         f"not {request.host}.\n")
         token = self.address.token
         presented = request.query.get("token") or request.cookies.get(TOKEN_COOKIE, "")
         if token is not None and not secrets.compare_digest(presented.encode(), token.encode()):
@@ -232,7 +236,6 @@ class SessionServer(Server):
         if claimed:
             self.sessions_started += 1
         else:
-            self.sessions_refused += 1
             log.info("a second browser connection got the one-session message")
         app_service: AppService | None = None
         try:
@@ -360,6 +363,13 @@ async def save_upload(part: BodyPartReader, name: str, limit: int, folder: Path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _host_name(host_header: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8000" -> "::1")."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
 def _dial_host(host: str) -> str:

@@ -252,3 +252,15 @@ def test_upload_names_are_plain_file_names(sent: str, kept: str) -> None:
     from app.serve import upload_name
 
     assert upload_name(sent) == kept
+
+
+async def test_a_loopback_server_answers_only_loopback_names() -> None:
+    """A page whose name was re-pointed at 127.0.0.1 (DNS rebinding) gets nothing."""
+    server = SessionServer(app_command([]), ServeAddress("127.0.0.1", 8000))
+    async with TestClient(TestServer(await server._make_app())) as client:
+        assert (await client.get("/", headers={"Host": f"localhost:{client.port}"})).status == 200
+        rebound = await client.get("/", headers={"Host": f"evil.example:{client.port}"})
+        assert rebound.status == 403 and "answers only 127.0.0.1 or localhost" in await rebound.text()
+        ws = await client.get("/ws", headers={"Host": f"evil.example:{client.port}",
+                                              "Origin": f"http://evil.example:{client.port}"})
+        assert ws.status == 403 and server.sessions_started == 0
