@@ -73,8 +73,9 @@ def serve(args: argparse.Namespace, max_upload_bytes: int) -> int:
     server = SessionServer(app_command(session_args(args)), address, max_upload_bytes=max_upload_bytes)
     if browser is not None:
         async def open_window() -> None:
-            await run_window(browser, address.url)
-            print("The window was closed; stopping the server.", flush=True)
+            status = await run_window(browser, address.url)
+            why = "The window was closed" if status == 0 else f"{browser} exited with status {status}"
+            print(f"{why}; stopping the server.", flush=True)
             asyncio.get_running_loop().call_soon(server.request_exit)
 
         server.on_listening = open_window
