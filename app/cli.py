@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import shlex
+import asyncio
 import sys
 from pathlib import Path
 
 from app import __version__
+from app.serve import DEFAULT_HOST, DEFAULT_PORT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fraqtl-chat",
         description="Ask questions about long documents (PDF, Markdown, text) with a local llama.cpp model "
                     "whose KV cache is compressed with D2. With no FILE, opens the bundled sample document.",
-        epilog="Settings are saved by the app; FRAQTL_<NAME> environment variables override them "
-               "(e.g. FRAQTL_ARM=q8_0, FRAQTL_N_CTX=16384, FRAQTL_YARN=1).",
+        epilog="`fraqtl-chat setup` builds the patched llama.cpp engine and fetches the default model (the "
+               "first run does it when no engine is installed). Settings are saved by the app; FRAQTL_<NAME> "
+               "environment variables override them (e.g. FRAQTL_ARM=q8_0, FRAQTL_N_CTX=16384, FRAQTL_YARN=1).",
     )
     parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help="documents to open (several are read as one)")
     parser.add_argument("--model", help="a GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
@@ -25,44 +27,108 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--yarn", action="store_true", help="allow contexts beyond the model's training (YaRN)")
     parser.add_argument("--session", help="reopen a saved session by id")
     parser.add_argument("--serve", action="store_true", help="serve the app to a browser (textual-serve)")
-    parser.add_argument("--host", default="localhost", help="host for --serve (default localhost)")
-    parser.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+    parser.add_argument("--desktop", action="store_true",
+                        help="the served app in a window of its own (Chromium --app); closing it stops the server")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address for --serve (default {DEFAULT_HOST}; others need --allow-remote)")
+    parser.add_argument("--port", type=int, help=f"port for --serve (default {DEFAULT_PORT}; --desktop picks a free one)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="let --serve bind a non-loopback address; the URL then carries an access token")
+    parser.add_argument("--no-browser", action="store_true", help="with --serve, print the URL but open no browser")
+    parser.add_argument("--browser", help="with --desktop, the Chromium-family browser to use (default: found on PATH)")
     parser.add_argument("--version", action="version", version=f"fraqtl-chat {__version__}")
     return parser
 
 
-def serve(args: argparse.Namespace, argv: list[str]) -> int:
+def session_args(args: argparse.Namespace) -> list[str]:
+    """The options each served session runs with (what the person passed, files made absolute)."""
+    from app.serve import absolute
+
+    forwarded = absolute(args.files)
+    for flag, value in (("--model", args.model), ("--arm", args.arm), ("--ctx", args.ctx),
+                        ("--session", args.session)):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    return forwarded + (["--yarn"] if args.yarn else [])
+
+
+def serve(args: argparse.Namespace, max_upload_bytes: int) -> int:
+    """``--serve`` and ``--desktop``: check the address, print the URL, run until stopped."""
+    from app.serve import BindRefusedError, PortInUseError, ServeAddress, SessionServer, app_command, free_port
+    from app.desktop import NoBrowserError, find_browser, run_window
+
+    browser = None
     try:
-        from textual_serve.server import Server
-    except ImportError:
-        print("error: browser mode needs textual-serve; install it with `pip install 'fraqtl-chat[serve]'`.",
+        if args.desktop:
+            browser = find_browser(args.browser)
+        port = args.port or (free_port(args.host) if args.desktop else DEFAULT_PORT)
+        address = ServeAddress.choose(args.host, port, args.allow_remote)
+    except (BindRefusedError, NoBrowserError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if address.token:
+        print(f"warning: serving on {address.host}, reachable from other machines; only a browser with the "
+              "access token in this URL gets in. Anyone with the URL can read files this account can open.",
               file=sys.stderr)
-        return 1
-    forwarded = [a for a in argv if a not in ("--serve",)]
-    # drop --host/--port and their values: the served command runs in a terminal of its own
-    cleaned: list[str] = []
-    skip = False
-    for arg in forwarded:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--host", "--port"):
-            skip = True
-            continue
-        if arg.startswith(("--host=", "--port=")):
-            continue
-        cleaned.append(arg)
-    command = shlex.join([sys.executable, "-m", "app.cli", *cleaned])
-    Server(command, host=args.host, port=args.port, title="fraqtl-chat").serve()
+    server = SessionServer(app_command(session_args(args)), address, max_upload_bytes=max_upload_bytes)
+    if browser is not None:
+        async def open_window() -> None:
+            status = await run_window(browser, address.url)
+            why = "The window was closed" if status == 0 else f"{browser} exited with status {status}"
+            print(f"{why}; stopping the server.", flush=True)
+            asyncio.get_running_loop().call_soon(server.request_exit)
+
+        server.on_listening = open_window
+    elif not args.no_browser:
+        async def open_tab() -> None:
+            if not await asyncio.to_thread(open_in_browser, address.url):
+                print("No graphical browser found here (no display): open the URL above yourself.", flush=True)
+
+        server.on_listening = open_tab
+    print(f"fraqtl-chat is serving on {address.url}  (Ctrl+C stops it)", flush=True)
+    try:
+        server.serve()
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def open_in_browser(url: str) -> bool:
+    """Open a tab where there is a display; never a text browser in this terminal."""
+    import os
+    import webbrowser
+
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("BROWSER")):
+        return False
+    return webbrowser.open(url, new=2)
+
+
+def ensure_engine() -> bool:
+    """The first run of an installed package builds the engine (``fraqtl-chat setup``) before anything else."""
+    from app.first_run import SetupError, engine_installed, setup
+
+    if engine_installed():
+        return True
+    print("No patched llama.cpp engine is installed in this environment yet: running `fraqtl-chat setup`.",
+          file=sys.stderr)
+    try:
+        setup(check=False)
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if args.serve:
-        return serve(args, argv)
+    if argv[:1] == ["setup"] and not Path("setup").is_file():  # `./setup` opens a file of that name
+        from app.first_run import main as setup_main
 
+        return setup_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if not ensure_engine():
+        return 1
     from app.errors import DocumentNotFoundError
     from app.samples import DEFAULT_SAMPLE
     from app.sessions import Session, SessionFileError
@@ -100,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if not path.expanduser().is_file():
             print(f"error: {DocumentNotFoundError(str(path))}", file=sys.stderr)
             return 2
+    if args.serve or args.desktop:  # settings and files were checked here, not in a browser tab
+        return serve(args, settings.max_document_bytes)
 
     from app.ui import create_app
 

@@ -180,7 +180,10 @@ def build_key(pin: Pin, plan: BuildPlan, source_hash: str) -> str:
 
 
 class Progress:
-    """Step-by-step progress on the terminal (rich), or plain lines when rich is absent."""
+    """Step-by-step progress on the terminal (rich), or plain lines when rich is absent.
+
+    A client that draws a progress bar overrides :meth:`compiled`.
+    """
 
     def __init__(self) -> None:
         try:
@@ -190,6 +193,14 @@ class Progress:
         except ImportError:  # pragma: no cover - rich is a dependency
             self.console = None
         self.t0 = time.monotonic()
+        self._last_compiled = 0.0
+
+    def compiled(self, done: int, total: int) -> None:
+        """ninja finished step ``done`` of ``total``; printed at most every 10 s."""
+        now = time.monotonic()
+        if now - self._last_compiled > 10:
+            self._last_compiled = now
+            self.step(f"  compiling {done}/{total} ({100 * done // max(total, 1)}%)")
 
     def step(self, text: str) -> None:
         stamp = f"[{time.monotonic() - self.t0:6.1f}s]"
@@ -390,7 +401,6 @@ def _run_streamed(cmd: list[str], env: dict[str, str], log: Path, progress: Prog
     """Run the wheel build, echo ninja's [n/m] progress, keep the whole log."""
     progress.step(f"building wheel (log: {log})")
     pattern = re.compile(r"\[(\d+)/(\d+)\]")
-    last_report = 0.0
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
@@ -399,11 +409,8 @@ def _run_streamed(cmd: list[str], env: dict[str, str], log: Path, progress: Prog
             fh.write(line)
             tail = (tail + [line])[-60:]
             match = pattern.search(line)
-            now = time.monotonic()
-            if match and now - last_report > 10:
-                last_report = now
-                done, total = int(match.group(1)), int(match.group(2))
-                progress.step(f"  compiling {done}/{total} ({100 * done // max(total, 1)}%)")
+            if match:
+                progress.compiled(int(match.group(1)), int(match.group(2)))
         rc = proc.wait()
     if rc != 0:
         raise BuildError(
@@ -508,8 +515,8 @@ def install_wheel(wheel: Path, key: str, plan: BuildPlan, progress: Progress) ->
 
 
 def build(backend: str = "auto", cuda_arch: str = "", from_source: Path | None = None,
-          install: bool = True, force: bool = False) -> Path:
-    progress = Progress()
+          install: bool = True, force: bool = False, progress: Progress | None = None) -> Path:
+    progress = progress or Progress()
     pin = Pin.load()
     plan = make_plan(detect_backend(backend), cuda_arch)
     progress.step(f"llama-cpp-python {pin.version} (llama.cpp {pin.llama_cpp_commit}), backend {plan.label}")

@@ -107,3 +107,22 @@ async def test_markup_in_names_questions_and_paths_is_shown_as_typed(model_path,
         await pilot.pause(0.05)
         assert status(screen).startswith(f"There is no file at {tmp_path / '[a=b'}")
         assert app.is_running
+
+
+async def test_a_path_pasted_while_the_question_box_is_not_focused_opens_the_file(model_path, tmp_path: Path) -> None:
+    """How a file dropped on the served page arrives: a bracketed paste, wherever the focus is."""
+    dropped = tmp_path / "lamp room.md"
+    dropped.write_text("# Lamps\n\nThe lamp room has 12 brass lamps.\n")
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        screen.set_focus(None)
+        screen.post_message(events.Paste(f"'{dropped}'"))
+        await until(pilot, lambda: screen.state == "ready" and app.document.title == "lamp room.md")
+        screen.post_message(events.Paste(str(tmp_path)))
+        await pilot.pause(0.05)
+        assert status(screen) == str(FolderDroppedError(str(tmp_path)))
+        screen.post_message(events.Paste("just words, not a path"))
+        await pilot.pause(0.05)
+        assert app.document.title == "lamp room.md" and len(screen.query(QuestionView)) == 0

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -330,6 +330,14 @@ class ChatScreen(Screen[None]):
     @on(PathsDropped)
     def paths_dropped(self, message: PathsDropped) -> None:
         self.open_paths(message.paths)
+
+    def on_paste(self, event: events.Paste) -> None:
+        """Files pasted or dropped while the question box is not focused open too (served uploads arrive so)."""
+        route = route_input(event.text)
+        if route.kind == "open":
+            self.open_paths(list(route.files))
+        elif route.kind == "refuse":
+            self.paths_refused(PathsRefused(route.problem))
 
     @on(QuestionInput.Submitted, "#question")
     def question_submitted(self, event: QuestionInput.Submitted) -> None:

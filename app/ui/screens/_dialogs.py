@@ -3,6 +3,7 @@ and the small confirm and name dialogs they use."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets import Button, DirectoryTree, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from app.conversation import Fit
@@ -32,16 +33,23 @@ DIALOG_CSS = """
 
 
 class OpenDialog(ModalScreen[list[Path] | None]):
-    """Type, paste or drop a path (or several)."""
+    """Type, paste or drop a path (or several); in a browser, also pick one from a folder tree."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="OpenDialog")
+    DEFAULT_CSS = DIALOG_CSS.format(name="OpenDialog") + "OpenDialog DirectoryTree { height: 14; }"
     BINDINGS = [("escape", "dismiss(None)", "Cancel")]
+    AUTO_FOCUS = "#open-path"
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Open a document", classes="dialog-title")
-            yield Static("A PDF, Markdown or text file. Drop files onto the terminal or paste their paths; "
-                         "several paths are read as one document.")
+            if self.app.is_web:  # the browser's own files arrive by dropping them on the page (an upload)
+                yield Static("A PDF, Markdown or text file on the machine that runs fraqtl-chat: type its path "
+                             "or pick it below; several paths are read as one document. A file dropped on the "
+                             "page is uploaded to fraqtl-chat's cache folder and opened.")
+                yield DirectoryTree(Path.home(), id="open-tree")
+            else:
+                yield Static("A PDF, Markdown or text file. Drop files onto the terminal or paste their paths; "
+                             "several paths are read as one document.")
             yield Input(placeholder="/path/to/document.pdf", id="open-path")
             yield Static("", classes="dialog-error", id="open-error")
             with Horizontal(classes="dialog-buttons"):
@@ -63,6 +71,12 @@ class OpenDialog(ModalScreen[list[Path] | None]):
             self.query_one("#open-error", Static).update(Text(str(DocumentNotFoundError(str(missing)))))
         else:
             self.dismiss(paths)
+
+    @on(DirectoryTree.FileSelected)
+    def picked(self, event: DirectoryTree.FileSelected) -> None:
+        field = self.query_one("#open-path", Input)
+        field.value = shlex.quote(str(event.path))
+        field.focus()
 
     @on(Button.Pressed, "#open-cancel")
     def cancel(self) -> None:
