@@ -47,3 +47,14 @@ def test_estimates_assume_the_ubatch_the_engine_uses() -> None:
     assert EngineSpec("m.gguf").n_batch == N_UBATCH
     for function in (estimate, compute_bytes):
         assert inspect.signature(function).parameters["n_ubatch"].default == EngineSpec("m.gguf").n_batch
+
+
+def test_host_available_bytes_reads_memavailable_plus_free_swap(tmp_path: Path) -> None:
+    from engine.estimates import host_available_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    2000000 kB\nSwapFree:          1000 kB\n")
+    assert host_available_bytes(str(meminfo)) == (2_000_000 + 1000) * 1024
+    meminfo.write_text("MemTotal:       24000000 kB\n")  # an old kernel without MemAvailable
+    assert host_available_bytes(str(meminfo)) is None
+    assert host_available_bytes(str(tmp_path / "absent")) is None
