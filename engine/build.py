@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from engine import locations
+from engine import ggml_types, locations
 from engine.files import sha256_file
 
 PIN_FILE = locations.ENGINE_SOURCE_DIR / "pin.json"
@@ -321,6 +321,15 @@ def apply_patches(tree: Path, patches: Iterable[Path], progress: Progress) -> No
         progress.step(f"applied {patch.name}")
 
 
+def check_type_ids(tree: Path, patched: bool) -> dict[str, int]:
+    """D2's ggml type ids against the vendored enum (see engine.ggml_types); a clash stops the build."""
+    patch_text = "".join(p.read_text(encoding="utf-8") for p in patch_files())
+    try:
+        return ggml_types.check_tree(tree, patched, patch_text)
+    except ggml_types.TypeIdClashError as exc:
+        raise BuildError(str(exc)) from exc
+
+
 def copy_our_sources(tree: Path) -> None:
     for sub, dest in OUR_SRC_DEST.items():
         src = OUR_SRC_DIR / sub
@@ -384,6 +393,7 @@ def prepare_tree(pin: Pin, progress: Progress, from_source: Path | None = None) 
             sdist = fetch_sdist(pin, progress)
             progress.step("unpacking sdist (trimmed: no .git, docs, models, tests, examples)")
             fresh = unpack_sdist(sdist, Path(tmp))
+            check_type_ids(fresh, patched=False)
             apply_patches(fresh, patch_files(), progress)
             copy_our_sources(fresh)
             source_hash = series_hash()
@@ -391,6 +401,9 @@ def prepare_tree(pin: Pin, progress: Progress, from_source: Path | None = None) 
                 json.dumps({"sdist_sha256": pin.sha256, "series": source_hash,
                             "llama_cpp_commit": pin.llama_cpp_commit}, indent=2)
             )
+        ours = check_type_ids(fresh, patched=True)
+        progress.step("D2 ggml type ids " + ", ".join(f"{n} = {v}" for n, v in ours.items())
+                      + ": no clash with upstream's enum")
         stable = work / f"{pin.package}-{pin.version}-{pin.sha256[:12]}"
         changed = sync_tree(fresh, stable)
     progress.step(f"source tree ready at {stable} ({changed} files changed)")

@@ -9,6 +9,7 @@ never loads a model and never imports the app.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from engine.arms import ArmConfig
 from engine.gguf import GgufInfo
@@ -91,6 +92,28 @@ def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: Arm
     kv_f16 = n_kv * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
     attention_phase = mask + kv_f16 + n_ubatch * info.n_embd * 4 * 4
     return max(output_phase, attention_phase)
+def context_bytes(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = N_UBATCH) -> int:
+    """What a context allocates besides the (memory-mapped) weights: KV cache, exact copies, compute."""
+    return kv_bytes(info, arm, n_ctx) + exact_copy_bytes(info, arm, n_ctx) + compute_bytes(info, n_ctx, n_ubatch, arm)
+
+
+def host_available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """Memory a new allocation can still get (MemAvailable + SwapFree); None where /proc is absent."""
+    try:
+        text = Path(meminfo).read_text()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            fields[name] = int(parts[0]) * 1024
+    if "MemAvailable" not in fields:
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0)
+
+
 def estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = N_UBATCH) -> KvEstimate:
     return KvEstimate(
         arm=arm.label,

@@ -24,6 +24,7 @@ from engine.arms import ArmConfig
 from engine.d2 import D2Settings, KvMemory
 from engine.errors import (
     ArmUnavailableError,
+    ContextMemoryError,
     ContextOverflowError,
     EngineError,
     PatchedBuildMissingError,
@@ -31,6 +32,7 @@ from engine.errors import (
     SidecarMismatchError,
 )
 from engine.events import AnswerDone, Event, PrefillProgress, Token
+from engine.estimates import context_bytes, host_available_bytes
 from engine.gguf import GgufInfo, read_gguf
 from engine.sampling import GREEDY, Sampling, TokenSampler
 
@@ -93,6 +95,7 @@ class Runtime:
             kwargs["fraqtl_params"] = ctypes.cast(ctypes.pointer(self._d2_c), ctypes.c_void_p)
         else:
             kwargs.update(type_k=self.arm.ggml_type, type_v=self.arm.ggml_type)
+        self._check_host_memory()
         try:
             self.llm = self.llama_cpp.Llama(
                 model_path=str(model_path),
@@ -109,9 +112,29 @@ class Runtime:
         except TypeError as exc:
             raise PatchedBuildMissingError(f"llama_cpp does not take the fraqtl parameters: {exc}") from exc
         except ValueError as exc:
-            detail = self._last_fraqtl_error() or str(exc)
-            raise ArmUnavailableError(self.arm.label, detail) from exc
+            detail = self._last_fraqtl_error()
+            if not detail and "llama_context" in str(exc):  # llama.cpp logs why; most often memory ran out
+                raise ContextMemoryError(self.arm.label, n_ctx, context_bytes(self.info, self.arm, n_ctx, n_batch),
+                                         None, str(exc)) from exc
+            raise ArmUnavailableError(self.arm.label, detail or str(exc)) from exc
         self._vocab = self.llama_cpp.llama_model_get_vocab(self.llm.model)
+
+    def _check_host_memory(self) -> None:
+        """Refuse a context whose cache cannot fit in host memory before llama.cpp tries.
+
+        Where the cache lives in host memory (a CPU build, or an ``@cpu`` arm), a context larger
+        than the memory available would make llama.cpp fail after seconds of work, or be killed
+        by the system's out-of-memory killer on hosts that overcommit. FRAQTL_NO_MEMORY_CHECK=1
+        skips the check (llama.cpp's own failure is then reported the same way).
+        """
+        if os.environ.get("FRAQTL_NO_MEMORY_CHECK") == "1":
+            return
+        if not (self.arm.on_cpu or not self.llama_cpp.llama_supports_gpu_offload()):
+            return
+        available = host_available_bytes()
+        needed = context_bytes(self.info, self.arm, self.n_ctx, self.n_batch)
+        if available is not None and needed > available:
+            raise ContextMemoryError(self.arm.label, self.n_ctx, needed, available)
 
     def _check_sidecars(self) -> None:
         """Validate the D2 sidecar files before llama.cpp reads them; a bad one makes the arm unavailable.

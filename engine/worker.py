@@ -7,6 +7,9 @@ the model with one arm, and answers commands sent over a pipe, streaming
 between batches and between tokens. If the child raises, its error is rebuilt in the parent
 with the same type and fields; if it dies (a crash in llama.cpp, a CUDA OOM that kills it),
 the parent raises :class:`~engine.errors.EngineCrashedError` and the caller carries on.
+The child's stderr (llama.cpp's messages, an abort's assertion and backtrace) goes to a log
+file under the cache folder, never to the terminal a UI draws on; a crash's error quotes the
+abort line and names the log, which is kept; a clean close deletes it.
 
 This module must never import the app, nor any UI toolkit.
 """
@@ -17,7 +20,9 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
@@ -116,8 +121,20 @@ def _load_runtime(spec: EngineSpec) -> Any:
         raise
 
 
-def _child_main(spec: EngineSpec, conn: Connection, stop_flag: Any) -> None:
+def _log_to(log_path: str | None) -> None:
+    """Point this process's stdout and stderr (fds 1 and 2: llama.cpp's messages, ggml_abort's
+    line and the debugger backtrace it prints) at the log."""
+    if not log_path:
+        return
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _child_main(spec: EngineSpec, conn: Connection, stop_flag: Any, log_path: str | None = None) -> None:
     """Entry point of the worker process: load, then serve commands until 'close'."""
+    _log_to(log_path)
     try:
         runtime = _load_runtime(spec)
         conn.send(("loaded", EngineLoaded(runtime.arm.label, spec.n_ctx, runtime.info.n_ctx_train,
@@ -178,18 +195,34 @@ def _engine_env() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _new_log_path(arm: str) -> Path:
+    from engine import locations
+
+    folder = locations.cache_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", arm)
+    fd, name = tempfile.mkstemp(prefix=f"engine-{safe}-", suffix=".log", dir=folder)
+    os.close(fd)
+    return Path(name)
+
+
 class EngineWorker:
     """A model in its own process; methods block the calling thread, never the child's crash."""
+
+    #: what the child process runs; a test may subclass to inject a fault into the real engine process
+    child_main = staticmethod(_child_main)
 
     def __init__(self, spec: EngineSpec, load_timeout_s: float = 300.0) -> None:
         self.spec = spec
         self.load_timeout_s = load_timeout_s
         self.loaded: EngineLoaded | None = None
+        self.log_path: Path | None = _new_log_path(spec.arm)
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
         with _real_std_streams():  # the semaphore may start multiprocessing's resource tracker
             self._stop = ctx.Event()
-        self._process = ctx.Process(target=_child_main, args=(spec, child_conn, self._stop),
+        self._process = ctx.Process(target=type(self).child_main,
+                                    args=(spec, child_conn, self._stop, str(self.log_path)),
                                     name=f"fraqtl-engine-{spec.arm}", daemon=True)
         self._child_conn = child_conn
 
@@ -223,6 +256,7 @@ class EngineWorker:
         self._stop.set()
 
     def close(self, timeout_s: float = 5.0) -> None:
+        crashed = self._process.exitcode not in (None, 0)  # a crash's log is kept for the person
         if self._process.is_alive():
             try:
                 self._conn.send(("close", None))
@@ -233,6 +267,19 @@ class EngineWorker:
                 self._process.kill()
                 self._process.join(timeout_s)
         self._conn.close()
+        if self.log_path is not None and not crashed:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
+
+    def crash_detail(self) -> str:
+        """How the child ended, with the abort line from its log and where the log is."""
+        detail = _exit_detail(self._process.exitcode)
+        if self.log_path is None:
+            return detail
+        line = _abort_line(self.log_path)
+        if line:
+            detail += f": {line}"
+        return f"{detail}; log: {self.log_path}"
 
     def __enter__(self) -> EngineWorker:
         if self.loaded is None:
@@ -249,20 +296,21 @@ class EngineWorker:
         while not self._conn.poll(_POLL_S):
             waited += _POLL_S
             if not self._process.is_alive() and not self._conn.poll(0):
-                raise EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode))
+                raise EngineCrashedError(self.spec.arm, self.crash_detail())
             if timeout_s is not None and waited > timeout_s:
                 raise EngineCrashedError(self.spec.arm, f"no reply within {timeout_s:.0f} s")
         try:
             return self._conn.recv()
         except (EOFError, OSError) as exc:
             self._process.join(1)
-            raise EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode)) from exc
+            raise EngineCrashedError(self.spec.arm, self.crash_detail()) from exc
 
     def _call(self, command: str, args: Any = None) -> Any:
         try:
             self._conn.send((command, args))
         except (OSError, BrokenPipeError) as exc:
-            raise EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode)) from exc
+            self._process.join(1)
+            raise EngineCrashedError(self.spec.arm, self.crash_detail()) from exc
         kind, payload = self._recv()
         if kind == "error":
             raise rebuild_error(*payload)
@@ -286,8 +334,8 @@ class EngineWorker:
         try:
             self._conn.send(("answer", (list(messages), max_tokens, sampling)))
         except (OSError, BrokenPipeError):
-            yield EngineFailed(str(EngineCrashedError(self.spec.arm, _exit_detail(self._process.exitcode))),
-                               "EngineCrashedError")
+            self._process.join(1)
+            yield EngineFailed(str(EngineCrashedError(self.spec.arm, self.crash_detail())), "EngineCrashedError")
             return
         while True:
             try:
@@ -321,6 +369,16 @@ def _real_std_streams() -> Iterator[None]:
         sys.stdout, sys.stderr = saved
 
 
+_SIGNAL_MEANING = {
+    "SIGABRT": "llama.cpp aborted (SIGABRT)",
+    "SIGSEGV": "it crashed inside llama.cpp (SIGSEGV)",
+    "SIGBUS": "it crashed inside llama.cpp (SIGBUS)",
+    "SIGKILL": "killed by SIGKILL, e.g. by the system's out-of-memory killer",
+}
+# ggml_abort writes "file:line: message"; an uncaught C++ exception "terminate called ..."
+_ABORT_LINE = re.compile(r"^\S+\.(?:c|cc|cpp|cu|h):\d+: .+|^terminate called .+|GGML_ASSERT.+")
+
+
 def _exit_detail(exitcode: int | None) -> str:
     if exitcode is None:
         return "it stopped answering"
@@ -331,8 +389,20 @@ def _exit_detail(exitcode: int | None) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        return f"killed by {name}"
+        return _SIGNAL_MEANING.get(name, f"killed by {name}")
     return f"exit code {exitcode}"
+
+
+def _abort_line(log_path: Path, tail_bytes: int = 64 * 1024) -> str:
+    """The last abort or assertion line in the tail of an engine log ('' if none)."""
+    try:
+        with log_path.open("rb") as fh:
+            fh.seek(max(log_path.stat().st_size - tail_bytes, 0))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    found = [line.strip() for line in text.splitlines() if _ABORT_LINE.search(line.strip())]
+    return found[-1][:300] if found else ""
 
 
 def default_model_path() -> Path:

@@ -42,8 +42,11 @@ def test_patch_series_applies_cleanly_to_the_pinned_sdist(sdist: Path, tmp_path:
     assert not (tree / ".git").exists() and not (tree / "vendor/llama.cpp/.git").exists()
     patches = build.patch_files()
     assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    d2_ids = {"GGML_TYPE_D2_P8": 43, "GGML_TYPE_D2_P16": 44, "GGML_TYPE_D2_P32": 45}
+    assert build.check_type_ids(tree, patched=False) == d2_ids  # upstream's enum stops below ours
     build.apply_patches(tree, patches, build.Progress())
     build.copy_our_sources(tree)
+    assert build.check_type_ids(tree, patched=True) == d2_ids  # unique, COUNT one past the last
     header = (tree / "vendor/llama.cpp/include/llama.h").read_text()
     assert "const struct llama_fraqtl_params * fraqtl;" in header
     assert (tree / "vendor/llama.cpp/src/llama-fraqtl-kv.cpp").exists()

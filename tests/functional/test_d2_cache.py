@@ -276,3 +276,32 @@ def test_unsupported_recipe_is_an_error_not_an_abort(model: Path) -> None:
     with pytest.raises(ArmUnavailableError) as err:
         Runtime(model, "d2", n_ctx=512, d2=D2Settings(basis="identity", k_protect=24))
     assert "protected directions" in str(err.value)
+
+
+def test_the_cpp_sidecar_reader_refuses_bad_files_itself(model: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the Python checks bypassed, llama.cpp's own reader (llama-fraqtl-sidecar.h, the code the
+    libFuzzer harness drives) names each bad file and the mismatch; a good pair still loads."""
+    info = read_gguf(model)
+    monkeypatch.setattr(Runtime, "_check_sidecars", lambda self: None)
+    good_v = sc.write_sidecar(sc.control_sidecar("v", info.n_layer, info.n_head_kv, 64, 16, basis="identity"),
+                              tmp_path / "good_v.bin")
+    eye = np.tile(np.eye(64, dtype=np.float32), (info.n_layer, info.n_head_kv, 1, 1))
+    good_k = sc.write_sidecar(sc.SidecarFile("k", eye, ranks=np.full((info.n_layer, info.n_head_kv), 8, np.int32)),
+                              tmp_path / "good.fraqtl-k-eigenbasis.bin")
+    raw = good_k.read_bytes()
+    n_ranks = info.n_layer * info.n_head_kv * 4
+    nan = np.array([np.nan], "<f2").tobytes()
+    cases = {
+        write_bad(tmp_path, "truncated.bin", raw[:-100]): "(truncated)",
+        write_bad(tmp_path, "trailing.bin", raw + b"\0"): "(trailing bytes)",
+        write_bad(tmp_path, "magic.bin", b"XXXX" + raw[4:]): "magic 0x58585858, expected 0x4B514152",
+        write_bad(tmp_path, "dims.bin", raw[:8] + np.int32(info.n_layer + 1).tobytes() + raw[12:]): "the model has",
+        write_bad(tmp_path, "rank.bin", raw[:32] + np.int32(65).tobytes() + raw[36:]): "is outside [8, 64]",
+        write_bad(tmp_path, "nan.bin", raw[:32 + n_ranks] + nan + raw[34 + n_ranks:]): "non-finite value at layer 0",
+    }
+    for path, words in cases.items():
+        with pytest.raises(ArmUnavailableError) as err:
+            Runtime(model, "d2", n_ctx=512, d2=D2Settings(k_sidecar=path, v_sidecar=good_v))
+        assert f"sidecar {path}" in str(err.value) and words in str(err.value)
+    Runtime(model, "d2", n_ctx=512, d2=D2Settings(k_sidecar=good_k, v_sidecar=good_v)).close()

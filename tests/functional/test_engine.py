@@ -79,3 +79,39 @@ def test_bad_model_paths_are_named_errors(tmp_path: Path) -> None:
         Runtime(junk, "f16")
     with pytest.raises(EngineError, match="not an arm"):
         ArmConfig.parse("q3_x")
+
+
+def test_a_context_larger_than_host_memory_is_refused_before_llama_cpp_tries(model: Path) -> None:
+    from engine.errors import ContextMemoryError
+
+    with pytest.raises(ContextMemoryError) as caught:
+        Runtime(model, "f16", n_ctx=2**32 - 256, n_threads=2)
+    exc = caught.value
+    assert exc.available is not None and exc.needed > exc.available
+    assert str(exc).startswith("A 4,294,967,040-token context with the f16 cache needs about")
+    assert "choose a smaller context or a smaller cache" in str(exc)
+
+
+def test_llama_cpps_own_out_of_memory_at_context_creation_is_a_named_error(model: Path) -> None:
+    """With the pre-check off and a 6 GiB address-space limit, llama.cpp itself fails to allocate
+    a 12 GiB cache: that failure must read as ContextMemoryError, not a bare ValueError."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+        "from engine.errors import ContextMemoryError\n"
+        "from engine.runtime import Runtime\n"
+        "try:\n"
+        f"    Runtime({str(model)!r}, 'f16', n_ctx=2**19, n_threads=2)\n"
+        "except ContextMemoryError as exc:\n"
+        "    print('REFUSED', exc.available, exc)\n"
+        "else:\n"
+        "    print('CREATED')\n"
+    )
+    env = {**__import__("os").environ, "FRAQTL_NO_MEMORY_CHECK": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("REFUSED None A 524,288-token context with the f16 cache could not be created "
+                                  "by llama.cpp"), done.stdout + done.stderr[-2000:]

@@ -78,6 +78,16 @@ def test_a_killed_engine_becomes_engine_failed_and_the_parent_survives(model_pat
             worker.count_tokens("hello")
     finally:
         worker.close()
+    assert worker.log_path is not None and worker.log_path.exists()  # a crash's log is kept for the person
+    assert f"log: {worker.log_path}" in last.message
+    worker.log_path.unlink()
+
+
+def test_a_clean_close_deletes_the_engine_log(model_path):
+    with EngineWorker(EngineSpec(str(model_path), "f16", n_ctx=256, n_threads=2)) as worker:
+        log = worker.log_path
+        assert log is not None and log.exists()
+    assert not log.exists() and worker.log_path is None
 
 
 def test_stop_cancels_a_prefill_within_a_batch(model_path):

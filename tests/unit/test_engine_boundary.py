@@ -58,3 +58,18 @@ def test_no_engine_module_imports_app_or_textual() -> None:
                     offenders.append(f"{path.relative_to(REPO)}: {name}")
     assert offenders == []
     assert "worker" in engine_modules() and "runtime" in engine_modules()
+
+
+def test_a_crashed_engine_names_the_abort_line_from_its_log(tmp_path) -> None:
+    from engine.worker import _abort_line, _exit_detail
+
+    log = tmp_path / "engine.log"
+    log.write_text("llama_context: n_ctx = 512\n/src/ggml/src/ggml-cpu/ops.cpp:4211: GGML_ASSERT(ne00 % 64 == 0) "
+                   "failed\n#0 0x00007f in ggml_abort ()\n[Inferior 1 (process 7) detached]\n")
+    assert _abort_line(log) == "/src/ggml/src/ggml-cpu/ops.cpp:4211: GGML_ASSERT(ne00 % 64 == 0) failed"
+    log.write_text("terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n")
+    assert _abort_line(log).startswith("terminate called after throwing")
+    log.write_text("nothing went wrong here\n")
+    assert _abort_line(log) == ""
+    assert _exit_detail(-6) == "llama.cpp aborted (SIGABRT)"
+    assert _exit_detail(-9).startswith("killed by SIGKILL")

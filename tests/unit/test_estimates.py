@@ -65,3 +65,14 @@ def test_d2_estimate_counts_its_fixed_device_buffers() -> None:
     assert est.total_bytes == (est.weights_bytes + est.kv_bytes + est.exact_copy_bytes + est.compute_bytes
                                + est.basis_bytes)
     assert estimate(mistral_shape(), ArmConfig.parse("q8_0"), 32768).basis_bytes == 0
+
+
+def test_host_available_bytes_reads_memavailable_plus_free_swap(tmp_path: Path) -> None:
+    from engine.estimates import host_available_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    2000000 kB\nSwapFree:          1000 kB\n")
+    assert host_available_bytes(str(meminfo)) == (2_000_000 + 1000) * 1024
+    meminfo.write_text("MemTotal:       24000000 kB\n")  # an old kernel without MemAvailable
+    assert host_available_bytes(str(meminfo)) is None
+    assert host_available_bytes(str(tmp_path / "absent")) is None

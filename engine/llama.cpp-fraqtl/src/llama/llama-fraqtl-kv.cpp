@@ -1,5 +1,6 @@
 // fraqtl: D2 KV cache - bases, exact sink/window copies and the graph pieces that use them.
 #include "llama-fraqtl-kv.h"
+#include "llama-fraqtl-sidecar.h"
 
 #include "llama-impl.h"
 #include "llama-model.h"
@@ -137,7 +138,8 @@ bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params
 // ---------------------------------------------------------------------------------------
 // bases
 
-// reads a sidecar in format v1 into U[layer][head][d][c] (f32); validates everything
+// reads a sidecar in format v1 into U[layer][head][d][c] (f32); the checks live in
+// llama-fraqtl-sidecar.h, where the fuzz harness drives them
 static std::vector<float> fraqtl_read_sidecar(const char * path, uint32_t magic_want, bool has_ranks,
         int32_t n_layer, int32_t n_head_kv, int32_t hd) {
     char msg[768];
@@ -148,68 +150,40 @@ static std::vector<float> fraqtl_read_sidecar(const char * path, uint32_t magic_
     }
     // the header first, then a payload only of the size this model implies: a large wrong
     // file is refused unread
-    int32_t hdr[8];
+    uint8_t hdr[LLAMA_FRAQTL_SIDECAR_HEADER];
     const size_t n_hdr = fread(hdr, 1, sizeof(hdr), f);
     long file_size = -1;
     if (fseek(f, 0, SEEK_END) == 0) {
         file_size = ftell(f);
     }
-    auto fail_closed = [&]() { fclose(f); fraqtl_fail(msg); };
-    if (n_hdr < sizeof(hdr)) {
-        snprintf(msg, sizeof(msg), "sidecar %s: %zu bytes is shorter than the 32-byte header", path, n_hdr);
-        fail_closed();
-    }
-    if ((uint32_t) hdr[0] != magic_want) {
-        snprintf(msg, sizeof(msg), "sidecar %s: magic 0x%08X, expected 0x%08X (%s basis file)", path,
-                (uint32_t) hdr[0], magic_want, has_ranks ? "a K" : "a V");
-        fail_closed();
-    }
-    if (hdr[1] != 1) {
-        snprintf(msg, sizeof(msg), "sidecar %s: version %d, expected 1", path, hdr[1]);
-        fail_closed();
-    }
-    if (hdr[2] != n_layer || hdr[3] != n_head_kv || hdr[4] != hd) {
-        snprintf(msg, sizeof(msg), "sidecar %s: dims %d layers x %d KV heads x head_dim %d, the model has %d x %d x %d",
-                path, hdr[2], hdr[3], hdr[4], n_layer, n_head_kv, hd);
-        fail_closed();
-    }
-    const size_t n_mat   = (size_t) n_layer*n_head_kv;
-    const size_t n_ranks = has_ranks ? n_mat : 0;
-    const size_t want    = sizeof(hdr) + n_ranks*sizeof(int32_t) + n_mat*hd*hd*sizeof(ggml_fp16_t);
-    if (file_size < 0 || (size_t) file_size != want) {
-        snprintf(msg, sizeof(msg), "sidecar %s: %ld bytes, expected exactly %zu (%s)", path, file_size, want,
-                file_size >= 0 && (size_t) file_size < want ? "truncated" : "trailing bytes");
-        fail_closed();
-    }
-    std::vector<uint8_t> data(want);
-    memcpy(data.data(), hdr, sizeof(hdr));
-    const bool read_ok = fseek(f, sizeof(hdr), SEEK_SET) == 0 &&
-        fread(data.data() + sizeof(hdr), 1, want - sizeof(hdr), f) == want - sizeof(hdr);
-    fclose(f);
-    if (!read_ok) {
-        snprintf(msg, sizeof(msg), "sidecar %s: read error (%s)", path, strerror(errno));
-        fraqtl_fail(msg);
-    }
-    for (size_t i = 0; i < n_ranks; ++i) {
-        int32_t r;
-        memcpy(&r, data.data() + sizeof(hdr) + i*sizeof(int32_t), sizeof(r));
-        if (r < 8 || r > hd) {
-            snprintf(msg, sizeof(msg), "sidecar %s: rank %d of layer %zu head %zu is outside [8, %d]", path, r,
-                    i/n_head_kv, i%n_head_kv, hd);
-            fraqtl_fail(msg);
+    std::vector<uint8_t> data;
+    llama_fraqtl_sidecar_layout layout;
+    try {
+        layout = llama_fraqtl_sidecar_check_header(path, hdr, n_hdr, file_size, magic_want, has_ranks,
+                n_layer, n_head_kv, hd);
+        data.resize(layout.size);
+        memcpy(data.data(), hdr, sizeof(hdr));
+        const bool read_ok = fseek(f, sizeof(hdr), SEEK_SET) == 0 &&
+            fread(data.data() + sizeof(hdr), 1, layout.size - sizeof(hdr), f) == layout.size - sizeof(hdr);
+        if (!read_ok) {
+            snprintf(msg, sizeof(msg), "sidecar %s: read error (%s)", path, strerror(errno));
+            throw std::runtime_error(msg);
         }
+        fclose(f);
+        f = nullptr;
+        llama_fraqtl_sidecar_check_payload(path, data.data(), layout, n_head_kv, hd);
+    } catch (const std::runtime_error & err) {
+        if (f) {
+            fclose(f);
+        }
+        fraqtl_fail(err.what());
     }
-    const uint8_t * u16 = data.data() + sizeof(hdr) + n_ranks*sizeof(int32_t);
-    std::vector<float> u(n_mat*hd*hd);
+    const uint8_t * u16 = data.data() + layout.u_offset;
+    std::vector<float> u(layout.n_mat*hd*hd);
     for (size_t i = 0; i < u.size(); ++i) {
         ggml_fp16_t h;
         memcpy(&h, u16 + i*sizeof(h), sizeof(h));
         u[i] = ggml_fp16_to_fp32(h);
-        if (!std::isfinite(u[i])) {
-            snprintf(msg, sizeof(msg), "sidecar %s: non-finite value at layer %zu head %zu", path,
-                    i/((size_t) hd*hd)/n_head_kv, i/((size_t) hd*hd)%n_head_kv);
-            fraqtl_fail(msg);
-        }
     }
     return u;
 }

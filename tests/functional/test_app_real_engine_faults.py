@@ -1,0 +1,78 @@
+"""Engine faults with the real model in its own process, driven through the app with Pilot.
+
+Each fault must leave the app standing: the status line says what happened, the transcript
+stays, and F5 starts a fresh engine that answers. (A SIGKILL mid-answer is in
+test_app_chat.py; a hung engine, with fakes, in tests/snapshots/test_app_engine_faults.py.)
+"""
+
+from __future__ import annotations
+
+from engine_faults import INJECTED_ASSERT, AbortingWorker
+from test_app_chat import ask, small_settings
+
+from app.ui import create_app
+from app.ui.widgets import AnswerView, QuestionView
+from app_pilot import wait_for
+from engine.worker import EngineWorker
+
+IMPOSSIBLE_CTX = 2**32 - 256  # ~94,000 GiB of f16 cache for SmolLM2: no machine has it
+
+
+def status_of(screen) -> str:
+    return str(screen.query_one("#doc-status").render())
+
+
+async def answer_again(pilot, screen, question: str, fact: str) -> None:
+    await ask(pilot, screen, question)
+    await wait_for(pilot, lambda: screen.state == "ready", 60, "the fresh engine's answer")
+    assert screen.last_done is not None and fact in screen.last_done.text
+
+
+async def test_an_impossible_context_is_refused_with_numbers_and_f5_starts_a_fresh_engine(
+        model_path, app_dirs, short_document):
+    app = create_app(small_settings(), [short_document], model_path)
+    async with app.run_test(size=(160, 36)) as pilot:
+        screen = app.chat_screen
+        await wait_for(pilot, lambda: screen.state == "ready", 120, "the document to be prefilled")
+        await ask(pilot, screen, "Who is the harbour master?")
+        await wait_for(pilot, lambda: screen.state == "ready", 60, "the first answer")
+        # what the overflow dialog's "larger context" choice does, with a context no machine holds
+        screen.start_engine(n_ctx=IMPOSSIBLE_CTX)
+        await wait_for(pilot, lambda: screen.state == "failed", 60, "the context to be refused")
+        status = status_of(screen)
+        assert f"A {IMPOSSIBLE_CTX:,}-token context with the f16 cache needs about" in status
+        assert "GiB available; choose a smaller context" in status
+        assert len(screen.query(QuestionView)) == 1 and len(app.conversation.session.turns) == 2
+        await pilot.press("f5")  # the settings' context, which fits
+        await wait_for(pilot, lambda: screen.state == "ready", 120, "a fresh engine")
+        assert app.conversation.engine.spec.n_ctx == 1024
+        await answer_again(pilot, screen, "Who built the lighthouse of Velmora?", "Ardel")
+        assert len(screen.query(QuestionView)) == 2
+
+
+async def test_a_llama_cpp_abort_mid_answer_is_named_and_f5_starts_a_fresh_engine(
+        model_path, app_dirs, short_document):
+    started: list[EngineWorker] = []
+
+    def factory(spec):
+        worker = (AbortingWorker if not started else EngineWorker)(spec)
+        started.append(worker)
+        return worker
+
+    app = create_app(small_settings(max_tokens=200), [short_document], model_path, factory=factory)
+    async with app.run_test(size=(160, 36)) as pilot:
+        screen = app.chat_screen
+        await wait_for(pilot, lambda: screen.state == "ready", 120, "the document to be prefilled")
+        await ask(pilot, screen, "Tell me everything about the harbour in great detail.")
+        await wait_for(pilot, lambda: screen.state == "failed", 60, "the abort to be reported")
+        status = status_of(screen)
+        assert "engine process stopped (llama.cpp aborted (SIGABRT)" in status
+        assert f"GGML_ASSERT({INJECTED_ASSERT}) failed" in status and "Press F5" in status
+        log = started[0].log_path
+        assert log is not None and f"{log}" in status and INJECTED_ASSERT in log.read_text()
+        assert len(screen.query(QuestionView)) == 1  # the transcript stays
+        assert screen.query(AnswerView).last().has_class("failed")
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: screen.state == "ready", 120, "a fresh engine")
+        assert len(started) == 2 and started[1].alive
+        await answer_again(pilot, screen, "Who built the lighthouse of Velmora?", "Ardel")

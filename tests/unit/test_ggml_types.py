@@ -1,0 +1,99 @@
+"""D2's ggml type ids against the vendored upstream enum: a clash must stop the build, loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine import build, ggml_types
+from engine.ggml_types import TypeIdClashError, check_patched_enum, check_upstream_below_ours, parse_ggml_type_enum
+
+UPSTREAM = """
+    // NOTE: always add types at the end of the enum to keep backward compatibility
+    enum ggml_type {
+        GGML_TYPE_F32     = 0,
+        GGML_TYPE_F16     = 1,
+        GGML_TYPE_Q4_0    = 2,
+        GGML_TYPE_Q4_1    = 3,
+        // GGML_TYPE_Q4_2 = 4, support has been removed
+        // GGML_TYPE_Q4_3 = 5, support has been removed
+        GGML_TYPE_Q5_0    = 6,
+        GGML_TYPE_Q5_1,       /* implicit: 7 */
+        GGML_TYPE_Q8_0    = 8,
+        GGML_TYPE_Q1_0    = 41,
+        GGML_TYPE_Q2_0    = 42,
+{extra}        GGML_TYPE_COUNT   = {count},
+    }};
+
+    enum ggml_prec {{ GGML_PREC_DEFAULT = 0, GGML_PREC_F32 = 10 }};
+"""
+OURS = """        GGML_TYPE_D2_P8   = 43, // fraqtl D2 KV block: 8 fp16 + 56 INT3
+        GGML_TYPE_D2_P16  = 44,
+        GGML_TYPE_D2_P32  = 45,
+"""
+D2_IDS = {"GGML_TYPE_D2_P8": 43, "GGML_TYPE_D2_P16": 44, "GGML_TYPE_D2_P32": 45}
+
+
+def header(extra: str = "", count: int = 43) -> str:
+    return UPSTREAM.replace("{extra}", extra).replace("{count}", str(count)).replace("{{", "{").replace("}}", "}")
+
+
+def real_patch_text() -> str:
+    return "".join(p.read_text(encoding="utf-8") for p in build.patch_files())
+
+
+def test_the_enum_is_read_with_comments_and_implicit_values() -> None:
+    entries = parse_ggml_type_enum(header(OURS, 46))
+    assert entries["GGML_TYPE_Q5_1"] == 7 and "GGML_TYPE_Q4_2" not in entries
+    assert {n: v for n, v in entries.items() if n.startswith("GGML_TYPE_D2_")} == D2_IDS
+    assert entries["GGML_TYPE_COUNT"] == 46 and "GGML_PREC_F32" not in entries
+
+
+def test_our_patch_adds_43_to_45_and_the_pinned_shape_passes() -> None:
+    assert ggml_types.our_ids_in_patch(real_patch_text()) == D2_IDS
+    check_upstream_below_ours(parse_ggml_type_enum(header()), D2_IDS, "ggml.h")
+    assert check_patched_enum(parse_ggml_type_enum(header(OURS, 46)), "ggml.h") == D2_IDS
+
+
+def test_upstream_reaching_our_ids_before_patching_says_where_to_move_them() -> None:
+    newer = header("        GGML_TYPE_Q3_0    = 43,\n        GGML_TYPE_MXFP6   = 44,\n", 45)
+    with pytest.raises(TypeIdClashError) as caught:
+        check_upstream_below_ours(parse_ggml_type_enum(newer), D2_IDS, "vendor/ggml.h")
+    message = str(caught.value)
+    assert "reaches D2's ids 43–45: GGML_TYPE_Q3_0 = 43, GGML_TYPE_MXFP6 = 44" in message
+    assert "0002-ggml-d2-block-types.patch to start at 45" in message
+
+
+def test_upstream_count_alone_reaching_ours_is_a_clash() -> None:
+    with pytest.raises(TypeIdClashError, match="GGML_TYPE_COUNT = 44"):
+        check_upstream_below_ours(parse_ggml_type_enum(header(count=44)), D2_IDS, "ggml.h")
+
+
+def test_a_shared_id_after_patching_names_both_types() -> None:
+    # upstream's new type landed at 44 elsewhere in the enum and the patch still applied
+    patched = header("        GGML_TYPE_NEW     = 44,\n" + OURS, 46)
+    with pytest.raises(TypeIdClashError, match="GGML_TYPE_NEW and GGML_TYPE_D2_P16 = 44"):
+        check_patched_enum(parse_ggml_type_enum(patched), "ggml.h")
+
+
+def test_a_count_that_does_not_follow_the_last_type_is_refused() -> None:
+    with pytest.raises(TypeIdClashError, match="GGML_TYPE_COUNT is 43, but the largest ggml_type is 45; set it to 46"):
+        check_patched_enum(parse_ggml_type_enum(header(OURS, 43)), "ggml.h")
+
+
+def test_a_header_without_our_types_or_without_the_enum_is_refused() -> None:
+    with pytest.raises(TypeIdClashError, match="no GGML_TYPE_D2_"):
+        check_patched_enum(parse_ggml_type_enum(header()), "ggml.h")
+    with pytest.raises(TypeIdClashError, match="no `enum ggml_type"):
+        parse_ggml_type_enum("enum ggml_prec { GGML_PREC_DEFAULT = 0 };")
+
+
+def test_the_build_stops_with_the_clash_as_a_build_error(tmp_path: Path) -> None:
+    target = tmp_path / ggml_types.HEADER_IN_TREE
+    target.parent.mkdir(parents=True)
+    target.write_text(header("        GGML_TYPE_Q3_0    = 43,\n", 44))
+    with pytest.raises(build.BuildError, match="reaches D2's ids 43–45: GGML_TYPE_Q3_0 = 43"):
+        build.check_type_ids(tmp_path, patched=False)
+    target.write_text(header())
+    assert build.check_type_ids(tmp_path, patched=False) == D2_IDS
