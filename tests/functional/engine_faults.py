@@ -31,9 +31,9 @@ def aborting_child_main(spec: Any, conn: Any, stop_flag: Any, log_path: str | No
 
     original = Runtime.answer
 
-    def answer(self, messages, max_tokens=256, should_stop=lambda: False):  # type: ignore[no-untyped-def]
+    def answer(self, messages, max_tokens=256, **kwargs):  # type: ignore[no-untyped-def]
         tokens = 0
-        for event in original(self, messages, max_tokens, should_stop):
+        for event in original(self, messages, max_tokens, **kwargs):
             yield event
             tokens += isinstance(event, Token)
             if tokens == ABORT_AFTER_TOKENS:
