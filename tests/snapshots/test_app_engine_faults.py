@@ -90,7 +90,9 @@ async def test_closing_the_engine_for_a_new_document_does_not_freeze_the_ui(mode
         screen.open_paths([other])
         await until(pilot, lambda: screen.state == "ready" and app.document.title == "other.md", steps=1000)
         timer.stop()
-        assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+        # the close takes 2 s: on the UI thread that is one gap of 2 s or more. Opening the new
+        # document itself costs up to ~0.5 s on a 2-core CI machine (0.53 s seen), so 1 s.
+        assert max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.2f} s"
 
 
 class SlowToStartEngine(FakeEngine):
