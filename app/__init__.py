@@ -5,3 +5,8 @@ every model call goes through :class:`engine.worker.EngineWorker`.
 """
 
 __version__ = "0.1.0"
+
+# where `fraqtl-chat --serve` listens unless told otherwise (here, not in app.serve, so that the
+# command line can name them without importing aiohttp and textual-serve on every start)
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000

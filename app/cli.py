@@ -7,8 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from app import __version__
-from app.serve import DEFAULT_HOST, DEFAULT_PORT
+from app import DEFAULT_HOST, DEFAULT_PORT, __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

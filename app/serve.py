@@ -38,12 +38,11 @@ from aiohttp import BodyPartReader, web
 from textual_serve.app_service import AppService
 from textual_serve.server import Server, to_int
 
+from app import DEFAULT_HOST, DEFAULT_PORT  # noqa: F401 - re-exported for the served app's callers
 from engine import locations
 
 log = logging.getLogger("fraqtl-chat.serve")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 SESSION_GRACE_S = 6.0  # a reload closes the old session just after the new page asks for one
 TOKEN_COOKIE = "fraqtl_token"
 BUSY_COMMAND = shlex.join([sys.executable, "-m", "app.ui.session_busy"])
