@@ -242,6 +242,13 @@ int main(int argc, char ** argv) {
     if (argc > 1 && std::string(argv[1]) == "time") { // the Mistral-7B shape at 32K only (for a profiler)
         return check_decode<128, 8, 16>(8, 4, 32768, true);
     }
+    if (argc > 1 && std::string(argv[1]) == "time128") {
+        return check_decode<128, 8, 16>(8, 4, 131072, true);
+    }
+    if (argc > 1 && std::string(argv[1]) == "timing") { // the decode time only (variants of the kernel)
+        return check_decode<128, 8, 16>(8, 4, 32768, true) | check_decode<128, 8, 16>(8, 4, 131072, true) |
+               check_decode<128, 32, 16>(8, 4, 131072, true);
+    }
     if (argc > 1 && std::string(argv[1]) == "decode") {
         int bad = 0;
         bad |= check_decode< 64, 16, 16>(3, 3, 3000, false);     // SmolLM2: 9 query heads on 3 KV heads

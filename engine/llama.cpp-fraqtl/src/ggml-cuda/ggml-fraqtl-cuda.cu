@@ -222,7 +222,9 @@ void ggml_fraqtl_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * ds
 // loaded, and the output stored, in that slot order (d2_slot_dim).
 
 #define D2_FA_WARPS_MAX 16
-#define D2_FA_STAGES    2
+#ifndef D2_FA_STAGES
+#define D2_FA_STAGES    3 // tiles in shared memory: one used, two on their way
+#endif
 #define D2_FA_GMAX      8
 
 struct d2_fattn_args {
@@ -275,20 +277,27 @@ struct d2_fattn_geom {
     int smem;     // bytes of shared memory
 };
 
-static d2_fattn_geom d2_fattn_geom_of(const int hd, const int pk, const int pv, const int n_head_kv) {
+// warps per KV head: up to 8 warps a block, fewer while the block would not leave room for a
+// second one on an SM of smpbo bytes of shared memory
+static d2_fattn_geom d2_fattn_geom_of(const int hd, const int pk, const int pv, const int n_head_kv, const size_t smpbo) {
     d2_fattn_geom g = {};
-    g.wph   = std::max(1, 8/std::max(1, n_head_kv));
-    g.warps = n_head_kv*g.wph;
-    g.tile  = 16*g.wph;
-    // each staged range starts up to 15 bytes early (16-byte copies) and is read a word past its end
-    const int kb = d2_pad16((int64_t) g.tile*n_head_kv*d2_seg_bytes(hd, pk) + 32);
-    const int vb = d2_pad16((int64_t) g.tile*n_head_kv*d2_seg_bytes(hd, pv) + 32);
-    g.sm_v     = kb;
-    g.sm_rows  = kb + vb;
-    g.sm_mask  = g.sm_rows + d2_pad16(4*g.tile);
-    g.sm_stage = g.sm_mask + d2_pad16(2*g.tile);
-    g.sm_tiles = D2_FA_STAGES*g.sm_stage;
-    g.smem     = g.sm_tiles + g.warps*16*(hd + 8)*(int) sizeof(half);
+    for (int wph = std::max(1, 8/std::max(1, n_head_kv)); wph >= 1; wph /= 2) {
+        g.wph   = wph;
+        g.warps = n_head_kv*wph;
+        g.tile  = 16*wph;
+        // each staged range starts up to 15 bytes early (16-byte copies) and is read a word past its end
+        const int kb = d2_pad16((int64_t) g.tile*n_head_kv*d2_seg_bytes(hd, pk) + 32);
+        const int vb = d2_pad16((int64_t) g.tile*n_head_kv*d2_seg_bytes(hd, pv) + 32);
+        g.sm_v     = kb;
+        g.sm_rows  = kb + vb;
+        g.sm_mask  = g.sm_rows + d2_pad16(4*g.tile);
+        g.sm_stage = g.sm_mask + d2_pad16(2*g.tile);
+        g.sm_tiles = D2_FA_STAGES*g.sm_stage;
+        g.smem     = g.sm_tiles + g.warps*16*(hd + 8)*(int) sizeof(half);
+        if ((size_t) g.smem <= smpbo/2) {
+            break;
+        }
+    }
     return g;
 }
 
@@ -348,11 +357,11 @@ static __device__ __forceinline__ half2 d2_u32_h2(const uint32_t u) {
 // accumulators of rows 0-7 are kept
 static __device__ __forceinline__ void d2_mma(float d[2], const uint32_t a0, const uint32_t a2, const uint32_t b0, const uint32_t b1) {
 #if __CUDA_ARCH__ >= 800
-    float unused0;
-    float unused1;
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(unused0), "=f"(unused1)
-        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(d[0]), "f"(d[1]), "f"(0.0f), "f"(0.0f));
+    float d2 = 0.0f; // rows 8-15: zero in, zero out
+    float d3 = 0.0f;
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d2), "+f"(d3)
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 #else
     GGML_UNUSED(d); GGML_UNUSED(a0); GGML_UNUSED(a2); GGML_UNUSED(b0); GGML_UNUSED(b1);
     NO_DEVICE_CODE;
@@ -399,7 +408,7 @@ template <int P>
 static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint4 * dst) {
     constexpr int BB = P == 0 ? 128 : d2_block_bytes(P);
     constexpr int NW = (BB + 3)/4;
-    const uint32_t * w  = (const uint32_t *) ((uintptr_t) src & ~(uintptr_t) 3);
+    const uint32_t * w  = (const uint32_t *) (src - ((uintptr_t) src & 3)); // pointer arithmetic: stays a shared-memory load
     const unsigned   sh = 8*(unsigned) ((uintptr_t) src & 3);
     uint32_t u[NW];
 #pragma unroll
@@ -515,7 +524,6 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
                 d2_cp4(s + a.sm_mask + 2*i, a.mask + t0 + i); // t0 is a multiple of 16: word aligned
             }
         }
-        d2_cp_commit();
     };
 
     // Q of this warp's query heads, scaled, in f16 and slot order: the A fragments of the scores
@@ -542,17 +550,22 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
         o[i][0] = o[i][1] = 0.0f;
     }
 
-    if (r0 < r1) {
-        stage(r0, 0);
-    }
-    int b = 0;
-    for (int t0 = r0; t0 < r1; t0 += tile, b ^= 1) {
-        if (t0 + tile < r1) {
-            stage(t0 + tile, b ^ 1); // its buffer was released by the last tile's closing barrier
-            d2_cp_wait<1>();
-        } else {
-            d2_cp_wait<0>();
+    // tiles are copied D2_FA_STAGES - 1 ahead; every iteration commits one group (maybe empty)
+#pragma unroll
+    for (int i = 0; i < D2_FA_STAGES - 1; ++i) {
+        if (r0 + i*tile < r1) {
+            stage(r0 + i*tile, i);
         }
+        d2_cp_commit();
+    }
+    for (int t0 = r0, it = 0; t0 < r1; t0 += tile, ++it) {
+        const int b  = it % D2_FA_STAGES;
+        const int tn = t0 + (D2_FA_STAGES - 1)*tile;
+        if (tn < r1) {
+            stage(tn, (it + D2_FA_STAGES - 1) % D2_FA_STAGES); // released by the last iteration's closing barrier
+        }
+        d2_cp_commit();
+        d2_cp_wait<D2_FA_STAGES - 1>();
         __syncthreads();
 
         const int p0 = t0 + 16*j;
@@ -653,25 +666,69 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     }
 }
 
+// the partial results of one query head merged by log-sum-exp: each warp takes every eighth
+// part, each lane HD/32 dims of it; then the warps' sums are added
+#define D2_FA_COMBINE_WARPS 8
+
 template <int HD>
-__launch_bounds__(HD)
+__launch_bounds__(D2_FA_COMBINE_WARPS*WARP_SIZE)
 static __global__ void d2_fattn_combine(const float * __restrict__ part_o, const float2 * __restrict__ part_ml,
         float * __restrict__ dst, const int n_parts) {
-    const int64_t qh = blockIdx.x;
-    const int     d  = threadIdx.x;
+    constexpr int DPL = HD/WARP_SIZE; // dims per lane
+    __shared__ float s_max[D2_FA_COMBINE_WARPS];
+    __shared__ float s_den[D2_FA_COMBINE_WARPS];
+    __shared__ float s_num[D2_FA_COMBINE_WARPS][HD];
+    const int64_t qh   = blockIdx.x;
+    const int     warp = threadIdx.x / WARP_SIZE;
+    const int     lane = threadIdx.x % WARP_SIZE;
+    const float2 * ml  = part_ml + qh*n_parts;
+
     float m = -INFINITY;
-    for (int c = 0; c < n_parts; ++c) {
-        m = fmaxf(m, part_ml[qh*n_parts + c].x);
+    for (int c = threadIdx.x; c < n_parts; c += blockDim.x) {
+        m = fmaxf(m, ml[c].x);
     }
-    float num = 0.0f;
+    m = warp_reduce_max(m);
+    if (lane == 0) {
+        s_max[warp] = m;
+    }
+    __syncthreads();
+    m = s_max[0];
+#pragma unroll
+    for (int w = 1; w < D2_FA_COMBINE_WARPS; ++w) {
+        m = fmaxf(m, s_max[w]);
+    }
+
+    float num[DPL] = {};
     float den = 0.0f;
-    for (int c = 0; c < n_parts; ++c) {
-        const float2 ml = part_ml[qh*n_parts + c];
-        const float  w  = ml.x == -INFINITY ? 0.0f : expf(ml.x - m);
-        num += w*part_o[(qh*n_parts + c)*HD + d];
-        den += w*ml.y;
+#pragma unroll 4
+    for (int c = warp; c < n_parts; c += D2_FA_COMBINE_WARPS) {
+        const float2 p = ml[c];
+        const float  w = p.x == -INFINITY ? 0.0f : expf(p.x - m);
+        den += w*p.y;
+        const float * o = part_o + (qh*n_parts + c)*HD + lane*DPL;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) {
+            num[i] += w*o[i];
+        }
     }
-    dst[qh*HD + d] = den > 0.0f ? num/den : 0.0f;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+        s_num[warp][lane*DPL + i] = num[i];
+    }
+    if (lane == 0) {
+        s_den[warp] = den;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float n = 0.0f;
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < D2_FA_COMBINE_WARPS; ++w) {
+            n += s_num[w][d];
+            t += s_den[w];
+        }
+        dst[qh*HD + d] = t > 0.0f ? n/t : 0.0f;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -755,7 +812,7 @@ static d2_fattn_shape d2_fattn_shape_of(const ggml_tensor * dst) {
 // one wave: as many blocks as fit on the device at once (shared memory and 128 registers per
 // thread bound them), the rows split evenly among them
 static void d2_fattn_chunking(const int nsm, const size_t smpbo, const d2_fattn_shape & s, int & chunk_rows, int & n_parts) {
-    const d2_fattn_geom g = d2_fattn_geom_of(s.hd, s.pk, s.pv, s.n_head_kv);
+    const d2_fattn_geom g = d2_fattn_geom_of(s.hd, s.pk, s.pv, s.n_head_kv, smpbo);
     const int threads = WARP_SIZE*g.warps;
     const int per_sm  = std::max(1, std::min({ 2048/threads, 65536/(128*threads), (int) ((smpbo + 1024)/(g.smem + 1024)) }));
     const int n_tiles = (s.n_kv + g.tile - 1)/g.tile;
@@ -789,8 +846,8 @@ bool ggml_fraqtl_cuda_fattn_supported(int device, const ggml_tensor * dst) {
         (ek && ev && rows && ek->type == GGML_TYPE_F16 && ev->type == GGML_TYPE_F16 && rows->type == GGML_TYPE_I32 &&
          rows->ne[0] >= K->ne[1] && ek->ne[0] == K->ne[0]*K->ne[2] && ev->ne[0] == V->ne[0]*V->ne[2]);
     const bool fits   = K->ne[2] <= D2_FA_WARPS_MAX && Q->ne[2] % K->ne[2] == 0 && Q->ne[2]/K->ne[2] <= D2_FA_GMAX &&
-        d2_fattn_geom_of(hd, d2_cuda_protected(K->type), d2_cuda_protected(V->type), (int) K->ne[2]).smem <=
-            (int) ggml_cuda_info().devices[device].smpbo;
+        (size_t) d2_fattn_geom_of(hd, d2_cuda_protected(K->type), d2_cuda_protected(V->type), (int) K->ne[2],
+            ggml_cuda_info().devices[device].smpbo).smem <= ggml_cuda_info().devices[device].smpbo;
     return layout && exact && fits && Q->type == GGML_TYPE_F32 && mask && mask->type == GGML_TYPE_F16 &&
         mask->ne[2] == 1 && mask->ne[3] == 1 && Q->ne[3] == 1 && K->ne[3] == 1 && dst->src[4] == nullptr &&
         max_bias == 0.0f && softcap == 0.0f && Q->nb[0] == sizeof(float) && ggml_is_contiguous(dst);
@@ -823,7 +880,7 @@ template <int HD>
 static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
     const int  n_chunks = a.n_parts/a.wph;
     const dim3 block(WARP_SIZE*s.n_head_kv*a.wph, 1, 1);
-    const int  smem = d2_fattn_geom_of(s.hd, s.pk, s.pv, s.n_head_kv).smem;
+    const int  smem = a.sm_tiles + s.n_head_kv*a.wph*16*(HD + 8)*(int) sizeof(half); // d2_fattn_geom::smem
 #define D2_CASE(PK, PV)                                                                           \
     if (s.pk == PK && s.pv == PV) {                                                               \
         if (smem > 48*1024) { /* per device: cheap, so set on every launch */                    \
@@ -852,9 +909,9 @@ static void d2_fattn_decode_launch(const d2_fattn_args & a, const d2_fattn_shape
     }
     if (a.n_parts > 1) {
         switch (s.hd) {
-            case  64: d2_fattn_combine< 64><<<s.n_head,  64, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
-            case 128: d2_fattn_combine<128><<<s.n_head, 128, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
-            case 256: d2_fattn_combine<256><<<s.n_head, 256, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
+            case  64: d2_fattn_combine< 64><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
+            case 128: d2_fattn_combine<128><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
+            case 256: d2_fattn_combine<256><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
         }
         CUDA_CHECK(cudaGetLastError());
     }
@@ -862,7 +919,7 @@ static void d2_fattn_decode_launch(const d2_fattn_args & a, const d2_fattn_shape
 
 // the decode kernel's arguments for a shape (pointers and strides are the caller's)
 static d2_fattn_args d2_fattn_args_of(const int nsm, const size_t smpbo, const d2_fattn_shape & s) {
-    const d2_fattn_geom g = d2_fattn_geom_of(s.hd, s.pk, s.pv, s.n_head_kv);
+    const d2_fattn_geom g = d2_fattn_geom_of(s.hd, s.pk, s.pv, s.n_head_kv, smpbo);
     d2_fattn_args a = {};
     a.n_kv      = s.n_kv;
     a.n_head_kv = s.n_head_kv;
