@@ -222,8 +222,13 @@ void ggml_fraqtl_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * ds
 // loaded, and the output stored, in that slot order (d2_slot_dim).
 
 #define D2_FA_WARPS_MAX 16
+
+// warps a block may have: head size 256 keeps twice the accumulators, so half the warps
+static constexpr __host__ __device__ int d2_fa_warps_max(int hd) {
+    return hd == 256 ? D2_FA_WARPS_MAX/2 : D2_FA_WARPS_MAX;
+}
 #ifndef D2_FA_STAGES
-#define D2_FA_STAGES    3 // tiles in shared memory: one used, two on their way
+#define D2_FA_STAGES    2 // tiles in shared memory: one used, one on its way
 #endif
 #define D2_FA_GMAX      8
 
@@ -253,6 +258,7 @@ struct d2_fattn_args {
     int      sm_rows;
     int      sm_mask;
     int      sm_tiles;
+    int      sm_warp;    // bytes of each warp's own area there: its f16 tile, then its Q fragments
 };
 
 // bytes of one head's row
@@ -274,6 +280,7 @@ struct d2_fattn_geom {
     int sm_rows;
     int sm_mask;
     int sm_tiles;
+    int sm_warp;
     int smem;     // bytes of shared memory
 };
 
@@ -293,7 +300,8 @@ static d2_fattn_geom d2_fattn_geom_of(const int hd, const int pk, const int pv, 
         g.sm_mask  = g.sm_rows + d2_pad16(4*g.tile);
         g.sm_stage = g.sm_mask + d2_pad16(2*g.tile);
         g.sm_tiles = D2_FA_STAGES*g.sm_stage;
-        g.smem     = g.sm_tiles + g.warps*16*(hd + 8)*(int) sizeof(half);
+        g.sm_warp  = 16*(hd + 8)*(int) sizeof(half) + (hd/16)*2*WARP_SIZE*(int) sizeof(uint32_t);
+        g.smem     = g.sm_tiles + g.warps*g.sm_warp;
         if ((size_t) g.smem <= smpbo/2) {
             break;
         }
@@ -406,21 +414,27 @@ static __device__ __forceinline__ uint4 d2_codes_to_f16(const uint32_t w, const 
 // one 64-element block, staged in shared memory at any byte address, to 64 f16 in slot order
 template <int P>
 static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint4 * dst) {
-    constexpr int BB = P == 0 ? 128 : d2_block_bytes(P);
-    constexpr int NW = (BB + 3)/4;
     const uint32_t * w  = (const uint32_t *) (src - ((uintptr_t) src & 3)); // pointer arithmetic: stays a shared-memory load
     const unsigned   sh = 8*(unsigned) ((uintptr_t) src & 3);
-    uint32_t u[NW];
-#pragma unroll
-    for (int i = 0; i < NW; ++i) {
-        u[i] = __funnelshift_r(w[i], w[i + 1], sh); // the block's bytes from u[0]'s low byte on
-    }
     if constexpr (P == 0) {
+        // an f16 row: 16 halves at a time, realigned to the block's first byte
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            dst[i] = make_uint4(u[4*i], u[4*i + 1], u[4*i + 2], u[4*i + 3]);
+        for (int i = 0; i < 4; ++i) {
+            uint32_t u[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                u[j] = __funnelshift_r(w[8*i + j], w[8*i + j + 1], sh);
+            }
+            dst[2*i + 0] = make_uint4(u[0], u[1], u[2], u[3]);
+            dst[2*i + 1] = make_uint4(u[4], u[5], u[6], u[7]);
         }
     } else {
+        constexpr int NW = (d2_block_bytes(P) + 3)/4;
+        uint32_t u[NW];
+#pragma unroll
+        for (int i = 0; i < NW; ++i) {
+            u[i] = __funnelshift_r(w[i], w[i + 1], sh); // the block's bytes from u[0]'s low byte on
+        }
         // protected coefficients: pair k at bytes 2 + 4k
 #pragma unroll
         for (int i = 0; i < P/8; ++i) {
@@ -458,6 +472,7 @@ template <int HD, int P>
 static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * staged, const int64_t pos_bytes, const int32_t * rmap,
         const half * exact, const int64_t e_s1, const int h, const int p0, const int r1, const int n_kv, half * tile, const int lane) {
     constexpr int BB = P == 0 ? 128 : d2_block_bytes(P);
+#pragma unroll 1
     for (int i = lane; i < 16*(HD/64); i += WARP_SIZE) {
         const int r   = i % 16;
         const int blk = i / 16;
@@ -477,7 +492,7 @@ static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * staged, c
 }
 
 template <int HD, int PK, int PV>
-__launch_bounds__(D2_FA_WARPS_MAX*WARP_SIZE)
+__launch_bounds__(d2_fa_warps_max(HD)*WARP_SIZE)
 static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     constexpr int KSEG = d2_seg_bytes(HD, PK);
     constexpr int VSEG = d2_seg_bytes(HD, PV);
@@ -495,7 +510,8 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     const int tq   = lane % 4;
     const int64_t rk = (int64_t) a.n_head_kv*KSEG; // bytes of one position
     const int64_t rv = (int64_t) a.n_head_kv*VSEG;
-    half * ftile = (half *) (smem + a.sm_tiles) + warp*16*TS;
+    half     * ftile = (half *) (smem + a.sm_tiles + warp*a.sm_warp);
+    uint32_t * qfrag = (uint32_t *) (ftile + 16*TS); // [NKS][2][lane]: registers would spill
 
     const int r0 = blockIdx.x*a.chunk_rows;
     const int r1 = min(r0 + a.chunk_rows, a.n_kv);
@@ -527,7 +543,6 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     };
 
     // Q of this warp's query heads, scaled, in f16 and slot order: the A fragments of the scores
-    uint32_t qa[NKS][2];
 #pragma unroll
     for (int k = 0; k < NKS; ++k) {
 #pragma unroll
@@ -538,7 +553,7 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
                 const float * q = a.q + (int64_t) (h*G + gq)*a.q_s2;
                 x = make_float2(q[d2_slot_dim<PK>(slot)]*a.scale, q[d2_slot_dim<PK>(slot + 1)]*a.scale);
             }
-            qa[k][i] = d2_h2_u32(__float22half2_rn(x));
+            qfrag[(2*k + i)*WARP_SIZE + lane] = d2_h2_u32(__float22half2_rn(x));
         }
     }
 
@@ -585,8 +600,10 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
             for (int k = 0; k < NKS; ++k) {
                 uint32_t kb[4];
                 d2_ldmatrix_x4(kb, ftile + ((lane/16)*8 + lane%8)*TS + 16*k + ((lane/8) % 2)*8, false);
-                d2_mma(sc[0], qa[k][0], qa[k][1], kb[0], kb[1]);
-                d2_mma(sc[1], qa[k][0], qa[k][1], kb[2], kb[3]);
+                const uint32_t q0 = qfrag[(2*k + 0)*WARP_SIZE + lane];
+                const uint32_t q1 = qfrag[(2*k + 1)*WARP_SIZE + lane];
+                d2_mma(sc[0], q0, q1, kb[0], kb[1]);
+                d2_mma(sc[1], q0, q1, kb[2], kb[3]);
             }
             float mx = -INFINITY;
 #pragma unroll
@@ -845,7 +862,7 @@ bool ggml_fraqtl_cuda_fattn_supported(int device, const ggml_tensor * dst) {
     const bool exact  = (!ek && !ev && !rows) ||
         (ek && ev && rows && ek->type == GGML_TYPE_F16 && ev->type == GGML_TYPE_F16 && rows->type == GGML_TYPE_I32 &&
          rows->ne[0] >= K->ne[1] && ek->ne[0] == K->ne[0]*K->ne[2] && ev->ne[0] == V->ne[0]*V->ne[2]);
-    const bool fits   = K->ne[2] <= D2_FA_WARPS_MAX && Q->ne[2] % K->ne[2] == 0 && Q->ne[2]/K->ne[2] <= D2_FA_GMAX &&
+    const bool fits   = K->ne[2] <= d2_fa_warps_max(hd) && Q->ne[2] % K->ne[2] == 0 && Q->ne[2]/K->ne[2] <= D2_FA_GMAX &&
         (size_t) d2_fattn_geom_of(hd, d2_cuda_protected(K->type), d2_cuda_protected(V->type), (int) K->ne[2],
             ggml_cuda_info().devices[device].smpbo).smem <= ggml_cuda_info().devices[device].smpbo;
     return layout && exact && fits && Q->type == GGML_TYPE_F32 && mask && mask->type == GGML_TYPE_F16 &&
@@ -880,7 +897,7 @@ template <int HD>
 static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
     const int  n_chunks = a.n_parts/a.wph;
     const dim3 block(WARP_SIZE*s.n_head_kv*a.wph, 1, 1);
-    const int  smem = a.sm_tiles + s.n_head_kv*a.wph*16*(HD + 8)*(int) sizeof(half); // d2_fattn_geom::smem
+    const int  smem = a.sm_tiles + s.n_head_kv*a.wph*a.sm_warp; // d2_fattn_geom::smem
 #define D2_CASE(PK, PV)                                                                           \
     if (s.pk == PK && s.pv == PV) {                                                               \
         if (smem > 48*1024) { /* per device: cheap, so set on every launch */                    \
@@ -930,6 +947,7 @@ static d2_fattn_args d2_fattn_args_of(const int nsm, const size_t smpbo, const d
     a.sm_rows   = g.sm_rows;
     a.sm_mask   = g.sm_mask;
     a.sm_tiles  = g.sm_tiles;
+    a.sm_warp   = g.sm_warp;
     d2_fattn_chunking(nsm, smpbo, s, a.chunk_rows, a.n_parts);
     return a;
 }
