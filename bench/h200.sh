@@ -99,13 +99,20 @@ diag)
 kcheck)
   # the D2 kernels alone against a CPU reference, and the decode kernel's time; no llama.cpp build
   # (about 40 s). Our kernel sources come from the work tree, the rest from the exported source.
+  # KVAR="D2_FA_STAGES=2 ..." also builds and times those variants of the kernel (in parallel).
   rm -rf /tmp/src && mkdir -p /tmp/src && tar xzf .dev/src.tar.gz -C /tmp/src
   cuda=$(ls -d /tmp/src/*)/vendor/llama.cpp/ggml/src/ggml-cuda
   cp engine/llama.cpp-fraqtl/check/d2_kernels_check.cu engine/llama.cpp-fraqtl/src/ggml-cuda/ggml-fraqtl-cuda.* "$cuda/"
-  (cd "$cuda" && nvcc -std=c++17 -arch=sm_90 -use_fast_math -extended-lambda -I../../include -I.. -I. \
-    d2_kernels_check.cu -Xlinker --unresolved-symbols=ignore-all -o /tmp/d2check) || exit 1
-  [ -n "${KQUICK:-}" ] || /tmp/d2check | grep -v "head [1-9]"
-  /tmp/d2check decode
+  for v in default ${KVAR:-}; do
+    def=$([ "$v" = default ] || echo "-D$v")
+    (cd "$cuda" && nvcc -std=c++17 -arch=sm_90 -use_fast_math -extended-lambda -I../../include -I.. -I. $def \
+      d2_kernels_check.cu -Xlinker --unresolved-symbols=ignore-all -o "/tmp/d2check-$v" 2>&1 | grep -i error) &
+  done
+  wait
+  [ -x /tmp/d2check-default ] || exit 1
+  [ -n "${KQUICK:-}" ] || /tmp/d2check-default | grep -v "head [1-9]"
+  /tmp/d2check-default decode
+  for v in ${KVAR:-}; do echo "== variant $v"; /tmp/d2check-$v timing | grep time; done
   exit 0
   ;;
 prof)

@@ -201,22 +201,19 @@ template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, c
 
     cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
     d2_fattn_shape s = { HD, PK, PV, n_kv, n_head, n_head_kv, 1 };
-    d2_fattn_args a = {};
-    int chunk_rows = 0, n_chunks = 0;
-    d2_fattn_chunking(prop.multiProcessorCount, prop.sharedMemPerBlockOptin, s, chunk_rows, n_chunks);
+    d2_fattn_args a = d2_fattn_args_of(prop.multiProcessorCount, prop.sharedMemPerBlockOptin, s);
+    const int n_parts = a.n_parts, chunk_rows = a.chunk_rows;
     uint8_t * dk; uint8_t * dv; half * dek; half * dev_; half * dmask; int32_t * drows; float * dq; float * dout; float * dpo; float2 * dpml;
     CK(cudaMalloc(&dk, kb.size() + 128)); CK(cudaMalloc(&dv, vb.size() + 128));
     CK(cudaMalloc(&dek, ek.size()*2)); CK(cudaMalloc(&dev_, ev.size()*2)); CK(cudaMalloc(&dmask, (size_t) n_kv*2));
     CK(cudaMalloc(&drows, (size_t) n_kv*4)); CK(cudaMalloc(&dq, q.size()*4)); CK(cudaMalloc(&dout, q.size()*4));
-    CK(cudaMalloc(&dpo, (size_t) n_head*n_chunks*HD*4)); CK(cudaMalloc(&dpml, (size_t) n_head*n_chunks*8));
+    CK(cudaMalloc(&dpo, (size_t) n_head*n_parts*HD*4)); CK(cudaMalloc(&dpml, (size_t) n_head*n_parts*8));
     CK(cudaMemcpy(dk, kb.data(), kb.size(), cudaMemcpyHostToDevice)); CK(cudaMemcpy(dv, vb.data(), vb.size(), cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dek, ek.data(), ek.size()*2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(dev_, ev.data(), ev.size()*2, cudaMemcpyHostToDevice));
     CK(cudaMemset(dmask, 0, (size_t) n_kv*2));
     CK(cudaMemcpy(drows, rows.data(), (size_t) n_kv*4, cudaMemcpyHostToDevice)); CK(cudaMemcpy(dq, q.data(), q.size()*4, cudaMemcpyHostToDevice));
     a.q = dq; a.k = dk; a.v = dv; a.mask = dmask; a.ek = dek; a.ev = dev_; a.rows = drows; a.dst = dout;
-    a.part_o = dpo; a.part_ml = dpml; a.n_kv = n_kv; a.gqa = G; a.chunk_rows = chunk_rows; a.n_chunks = n_chunks;
-    a.scale = scale; a.q_s2 = HD; a.k_s1 = (int64_t) kseg*n_head_kv; a.k_s2 = (int64_t) kseg;
-    a.v_s1 = (int64_t) vseg*n_head_kv; a.v_s2 = (int64_t) vseg; a.ek_s1 = ne0; a.ev_s1 = ne0;
+    a.part_o = dpo; a.part_ml = dpml; a.scale = scale; a.q_s2 = HD; a.ek_s1 = ne0; a.ev_s1 = ne0;
     d2_fattn_decode_launch(a, s, 0);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
     std::vector<float> got(q.size());
@@ -224,8 +221,8 @@ template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, c
     double err = 0;
     for (size_t i = 0; i < got.size(); i++) err = timing ? (std::isfinite(got[i]) ? err : INFINITY) : fmax(err, fabs(got[i] - want[i]));
     const int bad = timing ? !(err == 0) : !(err <= 2e-3*out_max);
-    printf("decode HD %d K p%d V p%d G %d n_kv %d: %d chunks of %d rows, max abs err %.3g (max |out| %.3g)%s\n",
-        HD, PK, PV, G, n_kv, n_chunks, chunk_rows, err, out_max, bad ? " FAILED" : "");
+    printf("decode HD %d K p%d V p%d G %d n_kv %d: %d partial results, chunks of %d rows, max abs err %.3g (max |out| %.3g)%s\n",
+        HD, PK, PV, G, n_kv, n_parts, chunk_rows, err, out_max, bad ? " FAILED" : "");
     if (timing) {
         cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
         for (int i = 0; i < 5; i++) d2_fattn_decode_launch(a, s, 0);
@@ -244,6 +241,13 @@ template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, c
 int main(int argc, char ** argv) {
     if (argc > 1 && std::string(argv[1]) == "time") { // the Mistral-7B shape at 32K only (for a profiler)
         return check_decode<128, 8, 16>(8, 4, 32768, true);
+    }
+    if (argc > 1 && std::string(argv[1]) == "time128") {
+        return check_decode<128, 8, 16>(8, 4, 131072, true);
+    }
+    if (argc > 1 && std::string(argv[1]) == "timing") { // the decode time only (variants of the kernel)
+        return check_decode<128, 8, 16>(8, 4, 32768, true) | check_decode<128, 8, 16>(8, 4, 131072, true) |
+               check_decode<128, 32, 16>(8, 4, 131072, true);
     }
     if (argc > 1 && std::string(argv[1]) == "decode") {
         int bad = 0;

@@ -209,16 +209,28 @@ void ggml_fraqtl_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * ds
 }
 
 // ---------------------------------------------------------------------------------------
-// flash attention, one query token: grid (KV head, chunk of rows). A block keeps the G query
-// heads of its KV head in shared memory and walks its chunk in tiles of 64 rows: the raw bytes
-// of the next tile are copied in (cp.async, 4-byte words) while the current one is decoded to
-// f16 (exact rows from the f16 copies), scored, softmaxed online and multiplied into V. Chunks
-// are merged by log-sum-exp.
+// flash attention, one query token. Grid: chunks of rows. A block walks its chunk in tiles of
+// positions for ALL KV heads, so a tile is one contiguous range of the cache: it is copied in with
+// 16-byte cp.async (double buffered) while the previous tile is used. Each warp owns one KV head
+// and one 16-row slice of every tile: it decodes the slice's K to f16 in its own shared tile,
+// scores it against its G query heads with tensor cores (mma m16n8k16, the queries as the rows of
+// A), softmaxes online in registers, decodes V into the same tile and adds P·V with tensor cores.
+// The warps' and chunks' partial results are merged by log-sum-exp.
+//
+// A block's 3-bit tail is decoded eight codes at a time to four half2 (the code as the low
+// mantissa bits of 1024), which orders the dims of each group of eight 0,4,1,5,2,6,3,7: Q is
+// loaded, and the output stored, in that slot order (d2_slot_dim).
 
-#define D2_FA_THREADS 128
-#define D2_FA_TILE    64
-#define D2_FA_GMAX    8
-#define D2_FA_SM_BLOCKS 16 // 2048 threads per SM
+#define D2_FA_WARPS_MAX 16
+
+// warps a block may have: head size 256 keeps twice the accumulators, so half the warps
+static constexpr __host__ __device__ int d2_fa_warps_max(int hd) {
+    return hd == 256 ? D2_FA_WARPS_MAX/2 : D2_FA_WARPS_MAX;
+}
+#ifndef D2_FA_STAGES
+#define D2_FA_STAGES    2 // tiles in shared memory: one used, one on its way
+#endif
+#define D2_FA_GMAX      8
 
 struct d2_fattn_args {
     const float   * q;
@@ -232,52 +244,89 @@ struct d2_fattn_args {
     float  * part_o;
     float2 * part_ml;
     int      n_kv;
+    int      n_head_kv;
     int      gqa;
+    int      wph;        // warps per KV head: a tile is 16*wph positions
     int      chunk_rows;
-    int      n_chunks;
+    int      n_parts;    // partial results per query head: chunks * wph
     float    scale;
-    int64_t  q_s2;   // floats between query heads
-    int64_t  k_s1;   // bytes between K rows
-    int64_t  k_s2;   // bytes between KV heads
-    int64_t  v_s1;
-    int64_t  v_s2;
-    int64_t  ek_s1;  // halves between exact rows
+    int64_t  q_s2;       // floats between query heads
+    int64_t  ek_s1;      // halves between exact rows
     int64_t  ev_s1;
+    int      sm_stage;   // shared memory: bytes of one stage, its V, row-map and mask offsets,
+    int      sm_v;       // the warps' f16 tiles after the stages
+    int      sm_rows;
+    int      sm_mask;
+    int      sm_tiles;
+    int      sm_warp;    // bytes of each warp's own area there: its f16 tile, then its Q fragments
 };
 
-// bytes of one head's row, and the 4-byte words that cover it wherever it starts
+// bytes of one head's row
 static constexpr __host__ __device__ int d2_seg_bytes(int hd, int p) {
     return p == 0 ? 2*hd : (hd/64)*d2_block_bytes(p);
 }
-static constexpr __host__ __device__ int d2_seg_words(int hd, int p) {
-    return (d2_seg_bytes(hd, p) + 6)/4;
+
+static int d2_pad16(const int64_t x) {
+    return (int) ((x + 15)/16*16);
 }
 
-// shared memory of the decode kernel, in 4-byte words
-template <int HD, int PK, int PV>
-struct d2_fattn_smem_layout;
-
-static constexpr __host__ __device__ size_t d2_fattn_smem_bytes(int hd, int pk, int pv) {
-    return 4*(size_t) (D2_FA_GMAX*hd + D2_FA_GMAX*D2_FA_TILE + D2_FA_TILE*(hd/2 + 2) + D2_FA_TILE*hd/2 +
-        2*D2_FA_TILE*(d2_seg_words(hd, pk) + d2_seg_words(hd, pv)) + 4 + 2*D2_FA_TILE + D2_FA_TILE);
-}
-
-template <int HD, int PK, int PV>
-struct d2_fattn_smem_layout {
-    static constexpr int KSW  = HD/2 + 2;                                  // sK row stride (half2)
-    static constexpr int KW   = d2_seg_words(HD, PK);
-    static constexpr int VW   = d2_seg_words(HD, PV);
-    static constexpr int Q    = 0;                                         // float [GMAX][HD]
-    static constexpr int P    = Q + D2_FA_GMAX*HD;                         // float [GMAX][TILE]
-    static constexpr int K    = P + D2_FA_GMAX*D2_FA_TILE;                 // half2 [TILE][KSW]
-    static constexpr int V    = K + D2_FA_TILE*KSW;                        // half2 [TILE][HD/2]
-    static constexpr int RAW  = V + D2_FA_TILE*HD/2;                       // u32 [2][TILE][KW + VW]
-    static constexpr int ROWS = RAW + 2*D2_FA_TILE*(KW + VW) + 4;          // i32 [2][TILE] (4 words: a tail read)
-    static constexpr int MASK = ROWS + 2*D2_FA_TILE;                       // half2 [2][TILE/2]
-    static constexpr int END  = MASK + D2_FA_TILE;
-    static constexpr size_t bytes = 4*(size_t) END;
-    static_assert(bytes == d2_fattn_smem_bytes(HD, PK, PV), "one formula for the layout and the launch");
+// how a block is laid out for a model's number of KV heads
+struct d2_fattn_geom {
+    int wph;      // warps per KV head
+    int warps;
+    int tile;     // positions per tile
+    int sm_stage;
+    int sm_v;
+    int sm_rows;
+    int sm_mask;
+    int sm_tiles;
+    int sm_warp;
+    int smem;     // bytes of shared memory
 };
+
+// warps per KV head: up to 8 warps a block, fewer while the block would not leave room for a
+// second one on an SM of smpbo bytes of shared memory
+static d2_fattn_geom d2_fattn_geom_of(const int hd, const int pk, const int pv, const int n_head_kv, const size_t smpbo) {
+    d2_fattn_geom g = {};
+    for (int wph = std::max(1, 8/std::max(1, n_head_kv)); wph >= 1; wph /= 2) {
+        g.wph   = wph;
+        g.warps = n_head_kv*wph;
+        g.tile  = 16*wph;
+        // each staged range starts up to 15 bytes early (16-byte copies) and is read a word past its end
+        const int kb = d2_pad16((int64_t) g.tile*n_head_kv*d2_seg_bytes(hd, pk) + 32);
+        const int vb = d2_pad16((int64_t) g.tile*n_head_kv*d2_seg_bytes(hd, pv) + 32);
+        g.sm_v     = kb;
+        g.sm_rows  = kb + vb;
+        g.sm_mask  = g.sm_rows + d2_pad16(4*g.tile);
+        g.sm_stage = g.sm_mask + d2_pad16(2*g.tile);
+        g.sm_tiles = D2_FA_STAGES*g.sm_stage;
+        g.sm_warp  = 16*(hd + 8)*(int) sizeof(half) + (hd/16)*2*WARP_SIZE*(int) sizeof(uint32_t);
+        g.smem     = g.sm_tiles + g.warps*g.sm_warp;
+        if ((size_t) g.smem <= smpbo/2) {
+            break;
+        }
+    }
+    return g;
+}
+
+// the head dim held in slot s of a row whose blocks keep P protected dims
+template <int P>
+static __host__ __device__ __forceinline__ int d2_slot_dim(const int s) {
+    const int e = s % 64;
+    if (P == 0 || e < P) {
+        return s;
+    }
+    const int i = (e - P) % 8;
+    return s - i + ((i & 1) ? 4 + i/2 : i/2);
+}
+
+static __device__ __forceinline__ void d2_cp16(void * smem, const void * gmem) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"((unsigned) __cvta_generic_to_shared(smem)), "l"(gmem));
+#else
+    *(uint4 *) smem = *(const uint4 *) gmem;
+#endif
+}
 
 static __device__ __forceinline__ void d2_cp4(void * smem, const void * gmem) {
 #if __CUDA_ARCH__ >= 800
@@ -300,374 +349,403 @@ static __device__ __forceinline__ void d2_cp_wait() {
 #endif
 }
 
-// 4 bytes at any byte address of shared memory (reads the next aligned word too)
-static __device__ __forceinline__ uint32_t d2_sm_u32(const uint8_t * p) {
-    const uint32_t * w = (const uint32_t *) ((uintptr_t) p & ~(uintptr_t) 3);
-    return __funnelshift_r(w[0], w[1], 8*(unsigned) ((uintptr_t) p & 3));
+static __device__ __forceinline__ uint32_t d2_h2_u32(const half2 h) {
+    uint32_t u;
+    memcpy(&u, &h, sizeof(u));
+    return u;
 }
 
-static __device__ __forceinline__ half2 d2_u32_as_half2(const uint32_t u) {
+static __device__ __forceinline__ half2 d2_u32_h2(const uint32_t u) {
     half2 h;
     memcpy(&h, &u, sizeof(h));
     return h;
 }
 
-// elements [8*span, 8*span + 8) of one head's row staged in shared memory, as four half2
+// D += A·B, m16n8k16, f16 in, f32 accumulate; rows 8-15 of A are zero here, so only the
+// accumulators of rows 0-7 are kept
+static __device__ __forceinline__ void d2_mma(float d[2], const uint32_t a0, const uint32_t a2, const uint32_t b0, const uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
+    float d2 = 0.0f; // rows 8-15: zero in, zero out
+    float d3 = 0.0f;
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d2), "+f"(d3)
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+#else
+    GGML_UNUSED(d); GGML_UNUSED(a0); GGML_UNUSED(a2); GGML_UNUSED(b0); GGML_UNUSED(b1);
+    NO_DEVICE_CODE;
+#endif
+}
+
+static __device__ __forceinline__ void d2_ldmatrix_x4(uint32_t r[4], const half * p, const bool trans) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned) __cvta_generic_to_shared(p);
+    if (trans) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+            : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+            : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    }
+#else
+    GGML_UNUSED(r); GGML_UNUSED(p); GGML_UNUSED(trans);
+    NO_DEVICE_CODE;
+#endif
+}
+
+// four half2 of eight 3-bit codes (w: the codes from bit 0, anything above bit 23) as
+// (c0,c4) (c1,c5) (c2,c6) (c3,c7), times the block scale
+static __device__ __forceinline__ uint4 d2_codes_to_f16(const uint32_t w, const half2 s) {
+    // the code as mantissa bits of 1024: pattern A puts it at bit 4 of the low half and bit 0 of
+    // the high one, pattern B at bits 7 and 3; the fma undoes the shift and the +4 bias exactly
+    const half2 mul_a = __halves2half2(__float2half(1.0f/16.0f),  __float2half(1.0f));
+    const half2 add_a = __halves2half2(__float2half(-68.0f),      __float2half(-1028.0f));
+    const half2 mul_b = __halves2half2(__float2half(1.0f/128.0f), __float2half(1.0f/8.0f));
+    const half2 add_b = __halves2half2(__float2half(-12.0f),      __float2half(-132.0f));
+    const uint32_t x = w << 4;
+    const uint32_t y = w >> 2;
+    uint4 r;
+    r.x = d2_h2_u32(__hmul2(__hfma2(d2_u32_h2((x & 0x00070070u) | 0x64006400u), mul_a, add_a), s));
+    r.y = d2_h2_u32(__hmul2(__hfma2(d2_u32_h2((x & 0x00380380u) | 0x64006400u), mul_b, add_b), s));
+    r.z = d2_h2_u32(__hmul2(__hfma2(d2_u32_h2((y & 0x00070070u) | 0x64006400u), mul_a, add_a), s));
+    r.w = d2_h2_u32(__hmul2(__hfma2(d2_u32_h2((y & 0x00380380u) | 0x64006400u), mul_b, add_b), s));
+    return r;
+}
+
+// one 64-element block, staged in shared memory at any byte address, to 64 f16 in slot order
 template <int P>
-static __device__ __forceinline__ void d2_sm_span(const uint8_t * row, const int span, half2 out[4]) {
+static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint4 * dst) {
+    const uint32_t * w  = (const uint32_t *) (src - ((uintptr_t) src & 3)); // pointer arithmetic: stays a shared-memory load
+    const unsigned   sh = 8*(unsigned) ((uintptr_t) src & 3);
     if constexpr (P == 0) {
+        // an f16 row: 16 halves at a time, realigned to the block's first byte
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            out[j] = d2_u32_as_half2(d2_sm_u32(row + 16*span + 4*j));
+        for (int i = 0; i < 4; ++i) {
+            uint32_t u[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                u[j] = __funnelshift_r(w[8*i + j], w[8*i + j + 1], sh);
+            }
+            dst[2*i + 0] = make_uint4(u[0], u[1], u[2], u[3]);
+            dst[2*i + 1] = make_uint4(u[4], u[5], u[6], u[7]);
         }
     } else {
-        const uint8_t * blk = row + (span/8)*d2_block_bytes(P);
-        const int e0 = 8*(span % 8);
-        if (e0 < P) {
+        constexpr int NW = (d2_block_bytes(P) + 3)/4;
+        uint32_t u[NW];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                out[j] = d2_u32_as_half2(d2_sm_u32(blk + 2 + 2*e0 + 4*j));
-            }
-        } else {
-            const float    s    = __half2float(__ushort_as_half((unsigned short) (d2_sm_u32(blk) & 0xFFFF)));
-            const uint32_t bits = d2_sm_u32(blk + 2 + 2*P + 3*((e0 - P)/8));
+        for (int i = 0; i < NW; ++i) {
+            u[i] = __funnelshift_r(w[i], w[i + 1], sh); // the block's bytes from u[0]'s low byte on
+        }
+        // protected coefficients: pair k at bytes 2 + 4k
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                out[j] = __floats2half2_rn((float) ((int) ((bits >> (6*j    )) & 7) - 4)*s,
-                                           (float) ((int) ((bits >> (6*j + 3)) & 7) - 4)*s);
-            }
+        for (int i = 0; i < P/8; ++i) {
+            dst[i] = make_uint4(__byte_perm(u[4*i + 0], u[4*i + 1], 0x5432), __byte_perm(u[4*i + 1], u[4*i + 2], 0x5432),
+                                __byte_perm(u[4*i + 2], u[4*i + 3], 0x5432), __byte_perm(u[4*i + 3], u[4*i + 4], 0x5432));
+        }
+        const half2 s = __half2half2(__ushort_as_half((unsigned short) (u[0] & 0xFFFF)));
+#pragma unroll
+        for (int i = 0; i < (QK_D2 - P)/8; ++i) {
+            const int o = 2 + 2*P + 3*i; // the group's first byte
+            const uint32_t w24 = o % 4 <= 1 ? u[o/4] >> (8*(o % 4)) : __funnelshift_r(u[o/4], u[o/4 + 1], 8*(o % 4));
+            dst[P/8 + i] = d2_codes_to_f16(w24, s);
         }
     }
 }
 
-static __device__ __forceinline__ void d2_gl_span_f16(const half * src, half2 out[4]) {
-    const uint4 raw = *(const uint4 *) src; // exact copies are 16-byte aligned
-    out[0] = d2_u32_as_half2(raw.x);
-    out[1] = d2_u32_as_half2(raw.y);
-    out[2] = d2_u32_as_half2(raw.z);
-    out[3] = d2_u32_as_half2(raw.w);
+// one exact f16 block (global memory) to 64 f16 in slot order
+template <int P>
+static __device__ __forceinline__ void d2_exact_to_f16(const half * src, uint4 * dst) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const uint4 x = *(const uint4 *) (src + 8*i); // exact copies are 16-byte aligned
+        if (P == 0 || 8*i < P) {
+            dst[i] = x;
+        } else {
+            dst[i] = make_uint4(__byte_perm(x.x, x.z, 0x5410), __byte_perm(x.x, x.z, 0x7632),
+                                __byte_perm(x.y, x.w, 0x5410), __byte_perm(x.y, x.w, 0x7632));
+        }
+    }
+}
+
+// a warp's 16 rows of one KV head to its f16 tile: each lane one 64-element block at a time;
+// exact rows from the f16 copies, rows past the chunk as zeros
+template <int HD, int P>
+static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * staged, const int64_t pos_bytes, const int32_t * rmap,
+        const half * exact, const int64_t e_s1, const int h, const int p0, const int r1, const int n_kv, half * tile, const int lane) {
+    constexpr int BB = P == 0 ? 128 : d2_block_bytes(P);
+#pragma unroll 1
+    for (int i = lane; i < 16*(HD/64); i += WARP_SIZE) {
+        const int r   = i % 16;
+        const int blk = i / 16;
+        uint4 * dst = (uint4 *) (tile + r*(HD + 8) + 64*blk);
+        const int src = p0 + r < r1 ? (rmap ? rmap[r] : p0 + r) : -1;
+        if (src >= n_kv) {
+            d2_exact_to_f16<P>(exact + (int64_t) (src - n_kv)*e_s1 + (int64_t) h*HD + 64*blk, dst);
+        } else if (src >= 0) {
+            d2_block_to_f16<P>(staged + r*pos_bytes + blk*BB, dst);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                dst[j] = make_uint4(0, 0, 0, 0);
+            }
+        }
+    }
 }
 
 template <int HD, int PK, int PV>
-__launch_bounds__(D2_FA_THREADS, 2)
+__launch_bounds__(d2_fa_warps_max(HD)*WARP_SIZE)
 static __global__ void d2_fattn_decode(const d2_fattn_args a) {
-    using L = d2_fattn_smem_layout<HD, PK, PV>;
-    constexpr int SPR    = HD/8;                   // spans of 8 per row
-    constexpr int KSEG   = d2_seg_bytes(HD, PK);
-    constexpr int VSEG   = d2_seg_bytes(HD, PV);
-    constexpr int NCOL   = HD/2;                   // half2 columns of V
-    constexpr int RSPLIT = D2_FA_THREADS/NCOL > 1 ? D2_FA_THREADS/NCOL : 1;
-    constexpr int CPT    = NCOL/(D2_FA_THREADS/RSPLIT);     // columns per thread
-    constexpr int RPT    = D2_FA_TILE/RSPLIT;      // rows per thread in P·V
-    static_assert(D2_FA_TILE == 64 && D2_FA_THREADS == 2*D2_FA_TILE, "a thread quad per row pair");
+    constexpr int KSEG = d2_seg_bytes(HD, PK);
+    constexpr int VSEG = d2_seg_bytes(HD, PV);
+    constexpr int TS   = HD + 8; // f16 tile row stride: ldmatrix rows fall in distinct banks
+    constexpr int NKS  = HD/16;
 
-    extern __shared__ uint32_t smem_u32[];
-    float   * sQ    = (float *) (smem_u32 + L::Q);
-    float   * sP    = (float *) (smem_u32 + L::P);
-    half2   * sK    = (half2 *) (smem_u32 + L::K);
-    half2   * sV    = (half2 *) (smem_u32 + L::V);
-    uint32_t* sRaw  = smem_u32 + L::RAW;
-    int32_t * sRows = (int32_t *) (smem_u32 + L::ROWS);
-    half    * sMask = (half *) (smem_u32 + L::MASK);
-    __shared__ float sM[D2_FA_GMAX];
-    __shared__ float sL[D2_FA_GMAX];
-    __shared__ float sA[D2_FA_GMAX];
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int h    = warp / a.wph;         // this warp's KV head
+    const int j    = warp % a.wph;         // and its 16-row slice of every tile
+    const int tile = 16*a.wph;
+    const int G    = a.gqa;
+    const int gq   = lane / 4;             // the query head of this thread's accumulators
+    const int tq   = lane % 4;
+    const int64_t rk = (int64_t) a.n_head_kv*KSEG; // bytes of one position
+    const int64_t rv = (int64_t) a.n_head_kv*VSEG;
+    half     * ftile = (half *) (smem + a.sm_tiles + warp*a.sm_warp);
+    uint32_t * qfrag = (uint32_t *) (ftile + 16*TS); // [NKS][2][lane]: registers would spill
 
-    const int h   = blockIdx.x;
-    const int c   = blockIdx.y;
-    const int tid = threadIdx.x;
-    const int G   = a.gqa;
-
-    const int r0 = c*a.chunk_rows;
+    const int r0 = blockIdx.x*a.chunk_rows;
     const int r1 = min(r0 + a.chunk_rows, a.n_kv);
-    const uint8_t * k_head = a.k + h*a.k_s2;
-    const uint8_t * v_head = a.v + h*a.v_s2;
 
-    // the raw bytes, row map and mask of the tile at t0 into buffer b
+    // the tile at t0 (K, V, row map, mask) into stage b
     auto stage = [&](const int t0, const int b) {
-        uint32_t * raw = sRaw + b*D2_FA_TILE*(L::KW + L::VW);
-        for (int i = tid; i < D2_FA_TILE*(L::KW + L::VW); i += D2_FA_THREADS) {
-            const int r   = i / (L::KW + L::VW);
-            const int j   = i % (L::KW + L::VW);
-            const int row = t0 + r;
-            if (row >= r1) {
-                continue;
+        uint8_t * s = smem + b*a.sm_stage;
+        const int n = min(tile, r1 - t0);
+        const uint8_t * ks = a.k + t0*rk;
+        const uint8_t * vs = a.v + t0*rv;
+        const uint8_t * ka = (const uint8_t *) ((uintptr_t) ks & ~(uintptr_t) 15);
+        const uint8_t * va = (const uint8_t *) ((uintptr_t) vs & ~(uintptr_t) 15);
+        const int kn = (int) (ks - ka) + n*(int) rk;
+        const int vn = (int) (vs - va) + n*(int) rv;
+        for (int i = 16*threadIdx.x; i < kn; i += 16*blockDim.x) {
+            d2_cp16(s + i, ka + i);
+        }
+        for (int i = 16*threadIdx.x; i < vn; i += 16*blockDim.x) {
+            d2_cp16(s + a.sm_v + i, va + i);
+        }
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            if (a.rows) {
+                d2_cp4(s + a.sm_rows + 4*i, a.rows + t0 + i);
             }
-            const bool      is_k = j < L::KW;
-            const uint8_t * p    = is_k ? k_head + row*a.k_s1 : v_head + row*a.v_s1;
-            const int       w    = is_k ? j : j - L::KW;
-            const int       nw   = ((int) ((uintptr_t) p & 3) + (is_k ? KSEG : VSEG) + 3)/4;
-            if (w < nw) {
-                d2_cp4(raw + i, (const uint8_t *) ((uintptr_t) p & ~(uintptr_t) 3) + 4*w);
+            if (i % 2 == 0) {
+                d2_cp4(s + a.sm_mask + 2*i, a.mask + t0 + i); // t0 is a multiple of 16: word aligned
             }
         }
-        if (tid < D2_FA_TILE) {
-            const int row = t0 + tid;
-            if (a.rows && row < r1) {
-                d2_cp4(sRows + b*D2_FA_TILE + tid, a.rows + row);
-            }
-        } else if (tid < D2_FA_TILE + D2_FA_TILE/2) {
-            const int i = tid - D2_FA_TILE;
-            if (t0 + 2*i < r1) {
-                d2_cp4(sMask + b*D2_FA_TILE + 2*i, a.mask + t0 + 2*i); // t0 is even: word-aligned
-            }
-        }
-        d2_cp_commit();
     };
 
-    for (int i = tid; i < G*HD; i += D2_FA_THREADS) {
-        const int g = i / HD;
-        sQ[g*HD + i % HD] = a.q[(int64_t) (h*G + g)*a.q_s2 + i % HD]*a.scale;
-    }
-    if (tid < D2_FA_GMAX) {
-        sM[tid] = -INFINITY;
-        sL[tid] = 0.0f;
-    }
-
-    float acc[D2_FA_GMAX][CPT][2];
+    // Q of this warp's query heads, scaled, in f16 and slot order: the A fragments of the scores
 #pragma unroll
-    for (int g = 0; g < D2_FA_GMAX; ++g) {
+    for (int k = 0; k < NKS; ++k) {
 #pragma unroll
-        for (int k = 0; k < CPT; ++k) {
-            acc[g][k][0] = acc[g][k][1] = 0.0f;
-        }
-    }
-
-    if (r0 < r1) {
-        stage(r0, 0);
-    }
-    int buf = 0;
-    for (int t0 = r0; t0 < r1; t0 += D2_FA_TILE, buf ^= 1) {
-        if (t0 + D2_FA_TILE < r1) {
-            stage(t0 + D2_FA_TILE, buf ^ 1); // its buffer was last read before the previous tile's scores
-            d2_cp_wait<1>();
-        } else {
-            d2_cp_wait<0>();
-        }
-        __syncthreads(); // this tile's bytes are in; the previous tile is consumed; sQ, sM, sL are set
-
-        // decode to f16: exact rows from the f16 copies, the rest from the staged bytes
-        const uint32_t * raw  = sRaw + buf*D2_FA_TILE*(L::KW + L::VW);
-        const int32_t  * rmap = sRows + buf*D2_FA_TILE;
-        for (int i = tid; i < D2_FA_TILE*SPR; i += D2_FA_THREADS) {
-            const int r   = i / SPR;
-            const int sp  = i % SPR;
-            const int row = t0 + r;
-            half2 k4[4];
-            half2 v4[4];
-            const int src = row < r1 ? (a.rows ? rmap[r] : row) : -1;
-            if (src >= a.n_kv) {
-                const int64_t slot = src - a.n_kv;
-                d2_gl_span_f16(a.ek + slot*a.ek_s1 + (int64_t) h*HD + 8*sp, k4);
-                d2_gl_span_f16(a.ev + slot*a.ev_s1 + (int64_t) h*HD + 8*sp, v4);
-            } else if (src >= 0) {
-                const uint8_t * kr = (const uint8_t *) (raw + r*(L::KW + L::VW))        + ((uintptr_t) (k_head + row*a.k_s1) & 3);
-                const uint8_t * vr = (const uint8_t *) (raw + r*(L::KW + L::VW) + L::KW) + ((uintptr_t) (v_head + row*a.v_s1) & 3);
-                d2_sm_span<PK>(kr, sp, k4);
-                d2_sm_span<PV>(vr, sp, v4);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    k4[j] = v4[j] = __float2half2_rn(0.0f);
-                }
+        for (int i = 0; i < 2; ++i) {
+            const int slot = 16*k + 8*i + 2*tq;
+            float2 x = make_float2(0.0f, 0.0f);
+            if (gq < G) {
+                const float * q = a.q + (int64_t) (h*G + gq)*a.q_s2;
+                x = make_float2(q[d2_slot_dim<PK>(slot)]*a.scale, q[d2_slot_dim<PK>(slot + 1)]*a.scale);
             }
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                sK[r*L::KSW + 4*sp + j] = k4[j];
-                sV[r*NCOL   + 4*sp + j] = v4[j];
-            }
+            qfrag[(2*k + i)*WARP_SIZE + lane] = d2_h2_u32(__float22half2_rn(x));
         }
+    }
+
+    float m = -INFINITY; // running max and sum of this thread's query head (sum: this thread's rows)
+    float l = 0.0f;
+    float o[HD/8][2];
+#pragma unroll
+    for (int i = 0; i < HD/8; ++i) {
+        o[i][0] = o[i][1] = 0.0f;
+    }
+
+    // tiles are copied D2_FA_STAGES - 1 ahead; every iteration commits one group (maybe empty)
+#pragma unroll
+    for (int i = 0; i < D2_FA_STAGES - 1; ++i) {
+        if (r0 + i*tile < r1) {
+            stage(r0 + i*tile, i);
+        }
+        d2_cp_commit();
+    }
+    for (int t0 = r0, it = 0; t0 < r1; t0 += tile, ++it) {
+        const int b  = it % D2_FA_STAGES;
+        const int tn = t0 + (D2_FA_STAGES - 1)*tile;
+        if (tn < r1) {
+            stage(tn, (it + D2_FA_STAGES - 1) % D2_FA_STAGES); // released by the last iteration's closing barrier
+        }
+        d2_cp_commit();
+        d2_cp_wait<D2_FA_STAGES - 1>();
         __syncthreads();
 
-        // scores: a thread quad per row pair, each thread taking every fourth half2 of both rows
-        {
-            const int rp = tid >> 2;          // row pair
-            const int t  = tid & 3;
-            const half2 * k0 = sK + (2*rp + 0)*L::KSW;
-            const half2 * k1 = sK + (2*rp + 1)*L::KSW;
-            float s0[D2_FA_GMAX];
-            float s1[D2_FA_GMAX];
-#pragma unroll
-            for (int g = 0; g < D2_FA_GMAX; ++g) {
-                s0[g] = s1[g] = 0.0f;
-            }
-#pragma unroll 4
-            for (int w = t; w < HD/2; w += 4) {
-                const float2 kf0 = __half22float2(k0[w]);
-                const float2 kf1 = __half22float2(k1[w]);
-#pragma unroll
-                for (int g = 0; g < D2_FA_GMAX; ++g) {
-                    if (g < G) {
-                        const float2 qf = *(const float2 *) (sQ + g*HD + 2*w);
-                        s0[g] = fmaf(qf.x, kf0.x, fmaf(qf.y, kf0.y, s0[g]));
-                        s1[g] = fmaf(qf.x, kf1.x, fmaf(qf.y, kf1.y, s1[g]));
-                    }
-                }
-            }
-#pragma unroll
-            for (int g = 0; g < D2_FA_GMAX; ++g) {
-                s0[g] += __shfl_xor_sync(0xFFFFFFFF, s0[g], 1);
-                s0[g] += __shfl_xor_sync(0xFFFFFFFF, s0[g], 2);
-                s1[g] += __shfl_xor_sync(0xFFFFFFFF, s1[g], 1);
-                s1[g] += __shfl_xor_sync(0xFFFFFFFF, s1[g], 2);
-            }
-            if (t < 2) {
-                const int   r   = 2*rp + t;
-                const float mv  = t0 + r < r1 ? __half2float(sMask[buf*D2_FA_TILE + r]) : -INFINITY;
-#pragma unroll
-                for (int g = 0; g < D2_FA_GMAX; ++g) {
-                    if (g < G) {
-                        sP[g*D2_FA_TILE + r] = (t == 0 ? s0[g] : s1[g]) + mv;
-                    }
-                }
-            }
-        }
-        __syncthreads();
+        const int p0 = t0 + 16*j;
+        if (p0 < r1) {
+            const uint8_t * s    = smem + b*a.sm_stage;
+            const uint8_t * sk   = s        + ((uintptr_t) (a.k + t0*rk) & 15) + 16*j*rk + h*KSEG;
+            const uint8_t * sv   = s + a.sm_v + ((uintptr_t) (a.v + t0*rv) & 15) + 16*j*rv + h*VSEG;
+            const int32_t * rmap = a.rows ? (const int32_t *) (s + a.sm_rows) + 16*j : nullptr;
+            const half    * mrow = (const half *) (s + a.sm_mask) + 16*j;
 
-        // online softmax: one warp per query head
-        {
-            const int warp = tid / WARP_SIZE;
-            const int lane = tid % WARP_SIZE;
-            for (int g = warp; g < G; g += D2_FA_THREADS/WARP_SIZE) {
-                const float x0 = sP[g*D2_FA_TILE + lane];
-                const float x1 = sP[g*D2_FA_TILE + lane + WARP_SIZE];
-                const float m_old = sM[g];
-                const float m_new = fmaxf(m_old, warp_reduce_max(fmaxf(x0, x1)));
-                const float p0 = m_new == -INFINITY ? 0.0f : expf(x0 - m_new);
-                const float p1 = m_new == -INFINITY ? 0.0f : expf(x1 - m_new);
-                sP[g*D2_FA_TILE + lane]             = p0;
-                sP[g*D2_FA_TILE + lane + WARP_SIZE] = p1;
-                const float sum = warp_reduce_sum(p0 + p1);
-                if (lane == 0) {
-                    const float alpha = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
-                    sA[g] = alpha;
-                    sL[g] = sL[g]*alpha + sum;
-                    sM[g] = m_new;
-                }
-            }
-        }
-        __syncthreads();
+            d2_slice_to_f16<HD, PK>(sk, rk, rmap, a.ek, a.ek_s1, h, p0, r1, a.n_kv, ftile, lane);
+            __syncwarp();
 
-        // P·V: each thread a half2 column (or CPT of them) over a contiguous quarter/half of the rows
-        {
-            const int rs   = tid / (D2_FA_THREADS/RSPLIT);
-            const int col0 = tid % (D2_FA_THREADS/RSPLIT);
+            // scores of rows (8*nb + 2*tq + i) for query head gq
+            float sc[2][2] = { { 0.0f, 0.0f }, { 0.0f, 0.0f } };
 #pragma unroll
-            for (int g = 0; g < D2_FA_GMAX; ++g) {
-                if (g < G) {
-                    const float alpha = sA[g];
+            for (int k = 0; k < NKS; ++k) {
+                uint32_t kb[4];
+                d2_ldmatrix_x4(kb, ftile + ((lane/16)*8 + lane%8)*TS + 16*k + ((lane/8) % 2)*8, false);
+                const uint32_t q0 = qfrag[(2*k + 0)*WARP_SIZE + lane];
+                const uint32_t q1 = qfrag[(2*k + 1)*WARP_SIZE + lane];
+                d2_mma(sc[0], q0, q1, kb[0], kb[1]);
+                d2_mma(sc[1], q0, q1, kb[2], kb[3]);
+            }
+            float mx = -INFINITY;
 #pragma unroll
-                    for (int k = 0; k < CPT; ++k) {
-                        acc[g][k][0] *= alpha;
-                        acc[g][k][1] *= alpha;
-                    }
+            for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int r = 8*nb + 2*tq + i;
+                    sc[nb][i] = p0 + r < r1 ? sc[nb][i] + __half2float(mrow[r]) : -INFINITY;
+                    mx = fmaxf(mx, sc[nb][i]);
                 }
             }
-#pragma unroll 2
-            for (int r = rs*RPT; r < (rs + 1)*RPT; r += 4) {
-                float4 p4[D2_FA_GMAX];
+            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFF, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFF, mx, 2));
+            const float m_new = fmaxf(m, mx);
+            const float alpha = m == -INFINITY ? 0.0f : __expf(m - m_new);
+            float p[2][2];
 #pragma unroll
-                for (int g = 0; g < D2_FA_GMAX; ++g) {
-                    if (g < G) {
-                        p4[g] = *(const float4 *) (sP + g*D2_FA_TILE + r);
-                    }
-                }
+            for (int nb = 0; nb < 2; ++nb) {
 #pragma unroll
-                for (int k = 0; k < CPT; ++k) {
-                    const int col = col0 + k*(D2_FA_THREADS/RSPLIT);
-                    float2 vf[4];
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        vf[j] = __half22float2(sV[(r + j)*NCOL + col]);
-                    }
-#pragma unroll
-                    for (int g = 0; g < D2_FA_GMAX; ++g) {
-                        if (g < G) {
-                            acc[g][k][0] = fmaf(p4[g].x, vf[0].x, fmaf(p4[g].y, vf[1].x, fmaf(p4[g].z, vf[2].x, fmaf(p4[g].w, vf[3].x, acc[g][k][0]))));
-                            acc[g][k][1] = fmaf(p4[g].x, vf[0].y, fmaf(p4[g].y, vf[1].y, fmaf(p4[g].z, vf[2].y, fmaf(p4[g].w, vf[3].y, acc[g][k][1]))));
-                        }
-                    }
+                for (int i = 0; i < 2; ++i) {
+                    p[nb][i] = m_new == -INFINITY ? 0.0f : __expf(sc[nb][i] - m_new);
                 }
             }
+            l = l*alpha + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
+            m = m_new;
+#pragma unroll
+            for (int i = 0; i < HD/8; ++i) {
+                o[i][0] *= alpha;
+                o[i][1] *= alpha;
+            }
+            // P as the A fragment of P·V: rows 2*tq.. and 8 + 2*tq.. of query head gq
+            const uint32_t pa0 = d2_h2_u32(__floats2half2_rn(p[0][0], p[0][1]));
+            const uint32_t pa1 = d2_h2_u32(__floats2half2_rn(p[1][0], p[1][1]));
+
+            __syncwarp(); // K is read: the tile takes V
+            d2_slice_to_f16<HD, PV>(sv, rv, rmap, a.ev, a.ev_s1, h, p0, r1, a.n_kv, ftile, lane);
+            __syncwarp();
+#pragma unroll
+            for (int k = 0; k < NKS; ++k) {
+                uint32_t vb[4];
+                d2_ldmatrix_x4(vb, ftile + ((lane/8) % 2*8 + lane%8)*TS + 16*k + (lane/16)*8, true);
+                d2_mma(o[2*k + 0], pa0, pa1, vb[0], vb[1]);
+                d2_mma(o[2*k + 1], pa0, pa1, vb[2], vb[3]);
+            }
+            __syncwarp(); // V is read: the tile takes the next K
         }
+        __syncthreads(); // stage b is consumed: the next iteration refills it
     }
 
-    const int rs   = tid / (D2_FA_THREADS/RSPLIT);
-    const int col0 = tid % (D2_FA_THREADS/RSPLIT);
-    if constexpr (RSPLIT > 1) {
-        // add up the row groups' partial outputs (sK is free now)
-        static_assert(CPT == 1 && (RSPLIT - 1)*D2_FA_GMAX*HD <= D2_FA_TILE*(HD/2 + 2), "the reduction fits in sK");
-        __syncthreads();
-        float2 * red = (float2 *) sK;
-        if (rs > 0) {
-#pragma unroll
-            for (int g = 0; g < D2_FA_GMAX; ++g) {
-                if (g < G) {
-                    red[((rs - 1)*D2_FA_GMAX + g)*NCOL + col0] = make_float2(acc[g][0][0], acc[g][0][1]);
-                }
-            }
-        }
-        __syncthreads();
-        if (rs == 0) {
-            for (int j = 1; j < RSPLIT; ++j) {
-#pragma unroll
-                for (int g = 0; g < D2_FA_GMAX; ++g) {
-                    if (g < G) {
-                        const float2 o = red[((j - 1)*D2_FA_GMAX + g)*NCOL + col0];
-                        acc[g][0][0] += o.x;
-                        acc[g][0][1] += o.y;
-                    }
-                }
-            }
-        }
+    l += __shfl_xor_sync(0xFFFFFFFF, l, 1);
+    l += __shfl_xor_sync(0xFFFFFFFF, l, 2);
+    if (gq >= G) {
+        return;
     }
-    __syncthreads();
-
-    if (rs == 0) {
+    const int64_t qh = (int64_t) h*G + gq;
+    const int64_t pi = (int64_t) blockIdx.x*a.wph + j;
+    if (a.n_parts == 1) {
+        const float inv = l > 0.0f ? 1.0f/l : 0.0f;
 #pragma unroll
-        for (int g = 0; g < D2_FA_GMAX; ++g) {
-            if (g < G) {
-                const int64_t qh = (int64_t) h*G + g;
+        for (int nb = 0; nb < HD/8; ++nb) {
 #pragma unroll
-                for (int k = 0; k < CPT; ++k) {
-                    const int d = 2*(col0 + k*(D2_FA_THREADS/RSPLIT));
-                    float2 o = make_float2(acc[g][k][0], acc[g][k][1]);
-                    if (a.n_chunks == 1) {
-                        const float inv = sL[g] > 0.0f ? 1.0f/sL[g] : 0.0f;
-                        o.x *= inv;
-                        o.y *= inv;
-                        *(float2 *) (a.dst + qh*HD + d) = o;
-                    } else {
-                        *(float2 *) (a.part_o + (qh*a.n_chunks + c)*HD + d) = o;
-                    }
-                }
+            for (int i = 0; i < 2; ++i) {
+                a.dst[qh*HD + d2_slot_dim<PV>(8*nb + 2*tq + i)] = o[nb][i]*inv;
             }
         }
-    }
-    if (a.n_chunks > 1 && tid < G) {
-        a.part_ml[((int64_t) h*G + tid)*a.n_chunks + c] = make_float2(sM[tid], sL[tid]);
+    } else {
+#pragma unroll
+        for (int nb = 0; nb < HD/8; ++nb) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                a.part_o[(qh*a.n_parts + pi)*HD + d2_slot_dim<PV>(8*nb + 2*tq + i)] = o[nb][i];
+            }
+        }
+        if (tq == 0) {
+            a.part_ml[qh*a.n_parts + pi] = make_float2(m, l);
+        }
     }
 }
 
+// the partial results of one query head merged by log-sum-exp: each warp takes every eighth
+// part, each lane HD/32 dims of it; then the warps' sums are added
+#define D2_FA_COMBINE_WARPS 8
+
 template <int HD>
-__launch_bounds__(HD)
+__launch_bounds__(D2_FA_COMBINE_WARPS*WARP_SIZE)
 static __global__ void d2_fattn_combine(const float * __restrict__ part_o, const float2 * __restrict__ part_ml,
-        float * __restrict__ dst, const int n_chunks) {
-    const int64_t qh = blockIdx.x;
-    const int     d  = threadIdx.x;
+        float * __restrict__ dst, const int n_parts) {
+    constexpr int DPL = HD/WARP_SIZE; // dims per lane
+    __shared__ float s_max[D2_FA_COMBINE_WARPS];
+    __shared__ float s_den[D2_FA_COMBINE_WARPS];
+    __shared__ float s_num[D2_FA_COMBINE_WARPS][HD];
+    const int64_t qh   = blockIdx.x;
+    const int     warp = threadIdx.x / WARP_SIZE;
+    const int     lane = threadIdx.x % WARP_SIZE;
+    const float2 * ml  = part_ml + qh*n_parts;
+
     float m = -INFINITY;
-    for (int c = 0; c < n_chunks; ++c) {
-        m = fmaxf(m, part_ml[qh*n_chunks + c].x);
+    for (int c = threadIdx.x; c < n_parts; c += blockDim.x) {
+        m = fmaxf(m, ml[c].x);
     }
-    float num = 0.0f;
+    m = warp_reduce_max(m);
+    if (lane == 0) {
+        s_max[warp] = m;
+    }
+    __syncthreads();
+    m = s_max[0];
+#pragma unroll
+    for (int w = 1; w < D2_FA_COMBINE_WARPS; ++w) {
+        m = fmaxf(m, s_max[w]);
+    }
+
+    float num[DPL] = {};
     float den = 0.0f;
-    for (int c = 0; c < n_chunks; ++c) {
-        const float2 ml = part_ml[qh*n_chunks + c];
-        const float  w  = ml.x == -INFINITY ? 0.0f : expf(ml.x - m);
-        num += w*part_o[(qh*n_chunks + c)*HD + d];
-        den += w*ml.y;
+#pragma unroll 4
+    for (int c = warp; c < n_parts; c += D2_FA_COMBINE_WARPS) {
+        const float2 p = ml[c];
+        const float  w = p.x == -INFINITY ? 0.0f : expf(p.x - m);
+        den += w*p.y;
+        const float * o = part_o + (qh*n_parts + c)*HD + lane*DPL;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) {
+            num[i] += w*o[i];
+        }
     }
-    dst[qh*HD + d] = den > 0.0f ? num/den : 0.0f;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+        s_num[warp][lane*DPL + i] = num[i];
+    }
+    if (lane == 0) {
+        s_den[warp] = den;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float n = 0.0f;
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < D2_FA_COMBINE_WARPS; ++w) {
+            n += s_num[w][d];
+            t += s_den[w];
+        }
+        dst[qh*HD + d] = t > 0.0f ? n/t : 0.0f;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -748,16 +826,16 @@ static d2_fattn_shape d2_fattn_shape_of(const ggml_tensor * dst) {
              (int) Q->ne[2], (int) K->ne[2], (int) Q->ne[1] };
 }
 
-static void d2_fattn_chunking(const int nsm, const size_t smpbo, const d2_fattn_shape & s, int & chunk_rows, int & n_chunks) {
-    // one wave: as many blocks as fit on the device at once (shared memory bounds them), the rows
-    // of each KV head split evenly among its share of them
-    const size_t smem    = d2_fattn_smem_bytes(s.hd, s.pk, s.pv) + 1024; // the system's 1 KiB per block
-    const int    per_sm  = std::max(1, std::min(D2_FA_SM_BLOCKS, (int) ((smpbo + 1024)/smem)));
-    const int    n_tiles = (s.n_kv + D2_FA_TILE - 1)/D2_FA_TILE;
-    const int    want    = std::max(1, nsm*per_sm/std::max(1, s.n_head_kv));
-    const int    per     = std::max(1, (n_tiles + want - 1)/want);
-    chunk_rows = per*D2_FA_TILE;
-    n_chunks   = std::max(1, (s.n_kv + chunk_rows - 1)/chunk_rows);
+// one wave: as many blocks as fit on the device at once (shared memory and 128 registers per
+// thread bound them), the rows split evenly among them
+static void d2_fattn_chunking(const int nsm, const size_t smpbo, const d2_fattn_shape & s, int & chunk_rows, int & n_parts) {
+    const d2_fattn_geom g = d2_fattn_geom_of(s.hd, s.pk, s.pv, s.n_head_kv, smpbo);
+    const int threads = WARP_SIZE*g.warps;
+    const int per_sm  = std::max(1, std::min({ 2048/threads, 65536/(128*threads), (int) ((smpbo + 1024)/(g.smem + 1024)) }));
+    const int n_tiles = (s.n_kv + g.tile - 1)/g.tile;
+    const int per     = std::max(1, (n_tiles + nsm*per_sm - 1)/(nsm*per_sm));
+    chunk_rows = per*g.tile;
+    n_parts    = (s.n_kv + chunk_rows - 1)/chunk_rows*g.wph;
 }
 
 bool ggml_fraqtl_cuda_fattn_applies(const ggml_tensor * dst) {
@@ -766,23 +844,30 @@ bool ggml_fraqtl_cuda_fattn_applies(const ggml_tensor * dst) {
 
 bool ggml_fraqtl_cuda_fattn_supported(int device, const ggml_tensor * dst) {
     const auto [Q, K, V, mask, ek, ev, rows] = d2_fattn_srcs_of(dst);
-    if (Q->ne[1] == 1 && d2_fattn_smem_bytes((int) K->ne[0], d2_cuda_protected(K->type), d2_cuda_protected(V->type)) >
-            ggml_cuda_info().devices[device].smpbo) {
-        return false; // the decode kernel's tiles do not fit this GPU's shared memory
-    }
     float max_bias = 0.0f;
     float softcap  = 0.0f;
     memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
     memcpy(&softcap,  (const float *) dst->op_params + 2, sizeof(float));
     const bool types = (ggml_is_d2(K->type) || K->type == GGML_TYPE_F16) && (ggml_is_d2(V->type) || V->type == GGML_TYPE_F16);
     const bool head  = (K->ne[0] == 64 || K->ne[0] == 128 || K->ne[0] == 256) && V->ne[0] == K->ne[0];
-    const bool exact = (!ek && !ev && !rows) ||
+    if (!types || !head) {
+        return false;
+    }
+    // the cache as llama.cpp lays it out: the heads of a position side by side, positions in a row
+    const int  hd     = (int) K->ne[0];
+    const int  kseg   = d2_seg_bytes(hd, d2_cuda_protected(K->type));
+    const int  vseg   = d2_seg_bytes(hd, d2_cuda_protected(V->type));
+    const bool layout = K->nb[2] == (size_t) kseg && K->nb[1] == (size_t) kseg*K->ne[2] &&
+                        V->nb[2] == (size_t) vseg && V->nb[1] == (size_t) vseg*V->ne[2] && K->ne[2] == V->ne[2];
+    const bool exact  = (!ek && !ev && !rows) ||
         (ek && ev && rows && ek->type == GGML_TYPE_F16 && ev->type == GGML_TYPE_F16 && rows->type == GGML_TYPE_I32 &&
          rows->ne[0] >= K->ne[1] && ek->ne[0] == K->ne[0]*K->ne[2] && ev->ne[0] == V->ne[0]*V->ne[2]);
-    return types && head && exact && Q->type == GGML_TYPE_F32 && mask && mask->type == GGML_TYPE_F16 &&
+    const bool fits   = K->ne[2] <= d2_fa_warps_max(hd) && Q->ne[2] % K->ne[2] == 0 && Q->ne[2]/K->ne[2] <= D2_FA_GMAX &&
+        (size_t) d2_fattn_geom_of(hd, d2_cuda_protected(K->type), d2_cuda_protected(V->type), (int) K->ne[2],
+            ggml_cuda_info().devices[device].smpbo).smem <= ggml_cuda_info().devices[device].smpbo;
+    return layout && exact && fits && Q->type == GGML_TYPE_F32 && mask && mask->type == GGML_TYPE_F16 &&
         mask->ne[2] == 1 && mask->ne[3] == 1 && Q->ne[3] == 1 && K->ne[3] == 1 && dst->src[4] == nullptr &&
-        max_bias == 0.0f && softcap == 0.0f && Q->ne[2] % K->ne[2] == 0 && Q->ne[2]/K->ne[2] <= D2_FA_GMAX &&
-        Q->nb[0] == sizeof(float) && ggml_is_contiguous(dst);
+        max_bias == 0.0f && softcap == 0.0f && Q->nb[0] == sizeof(float) && ggml_is_contiguous(dst);
 }
 
 static size_t d2_pad(const size_t x) {
@@ -794,11 +879,11 @@ size_t ggml_fraqtl_cuda_fattn_alloc_size(int device, const ggml_tensor * dst) {
     size_t size = d2_pad(ggml_nbytes(dst));
     if (s.n_tokens == 1) {
         int chunk_rows = 0;
-        int n_chunks   = 0;
-        d2_fattn_chunking(ggml_cuda_info().devices[device].nsm, ggml_cuda_info().devices[device].smpbo, s, chunk_rows, n_chunks);
-        if (n_chunks > 1) {
-            size += d2_pad((size_t) s.n_head*n_chunks*s.hd*sizeof(float));
-            size += d2_pad((size_t) s.n_head*n_chunks*sizeof(float2));
+        int n_parts    = 0;
+        d2_fattn_chunking(ggml_cuda_info().devices[device].nsm, ggml_cuda_info().devices[device].smpbo, s, chunk_rows, n_parts);
+        if (n_parts > 1) {
+            size += d2_pad((size_t) s.n_head*n_parts*s.hd*sizeof(float));
+            size += d2_pad((size_t) s.n_head*n_parts*sizeof(float2));
         }
     } else {
         const int G = s.n_head/s.n_head_kv;
@@ -810,15 +895,16 @@ size_t ggml_fraqtl_cuda_fattn_alloc_size(int device, const ggml_tensor * dst) {
 
 template <int HD>
 static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
-    const dim3   grid(s.n_head_kv, a.n_chunks, 1);
+    const int  n_chunks = a.n_parts/a.wph;
+    const dim3 block(WARP_SIZE*s.n_head_kv*a.wph, 1, 1);
+    const int  smem = a.sm_tiles + s.n_head_kv*a.wph*a.sm_warp; // d2_fattn_geom::smem
 #define D2_CASE(PK, PV)                                                                           \
     if (s.pk == PK && s.pv == PV) {                                                               \
-        const size_t smem = d2_fattn_smem_layout<HD, PK, PV>::bytes;                              \
         if (smem > 48*1024) { /* per device: cheap, so set on every launch */                    \
             CUDA_CHECK(cudaFuncSetAttribute(d2_fattn_decode<HD, PK, PV>,                          \
-                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem));                    \
+                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));                          \
         }                                                                                         \
-        d2_fattn_decode<HD, PK, PV><<<grid, D2_FA_THREADS, smem, stream>>>(a);                    \
+        d2_fattn_decode<HD, PK, PV><<<n_chunks, block, smem, stream>>>(a);                        \
         CUDA_CHECK(cudaGetLastError());                                                           \
         return;                                                                                   \
     }
@@ -830,7 +916,7 @@ static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, 
     GGML_ABORT("fraqtl: no D2 decode kernel for K p%d / V p%d", s.pk, s.pv);
 }
 
-// one query token: the split-KV kernel, then the log-sum-exp merge of its chunks
+// one query token: the split-KV kernel, then the log-sum-exp merge of its partial results
 static void d2_fattn_decode_launch(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
     switch (s.hd) {
         case  64: d2_launch_decode< 64>(a, s, stream); break;
@@ -838,14 +924,32 @@ static void d2_fattn_decode_launch(const d2_fattn_args & a, const d2_fattn_shape
         case 256: d2_launch_decode<256>(a, s, stream); break;
         default: GGML_ABORT("fraqtl: head size %d", s.hd);
     }
-    if (a.n_chunks > 1) {
+    if (a.n_parts > 1) {
         switch (s.hd) {
-            case  64: d2_fattn_combine< 64><<<s.n_head,  64, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
-            case 128: d2_fattn_combine<128><<<s.n_head, 128, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
-            case 256: d2_fattn_combine<256><<<s.n_head, 256, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_chunks); break;
+            case  64: d2_fattn_combine< 64><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
+            case 128: d2_fattn_combine<128><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
+            case 256: d2_fattn_combine<256><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
         }
         CUDA_CHECK(cudaGetLastError());
     }
+}
+
+// the decode kernel's arguments for a shape (pointers and strides are the caller's)
+static d2_fattn_args d2_fattn_args_of(const int nsm, const size_t smpbo, const d2_fattn_shape & s) {
+    const d2_fattn_geom g = d2_fattn_geom_of(s.hd, s.pk, s.pv, s.n_head_kv, smpbo);
+    d2_fattn_args a = {};
+    a.n_kv      = s.n_kv;
+    a.n_head_kv = s.n_head_kv;
+    a.gqa       = s.n_head/s.n_head_kv;
+    a.wph       = g.wph;
+    a.sm_stage  = g.sm_stage;
+    a.sm_v      = g.sm_v;
+    a.sm_rows   = g.sm_rows;
+    a.sm_mask   = g.sm_mask;
+    a.sm_tiles  = g.sm_tiles;
+    a.sm_warp   = g.sm_warp;
+    d2_fattn_chunking(nsm, smpbo, s, a.chunk_rows, a.n_parts);
+    return a;
 }
 
 template <int HD>
@@ -933,7 +1037,8 @@ void ggml_fraqtl_cuda_flash_attn_ext(ggml_backend_cuda_context & ctx, ggml_tenso
 
     const auto [Q, K, V, mask, ek, ev, rows] = d2_fattn_srcs_of(dst);
 
-    d2_fattn_args a = {};
+    const auto & info = ggml_cuda_info().devices[ctx.device];
+    d2_fattn_args a = d2_fattn_args_of(info.nsm, info.smpbo, s);
     a.q    = (const float *) Q->data;
     a.k    = (const uint8_t *) K->data;
     a.v    = (const uint8_t *) V->data;
@@ -942,21 +1047,14 @@ void ggml_fraqtl_cuda_flash_attn_ext(ggml_backend_cuda_context & ctx, ggml_tenso
     a.ev   = ev ? (const half *) ev->data : nullptr;
     a.rows = rows ? (const int32_t *) rows->data : nullptr;
     a.dst  = (float *) dst->data;
-    a.n_kv = s.n_kv;
-    a.gqa  = s.n_head/s.n_head_kv;
     memcpy(&a.scale, (const float *) dst->op_params + 0, sizeof(float));
     a.q_s2  = Q->nb[2]/sizeof(float);
-    a.k_s1  = K->nb[1];
-    a.k_s2  = K->nb[2];
-    a.v_s1  = V->nb[1];
-    a.v_s2  = V->nb[2];
     a.ek_s1 = ek ? ek->nb[1]/sizeof(half) : 0;
     a.ev_s1 = ev ? ev->nb[1]/sizeof(half) : 0;
-    d2_fattn_chunking(ggml_cuda_info().devices[ctx.device].nsm, ggml_cuda_info().devices[ctx.device].smpbo, s, a.chunk_rows, a.n_chunks);
-    if (a.n_chunks > 1) {
+    if (a.n_parts > 1) {
         char * extra = (char *) dst->data + d2_pad(ggml_nbytes(dst));
         a.part_o  = (float *) extra;
-        a.part_ml = (float2 *) (extra + d2_pad((size_t) s.n_head*a.n_chunks*s.hd*sizeof(float)));
+        a.part_ml = (float2 *) (extra + d2_pad((size_t) s.n_head*a.n_parts*s.hd*sizeof(float)));
     }
 
     d2_fattn_decode_launch(a, s, ctx.stream());

@@ -5,8 +5,9 @@
 // - flash attention over a D2 cache: src[5]/src[6] of the FLASH_ATTN_EXT node are the f16
 //   exact copies of the sink and window tokens and src[7] the I32 row map (row i of K/V is
 //   read from exact slot rows[i] - n_kv when rows[i] >= n_kv), so exact rows cost O(window).
-//   One query token: a split-KV kernel that dequantizes each tile into shared memory (Q stays
-//   f32). More tokens: each KV head is dequantized to f16 in turn and upstream's f16 kernels
+//   One query token: a split-KV kernel whose blocks copy tiles of whole positions (all KV heads)
+//   into shared memory; each warp decodes one head's 16-row slice to f16 and scores it and
+//   multiplies P·V with tensor cores (Q in f16, f32 accumulation). More tokens: each KV head is dequantized to f16 in turn and upstream's f16 kernels
 //   run on it, so the scratch is one head's worth of the context, not the whole cache.
 #pragma once
 

@@ -364,8 +364,9 @@ static void fraqtl_check_device(const llama_fraqtl_kv & d2, int32_t n_head, ggml
         ops.emplace_back(is_v ? "the V cache write (set_rows)" : "the K cache write (set_rows)", ggml_set_rows(c, cache, src, idx));
     }
     ggml_tensor * q    = ggml_new_tensor_4d(c, GGML_TYPE_F32, d2.hd_k, 1, n_head, 1);
-    ggml_tensor * k    = ggml_new_tensor_4d(c, d2.type_k, d2.hd_k, n_kv, nh, 1);
-    ggml_tensor * v    = ggml_new_tensor_4d(c, d2.type_v, d2.hd_v, n_kv, nh, 1);
+    // K and V as attention reads the cache: the heads of a position side by side
+    ggml_tensor * k    = ggml_permute(c, ggml_new_tensor_3d(c, d2.type_k, d2.hd_k, nh, n_kv), 0, 2, 1, 3);
+    ggml_tensor * v    = ggml_permute(c, ggml_new_tensor_3d(c, d2.type_v, d2.hd_v, nh, n_kv), 0, 2, 1, 3);
     ggml_tensor * mask = ggml_new_tensor_4d(c, GGML_TYPE_F16, n_kv, 1, 1, 1);
     ggml_tensor * fa   = ggml_flash_attn_ext(c, q, k, v, mask, 1.0f, 0.0f, 0.0f);
     ggml_flash_attn_ext_set_prec(fa, GGML_PREC_F32);
