@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from engine.files import write_atomic
+from engine.metrics import kld as kld_per_token
+from engine.metrics import log_softmax
 
 PROGRESS = "@progress"
 
@@ -100,12 +102,6 @@ def run_generate(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path
         _progress(i + 1, len(prompts))
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> None:
     ref_dir = Path(job["ref_dir"])
     is_ref = bool(job.get("write_ref"))
@@ -123,7 +119,7 @@ def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> 
             _progress(done + progress.done, total)
         done += len(chunk)
         n = len(chunk)
-        logp = _log_softmax(np.asarray(rt.llm.scores[score_from : n - 1]))
+        logp = log_softmax(np.asarray(rt.llm.scores[score_from : n - 1]))
         targets = np.asarray(chunk[score_from + 1 : n])
         token_nll = -logp[np.arange(len(targets)), targets]
         nll.append(token_nll)
@@ -134,7 +130,7 @@ def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> 
             top = np.ones(len(targets), dtype=bool)
         else:
             ref = np.load(ref_path).astype(np.float64)
-            kld = np.maximum((np.exp(ref) * (ref - logp)).sum(axis=-1), 0.0)
+            kld = kld_per_token(ref, logp)
             top = ref.argmax(axis=-1) == logp.argmax(axis=-1)
         klds.append(kld)
         same.append(top)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from engine import locations, models
+from engine.calibrate.choose import DEFAULT_HOLDOUT
 from engine.calibrate.manifest import TOOL
 from engine.calibrate.report import write_report
 from engine.calibrate.run import (
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: also captures the queries) or those with the most K energy ('energy')")
     p.add_argument("--v-protect", type=int, default=None,
                    help="V protected rank written in the V header (default: the locked recipe at this head_dim)")
+    p.add_argument("--holdout-tokens", type=int, default=DEFAULT_HOLDOUT, metavar="N",
+                   help=f"corpus tokens after the calibrated ones on which the recipes with the locked recipe's "
+                        f"memory are scored; the best becomes the manifest's recommended recipe (default "
+                        f"{DEFAULT_HOLDOUT}; 0: skip)")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"tokens per ubatch (default {DEFAULT_BATCH})")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("-o", "--output", type=Path, default=None,
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             model_path=model_path, out_dir=out_dir, corpus=tuple(Path(c) for c in args.corpus), tokens=args.tokens,
             ctx=args.ctx, k_rank=args.k_rank, k_energy=args.k_energy, k_order=args.k_order, v_protect=args.v_protect,
             n_batch=args.batch,
-            n_threads=args.threads,
+            n_threads=args.threads, holdout=max(0, args.holdout_tokens),
         )
         progress = Progress(
             TextColumn("[bold]calibrating[/] seq {task.fields[seq]}"), BarColumn(),
@@ -119,4 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{resumed} in {result.seconds:.1f} s; energy in the top R: K {ek:.3f} (mean rank "
         f"{result.manifest['recipe']['k_rank_mean']}), V {ev:.3f} (R={result.v.protect})"
     )
+    recipe = result.manifest["recipe"]
+    if "recommended" in recipe:
+        console.print(f"recommended recipe: {recipe['recommended']} ({recipe['recommended_why']})")
+    elif "recommended_why" in recipe:
+        console.print(f"[yellow]recommended recipe: {recipe['recommended_why']}[/]")
     return 0

@@ -19,6 +19,7 @@ import numpy as np
 from engine import models
 from engine.arms import LOCKED
 from engine.calibrate.capture import CaptureModel, MomentCapture, rope_params
+from engine.calibrate.choose import choose_recipe, held_out
 from engine.calibrate.corpus import (
     CorpusError,
     CorpusFile,
@@ -81,6 +82,7 @@ class CalibrationConfig:
     n_batch: int = DEFAULT_BATCH
     n_threads: int | None = None
     stem: str | None = None  # file name stem; None: from the model file name
+    holdout: int = 0  # corpus tokens after the calibrated ones that score the equal-memory recipes; 0: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +120,10 @@ def model_stem(path: Path) -> str:
     return path.stem.lower().replace(".", "-")
 
 
-def _plan_sequences(model: CaptureModel, files: Sequence[CorpusFile], budget: int, ctx: int) -> list[list[int]]:
-    """Token sequences of ``ctx`` tokens (BOS first where the model wants one) up to ``budget`` tokens."""
-    bos = model.bos
-    body = ctx - (1 if bos is not None else 0)
+def _token_stream(model: CaptureModel, files: Sequence[CorpusFile], need: int) -> list[int]:
+    """The corpus as one token stream (files joined by a blank line), at least ``need`` tokens where it has them."""
     sep = model.tokenize("\n\n")
     stream: list[int] = []
-    need = budget  # tokens beyond BOS we want in total (upper bound)
     for i, f in enumerate(files):
         if len(stream) >= need:
             break
@@ -134,6 +133,14 @@ def _plan_sequences(model: CaptureModel, files: Sequence[CorpusFile], budget: in
             stream.extend(model.tokenize(chunk))
             if len(stream) >= need:
                 break
+    return stream
+
+
+def _plan_sequences(model: CaptureModel, files: Sequence[CorpusFile], budget: int, ctx: int) -> list[list[int]]:
+    """Token sequences of ``ctx`` tokens (BOS first where the model wants one) up to ``budget`` tokens."""
+    bos = model.bos
+    body = ctx - (1 if bos is not None else 0)
+    stream = _token_stream(model, files, budget)  # tokens beyond BOS we want in total (upper bound)
     sequences = []
     pos = 0
     total = 0
@@ -298,6 +305,11 @@ def calibrate(
             raise CalibrationInterrupted(tokens_done, total, state_path)
         seconds = time.perf_counter() - t0
         mk, mv = model.capture.all_moments("k"), model.capture.all_moments("v")
+        holdout: list[int] = []
+        calibrated = sum(len(s) - (1 if model.bos is not None else 0) for s in sequences)
+        if config.holdout > 0:
+            held = held_out(_token_stream(model, files, calibrated + config.holdout), calibrated, config.holdout)
+            holdout = ([model.bos] if model.bos is not None and held else []) + held
         mq, nq = _queries(model.capture, saved_queries) if by_query else (None, 0)
         libllama = fraqtl_version()
     finally:
@@ -328,6 +340,17 @@ def calibrate(
         seconds=seconds, tok_s=(tokens_done - resumed) / max(seconds, 1e-9), n_threads=n_threads,
         resumed=resumed, libllama=libllama,
     )
+    if config.holdout > 0:
+        # the sidecars are written first: a failed scoring keeps them and leaves the locked recipe
+        write_manifest(out_dir / MANIFEST_NAME, manifest)
+        if holdout:
+            choice = choose_recipe(model_path, info, k_path, v_path, holdout, calibrated, n_threads)
+            manifest["recipe"].update(choice.manifest_fields())
+        else:
+            manifest["recipe"]["recommended_why"] = (
+                f"none: the corpus has fewer than {config.holdout:,} tokens after the {calibrated:,} calibrated on; "
+                "give more text (--corpus) or fewer --tokens for a held-out choice. Plain d2 uses the locked recipe."
+            )
     manifest_path = write_manifest(out_dir / MANIFEST_NAME, manifest)
     state_path.unlink(missing_ok=True)
     return CalibrationResult(k_path, v_path, manifest_path, manifest, k_side, v_side, wk, wv, tokens_done,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -159,7 +160,7 @@ def test_shipped_sidecars_fit_the_default_model(model_path: Path) -> None:
 def test_cli_ctrl_c_then_resume(model_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "engine.calibrate", str(model_path), "--tokens", "2048", "--ctx", "128",
-           "--batch", "128", "--threads", "2", "-q", "-o", str(out)]
+           "--batch", "128", "--threads", "2", "--holdout-tokens", "0", "-q", "-o", str(out)]
     # a shell may start tests with SIGINT ignored (background jobs); the child must see Ctrl-C
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -247,3 +248,36 @@ def test_check_moments_names_the_head() -> None:
     m[1, 2, 3, 3] = np.nan
     with pytest.raises(cal.NonFiniteMomentsError, match="layer 1 head 2"):
         cal.check_moments("v", m)
+
+
+def test_the_recommended_recipe_is_the_lowest_held_out_kld_at_the_locked_memory(model_path: Path, tmp_path: Path) -> None:
+    from engine.arms import ArmConfig
+    from engine.calibrate.choose import equal_memory_recipes
+    from engine.d2 import recipe_for
+
+    info = read_gguf(model_path)
+    result = cal.calibrate(small_config(model_path, tmp_path / "c", holdout=256))
+    recipe = result.manifest["recipe"]
+    scores = recipe["candidates"]
+    candidates = equal_memory_recipes(info)
+    assert set(scores) == {r.label for r in candidates} and len(scores) >= 2
+    locked = ArmConfig.parse("d2")
+    sizes = {ArmConfig("d2", r).kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v) for r in candidates}
+    assert sizes == {locked.kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v)}
+    # every candidate read compressed rows (a window over everything would score 0 for all)
+    assert min(scores.values()) > 0.0
+    assert recipe["recommended"] == min(scores, key=scores.get)
+    assert "256 held-out corpus tokens (after the 384 calibrated on" in recipe["recommended_why"]
+    assert json.loads(result.manifest_path.read_text())["recipe"]["recommended"] == recipe["recommended"]
+    assert recipe_for(info, locked, result.manifest).label == recipe["recommended"]
+
+
+def test_too_little_text_for_a_held_out_split_keeps_the_locked_recipe_and_says_why(model_path: Path,
+                                                                                    tmp_path: Path) -> None:
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("The tide came in over the harbour wall twice a day, and the boats rose with it. " * 40)
+    result = cal.calibrate(small_config(model_path, tmp_path / "c", corpus=(corpus,), tokens=256, holdout=4096))
+    recipe = result.manifest["recipe"]
+    assert "recommended" not in recipe and "candidates" not in recipe
+    assert recipe["recommended_why"].startswith("none: the corpus has fewer than 4,096 tokens after the")
+    assert result.k_path.is_file() and result.v_path.is_file()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine import metrics
 from engine import sidecar as sc
 from engine.arms import ArmConfig, Recipe
 from engine.d2 import D2Settings
@@ -56,11 +57,7 @@ def run_logits(model: Path, toks: list[int], arm: str, d2: D2Settings | None = N
 
 
 def kld(ref: np.ndarray, other: np.ndarray) -> float:
-    la = ref - ref.max(1, keepdims=True)
-    la -= np.log(np.exp(la).sum(1, keepdims=True))
-    lb = other - other.max(1, keepdims=True)
-    lb -= np.log(np.exp(lb).sum(1, keepdims=True))
-    return float((np.exp(la) * (la - lb)).sum(1).mean())
+    return float(metrics.kld(metrics.log_softmax(ref), metrics.log_softmax(other)).mean())
 
 
 @pytest.fixture(scope="module")

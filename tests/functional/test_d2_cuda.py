@@ -41,6 +41,7 @@ _why = _cuda_ready()
 if _why:
     pytest.skip(_why, allow_module_level=True)
 
+from engine import metrics  # noqa: E402
 from engine.events import AnswerDone  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
 
@@ -77,14 +78,8 @@ def _logits(model: Path, arm: str, toks: list[int]) -> np.ndarray:
         rt.close()
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(1, keepdims=True)
-    return x - np.log(np.exp(x).sum(1, keepdims=True))
-
-
 def _kld(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
-    la, lb = _log_softmax(ref), _log_softmax(other)
-    return (np.exp(la) * (la - lb)).sum(1)
+    return metrics.kld(metrics.log_softmax(ref), metrics.log_softmax(other))
 
 
 def _llama_log(model: Path, arm: str) -> str:

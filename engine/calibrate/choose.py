@@ -1,0 +1,109 @@
+"""The recipe a calibration recommends: the recipes that cost the locked recipe's bytes, scored on
+text the calibration never read.
+
+Each candidate trades protected K directions against V ones at the model's head size (only the
+ones whose cache is exactly as large as the locked recipe's), reads a held-out stretch of the
+calibration corpus (the tokens after those the moments came from) with the new sidecars, and is
+scored by the mean KL divergence of its next-token distributions from the f16 cache's. The lowest
+is written into the manifest as ``recipe.recommended`` with every candidate's score, so plain
+``d2`` uses it (engine.d2.recipe_for). Never imports the app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.arms import LOCKED, ArmConfig, Recipe
+from engine.gguf import GgufInfo
+from engine.metrics import kld, log_softmax
+
+#: K ranks tried (at head_dim 128); V takes the rest of the locked recipe's protected directions
+K_RANKS = (8, 16, 24, 32, 40)
+DEFAULT_HOLDOUT = 2048
+#: the exact recent-token window while scoring: short, so that most of what the second half of the
+#: held-out text attends to is compressed, as in a long document
+SCORE_WINDOW = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeChoice:
+    recommended: Recipe
+    scores: dict[str, float]  # recipe label -> mean KLD vs f16 on the held-out tokens
+    n_tokens: int
+    skipped: int  # corpus tokens before the held-out stretch (the calibration's)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        ranked = ", ".join(f"{k} {v:.5f}" for k, v in sorted(self.scores.items(), key=lambda kv: kv[1]))
+        return {
+            "recommended": self.recommended.label,
+            "recommended_why": (
+                f"lowest mean KLD vs the f16 cache over the second half of {self.n_tokens:,} held-out corpus tokens "
+                f"(after the {self.skipped:,} calibrated on; exact window {SCORE_WINDOW} while scoring) among the "
+                f"recipes with the locked {LOCKED.label}'s bytes: {ranked}"
+            ),
+            "candidates": {k: round(v, 6) for k, v in self.scores.items()},
+        }
+
+
+def equal_memory_recipes(info: GgufInfo, base: Recipe = LOCKED) -> list[Recipe]:
+    """Recipes whose cache at this model's head sizes is exactly ``base``'s, one per distinct layout."""
+    def layout(r: Recipe) -> tuple[int, int]:
+        return r.protected(info.head_dim_k, "k"), r.protected(info.head_dim_v, "v")
+
+    def size(r: Recipe) -> float:
+        return ArmConfig("d2", r).kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v)
+
+    total = base.k_rank + base.v_rank
+    found: dict[tuple[int, int], Recipe] = {layout(base): base}
+    for k in K_RANKS:
+        v = total - k
+        if not 8 <= v <= 128:
+            continue
+        r = dataclasses.replace(base, k_rank=k, v_rank=v)
+        if size(r) == size(base) and layout(r) not in found:
+            found[layout(r)] = r
+    return list(found.values())
+
+
+def held_out(stream: Sequence[int], skip: int, n_tokens: int) -> list[int]:
+    """``n_tokens`` of the corpus token stream after the first ``skip`` (empty when it is too short)."""
+    piece = list(stream[skip : skip + n_tokens])
+    return piece if len(piece) == n_tokens else []
+
+
+def choose_recipe(model_path: Path, info: GgufInfo, k_path: Path, v_path: Path, tokens: Sequence[int],
+                  skipped: int, n_threads: int | None = None,
+                  on_recipe: Callable[[str, int, int], None] = lambda label, i, n: None) -> RecipeChoice:
+    """Score every equal-memory recipe on ``tokens`` (held out) and pick the lowest mean KLD."""
+    from engine.d2 import D2Settings
+    from engine.runtime import Runtime
+
+    candidates = equal_memory_recipes(info)
+    n_ctx = len(tokens) + 16
+    score_from = len(tokens) // 2  # positions that see mostly compressed rows
+
+    def logprobs(arm: ArmConfig, d2: D2Settings | None) -> np.ndarray:
+        rt = Runtime(model_path, arm, n_ctx=n_ctx, n_batch=min(512, n_ctx), logits_all=True,
+                     n_threads=n_threads, d2=d2)
+        try:
+            for _ in rt.prefill(list(tokens)):
+                pass
+            return log_softmax(np.asarray(rt.llm.scores[score_from : len(tokens) - 1]))
+        finally:
+            rt.close()
+
+    on_recipe("f16", 0, len(candidates) + 1)
+    ref = logprobs(ArmConfig.parse("f16"), None)
+    scores: dict[str, float] = {}
+    for i, recipe in enumerate(candidates):
+        on_recipe(recipe.label, i + 1, len(candidates) + 1)
+        scored = dataclasses.replace(recipe, window=min(recipe.window, SCORE_WINDOW))
+        d2 = D2Settings(recipe=scored, k_sidecar=k_path, v_sidecar=v_path)
+        scores[recipe.label] = float(kld(ref, logprobs(ArmConfig("d2", scored), d2)).mean())
+    best = min(candidates, key=lambda r: (scores[r.label], r != LOCKED))  # ties keep the locked recipe
+    return RecipeChoice(best, scores, len(tokens), skipped)
