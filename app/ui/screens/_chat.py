@@ -313,9 +313,9 @@ class ChatScreen(Screen[None]):
     @on(FitMeasured)
     def fit_measured(self, message: FitMeasured) -> None:
         fit = message.fit
-        assert self.conversation is not None
         if not self.advance(Event.FITS if fit.fits else Event.OVERFLOWS):
             return
+        assert self.conversation is not None  # LOADING holds one
         bar = self.query_one(DocumentBar)
         bar.set_tokens(fit.tokens, fit.n_ctx, self.conversation.spec().arm)
         self.query_one(VramPanel).set_context(self.conversation.info, fit.n_ctx, fit.tokens,
