@@ -23,11 +23,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from app.citations import check_citations
 from app.conversation import Conversation
-from app.errors import DocumentError, EngineHungError, PageRangeError
-from app.ingest import Document, IngestLimits, load_document
-from app.model_library import model_info
+from app.errors import EngineHungError, PageRangeError
+from app.ingest import IngestLimits
 from app.paths import route_input
 from app.sessions import Session
 from app.ui.chat_state import ChatState, Event, Phase
@@ -47,17 +45,15 @@ from app.ui.messages import (
     PathsRefused,
     PrefillProgressed,
 )
+from app.ui.screens._chat_workers import read_documents, start_and_prefill, stream_answer
 from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
 from app.ui.screens._document import DocumentScreen
 from app.ui.widgets import AnswerView, ChatLog, DocumentBar, QuestionInput, VramPanel
-from engine.errors import EngineError
-from engine.events import AnswerDone, EngineFailed, PrefillProgress, Token
+from engine.events import AnswerDone
 from engine.sampling import GREEDY
 
 if TYPE_CHECKING:
     from app.ui.app import FraqtlApp
-
-STREAM_BATCH_S = 0.05  # answer text is posted at most this often (Markdown re-renders are costly)
 
 
 class ChatScreen(Screen[None]):
@@ -165,21 +161,7 @@ class ChatScreen(Screen[None]):
             self.app.call_from_thread(self.notify, text, title="Document", severity="warning", timeout=15,
                                       markup=False)
 
-        try:
-            docs = [load_document(p, lambda d, t: post(IngestProgressed(d, t)), limits=limits, on_warning=warn)
-                    for p in paths]
-        except DocumentError as exc:
-            post(DocumentFailed(str(exc)))
-            return
-        except Exception as exc:  # a reader bug must cost the document, never the app
-            post(DocumentFailed(f"Reading {', '.join(p.name for p in paths)} failed ({type(exc).__name__}: "
-                                f"{exc}); please report it, and try another copy of the file."))
-            return
-        try:
-            model_info(self.fraqtl.model_path)  # parsed here, so that the event loop finds it cached
-        except EngineError:
-            pass  # the engine's start says what is wrong with the model
-        post(DocumentLoaded(Document.join(docs)))
+        read_documents(paths, limits, self.fraqtl.model_path, post, warn)
 
     @on(IngestProgressed)
     def ingest_progressed(self, message: IngestProgressed) -> None:
@@ -266,32 +248,8 @@ class ChatScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="engine")
     def run_engine_start(self, conversation: Conversation, n_ctx: int | None,
                          previous: Conversation | None, epoch: int) -> None:
-        if previous is not None:
-            previous.close()  # here, in a thread: a busy engine process takes seconds to end
-        post = partial(self.post_for, conversation, epoch=epoch)
-        try:
-            loaded = conversation.start_engine(n_ctx=n_ctx)
-            if conversation is not self.conversation:  # another document took over while this engine loaded
-                conversation.close()
-                return
-            post(EngineStarted(loaded))
-            fit = conversation.measure()
-        except EngineError as exc:
-            post(EngineFailedMessage(str(exc), type(exc).__name__))
-            return
-        post(FitMeasured(fit))
-        if not fit.fits:
-            return
-        done: AnswerDone | None = None
-        for event in conversation.prefill():
-            if isinstance(event, PrefillProgress):
-                post(PrefillProgressed(event, "document"))
-            elif isinstance(event, AnswerDone):
-                done = event
-            elif isinstance(event, EngineFailed):
-                post(EngineFailedMessage(event.message, event.kind))
-                return
-        post(DocumentReady(done))
+        start_and_prefill(conversation, n_ctx, previous, lambda: conversation is self.conversation,
+                          partial(self.post_for, conversation, epoch=epoch))
 
     @on(EngineRestartRequested)
     def engine_restart_requested(self, message: EngineRestartRequested) -> None:
@@ -441,33 +399,10 @@ class ChatScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="answer")
     def answer_worker(self, conversation: Conversation, question: str, epoch: int) -> None:
-        post = partial(self.post_for, conversation, epoch=epoch)
-        buffer = ""
-        last_post = time.monotonic()
-        try:
-            for event in conversation.ask(question):
-                if isinstance(event, Token):
-                    buffer += event.text
-                    if time.monotonic() - last_post >= STREAM_BATCH_S:
-                        post(AnswerStreamed(buffer))
-                        buffer, last_post = "", time.monotonic()
-                elif isinstance(event, PrefillProgress):
-                    post(PrefillProgressed(event, "answer"))
-                elif isinstance(event, AnswerDone):
-                    if buffer:
-                        post(AnswerStreamed(buffer))
-                        buffer = ""
-                    citations = check_citations(event.text, conversation.document)
-                    try:
-                        conversation.session.save()
-                    except OSError as exc:
-                        self.app.call_from_thread(self.notify, f"The session could not be saved ({exc}).",
-                                                  severity="warning", markup=False)
-                    post(AnswerCompleted(event, citations))
-                elif isinstance(event, EngineFailed):
-                    post(EngineFailedMessage(event.message, event.kind))
-        except EngineError as exc:
-            post(EngineFailedMessage(str(exc), type(exc).__name__))
+        def warn(text: str) -> None:
+            self.app.call_from_thread(self.notify, text, severity="warning", markup=False)
+
+        stream_answer(conversation, question, partial(self.post_for, conversation, epoch=epoch), warn)
 
     @on(AnswerStreamed)
     async def answer_streamed(self, message: AnswerStreamed) -> None:
