@@ -309,8 +309,10 @@ class ChatScreen(Screen[None]):
         bar.set_progress(p.done, p.total)
         what = "the document" if message.purpose == "document" else "the question"
         reused = f" ({p.reused:,} reused)" if p.reused else ""
+        # before the first batch there is no rate: "0 tok/s · ETA 0 s" would promise an instant finish
+        rate = f"{p.tok_s:,.0f} tok/s · ETA {p.eta_s:,.0f} s" if p.tok_s > 0 else "measuring the rate…"
         bar.set_status(f"Prefilling {what}: {p.done:,} / {p.total:,} tokens{reused} · "
-                       f"{p.tok_s:,.0f} tok/s · ETA {p.eta_s:,.0f} s · Esc cancels")
+                       f"{rate} · Esc cancels")
 
     @on(DocumentReady)
     def document_ready(self, message: DocumentReady) -> None:
@@ -407,6 +409,8 @@ class ChatScreen(Screen[None]):
     @on(AnswerStreamed)
     async def answer_streamed(self, message: AnswerStreamed) -> None:
         if self.advance(Event.ANSWER_STREAMED) and self.current_answer is not None:
+            if not self.current_answer.text:  # the question's prefill is over: its 100% bar would linger
+                self.query_one(DocumentBar).set_status("Answering… Esc stops.")
             await self.current_answer.append(message.text)
             self.query_one(ChatLog).scroll_end(animate=False)
 
