@@ -76,7 +76,7 @@ class ChatScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.chat = ChatState()  # replaced only by advance() and document_loaded()
+        self._chat = ChatState()  # replaced only by advance() and document_loaded()
         self.current_answer: AnswerView | None = None
         self.last_done: AnswerDone | None = None
         self.last_question = ""
@@ -92,6 +92,11 @@ class ChatScreen(Screen[None]):
     @property
     def fraqtl(self) -> FraqtlApp:
         return self.app  # type: ignore[return-value]
+
+    @property
+    def chat(self) -> ChatState:
+        """The chat's state; read-only outside this screen (post it a message to change it)."""
+        return self._chat
 
     @property
     def state(self) -> Phase:
@@ -129,7 +134,7 @@ class ChatScreen(Screen[None]):
         if after is None:
             self.log.warning(f"chat: ignored {event.name} in phase {self.chat.phase}")
             return False
-        self.chat = after
+        self._chat = after
         if status is not None:
             self.query_one(DocumentBar).set_status(status)
         return True
@@ -205,7 +210,7 @@ class ChatScreen(Screen[None]):
         conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path, self.fraqtl.factory,
                                     session=session)
         self.advance(Event.DOCUMENT_READ)
-        self.chat = self.chat.holding(document, conversation)
+        self._chat = self._chat.holding(document, conversation)
         bar = self.query_one(DocumentBar)
         bar.set_document(document.title, len(document.pages), document.paged)
         log = self.query_one(ChatLog)
