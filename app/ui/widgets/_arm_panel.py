@@ -66,7 +66,7 @@ class ArmPanel(Vertical):
         text = Text(f"departs from f16 at token {r.departs_at}: …", style="bold")
         text.append(before.replace("\n", " "))
         text.append(token.replace("\n", "⏎") or "(ends here)", style="bold reverse")
-        text.append(after.replace("\n", " ") + "…")
+        text.append(after.replace("\n", " ") + ("…" if after else ""))  # nothing follows where it ends
         return text
 
     @staticmethod
