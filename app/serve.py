@@ -166,6 +166,9 @@ class SessionServer(Server):
         self.session_active = False
         self.sessions_started = 0  # app sessions (each with its engine) since the server started
 
+    # textual-serve's two private names are used here only (the whole class leans on them): it has no
+    # public hook to add a route or a middleware (its aiohttp app is frozen before on_startup runs), nor
+    # to run one websocket's message loop. A release that renames them fails tests/unit/test_serve.py at once.
     async def _make_app(self) -> web.Application:
         app = await super()._make_app()
         app.middlewares.append(self._guard)
@@ -246,7 +249,7 @@ class SessionServer(Server):
             await app_service.start(width, height)
             if claimed:
                 self.session = app_service
-            await self._process_messages(websocket, app_service)
+            await self._process_messages(websocket, app_service)  # private: see _make_app
         except asyncio.CancelledError:
             await websocket.close()
         except Exception as error:  # noqa: BLE001 - one broken connection must not stop the server

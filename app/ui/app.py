@@ -1,4 +1,9 @@
-"""The Textual application: screens, bindings, the command palette, and the factory tests use."""
+"""The Textual application: screens, bindings, the command palette, and the factory tests use.
+
+The app owns the settings and the model path; the chat screen owns the chat (document,
+conversation, phase). Each changes the other's only by posting it a message
+(:class:`~app.ui.messages.ContextChosen`, :class:`~app.ui.messages.EngineRestartRequested`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from app.ingest import Document
 from app.sessions import Session
 from app.settings import Settings
 from app.model_library import RecentModels, is_bundled
+from app.ui.chat_state import ChatState, Phase
+from app.ui.messages import ContextChosen, EngineRestartRequested
 from app.ui.screens import ChatScreen, CompareScreen, ModelsScreen, SettingsScreen
 from engine.models import resolve
 from engine.nvml import NvmlSampler
@@ -91,9 +98,20 @@ class FraqtlApp(App[None]):
         self.factory = factory
         self.sampler = sampler if sampler is not None else NvmlSampler(pids=engine_pids)
         self.vram_refresh_s = vram_refresh_s
-        self.document: Document | None = None
-        self.conversation: Conversation | None = None
         self.chat_screen = ChatScreen()
+
+    @property
+    def chat_state(self) -> ChatState:
+        """The chat's state, read-only here: the chat screen owns it."""
+        return self.chat_screen.chat
+
+    @property
+    def document(self) -> Document | None:
+        return self.chat_state.document
+
+    @property
+    def conversation(self) -> Conversation | None:
+        return self.chat_state.conversation
 
     def get_default_screen(self) -> ChatScreen:
         return self.chat_screen
@@ -110,6 +128,9 @@ class FraqtlApp(App[None]):
         if hasattr(self.sampler, "stop"):
             self.sampler.stop()
 
+    def on_context_chosen(self, message: ContextChosen) -> None:
+        self.settings.n_ctx = message.n_ctx  # for this run; the settings file keeps its own
+
     def action_compare(self) -> None:
         if self.document is None:
             self.notify("Open a document first (ctrl+o).", severity="warning", markup=False)
@@ -120,15 +141,16 @@ class FraqtlApp(App[None]):
         before = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
                   self.settings.sidecar)
 
-        def saved(changed: bool | None) -> None:
-            if not changed:
+        def saved(chosen: Settings | None) -> None:
+            if chosen is None:
                 return
+            for field, value in vars(chosen).items():  # in place: the conversation reads this object
+                setattr(self.settings, field, value)
             after = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
                      self.settings.sidecar)
             self.model_path = resolve(self.settings.model)
-            if after != before and self.conversation is not None and self.chat_screen.state != "answering":
-                self.conversation.use_model(self.model_path)
-                self.chat_screen.start_engine()
+            if after != before and self.conversation is not None and self.chat_state.phase is not Phase.ANSWERING:
+                self.chat_screen.post_message(EngineRestartRequested(self.model_path))
                 self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.", markup=False)
             else:
                 self.notify("Settings saved.", markup=False)
@@ -147,7 +169,7 @@ class FraqtlApp(App[None]):
         if path.resolve() == self.model_path.resolve():
             self.notify(f"{path.name} is the model in use already.", markup=False)
             return
-        if self.chat_screen.state == "answering":
+        if self.chat_state.phase is Phase.ANSWERING:
             self.notify("An answer is streaming; press Esc to stop it, then choose the model again.",
                         severity="warning", markup=False)
             return
@@ -160,9 +182,7 @@ class FraqtlApp(App[None]):
         except OSError as exc:
             self.notify(f"The settings could not be saved ({exc}); {path.name} is used for this run only.",
                         severity="warning", markup=False)
-        if self.conversation is not None:
-            self.conversation.use_model(path)
-            self.chat_screen.start_engine()
+        self.chat_screen.post_message(EngineRestartRequested(path))
         self.notify(f"Now using {path.name}.", markup=False)
 
     def action_screenshot(self) -> None:

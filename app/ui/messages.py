@@ -121,3 +121,23 @@ class CalibrationEnded(Message):
 
     path: Path
     outcome: CalibrationDone | CalibrationFailed
+
+
+@dataclass
+class EngineRestartRequested(Message):
+    """Start the chat's engine again: the settings or the model changed, or the arm comparison closed it.
+
+    Posted to the chat screen, which owns the conversation; ``model_path`` is the model to load from now on.
+    """
+
+    model_path: Path | None = None
+
+
+@dataclass
+class ContextChosen(Message):
+    """The person chose a larger context for this run (the overflow dialog, or a reopened session's).
+
+    Posted to the app, which owns the settings; the settings file is not changed.
+    """
+
+    n_ctx: int

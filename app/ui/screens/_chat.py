@@ -1,7 +1,10 @@
 """The main screen: the document bar, the transcript, the question box and the VRAM panel.
 
 Every engine call runs in a thread worker, one at a time, and reports back with messages
-from :mod:`app.ui.messages`; the event loop never waits on the model.
+from :mod:`app.ui.messages`; the event loop never waits on the model. This screen is the one
+owner of the chat's :class:`~app.ui.chat_state.ChatState` (the document, the conversation and
+the phase): only its message handlers replace it, through :meth:`ChatScreen.advance`. Other
+screens and the app read it and post messages; they never assign it.
 """
 
 from __future__ import annotations
@@ -20,20 +23,21 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from app.citations import check_citations
 from app.conversation import Conversation
-from app.errors import DocumentError, EngineHungError, PageRangeError
-from app.ingest import Document, IngestLimits, load_document
-from app.model_library import model_info
+from app.errors import EngineHungError, PageRangeError
+from app.ingest import IngestLimits
 from app.paths import route_input
 from app.sessions import Session
+from app.ui.chat_state import ChatState, Event, Phase
 from app.ui.messages import (
     AnswerCompleted,
     AnswerStreamed,
+    ContextChosen,
     DocumentFailed,
     DocumentLoaded,
     DocumentReady,
     EngineFailedMessage,
+    EngineRestartRequested,
     EngineStarted,
     FitMeasured,
     IngestProgressed,
@@ -41,17 +45,15 @@ from app.ui.messages import (
     PathsRefused,
     PrefillProgressed,
 )
+from app.ui.screens._chat_workers import read_documents, start_and_prefill, stream_answer
 from app.ui.screens._dialogs import OpenDialog, OverflowDialog, SessionsDialog
 from app.ui.screens._document import DocumentScreen
 from app.ui.widgets import AnswerView, ChatLog, DocumentBar, QuestionInput, VramPanel
-from engine.errors import EngineError
-from engine.events import AnswerDone, EngineFailed, PrefillProgress, Token
+from engine.events import AnswerDone
 from engine.sampling import GREEDY
 
 if TYPE_CHECKING:
     from app.ui.app import FraqtlApp
-
-STREAM_BATCH_S = 0.05  # answer text is posted at most this often (Markdown re-renders are costly)
 
 
 class ChatScreen(Screen[None]):
@@ -74,14 +76,12 @@ class ChatScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.state = "empty"  # empty, ingesting, loading, prefilling, ready, answering, refused, failed
-        self.conversation: Conversation | None = None
+        self._chat = ChatState()  # replaced only by advance() and document_loaded()
         self.current_answer: AnswerView | None = None
         self.last_done: AnswerDone | None = None
         self.last_question = ""
         self.pending_question: str | None = None
         self.pending_session: Session | None = None
-        self.state_before_ingest = "empty"
         self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
         self.session_notes: list[str] = []  # what reopening the last session had to tell the person
         self.exported_to: Path | None = None
@@ -92,6 +92,19 @@ class ChatScreen(Screen[None]):
     @property
     def fraqtl(self) -> FraqtlApp:
         return self.app  # type: ignore[return-value]
+
+    @property
+    def chat(self) -> ChatState:
+        """The chat's state; read-only outside this screen (post it a message to change it)."""
+        return self._chat
+
+    @property
+    def state(self) -> Phase:
+        return self.chat.phase
+
+    @property
+    def conversation(self) -> Conversation | None:
+        return self.chat.conversation
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -114,25 +127,28 @@ class ChatScreen(Screen[None]):
 
     # -------------------------------------------------------------- helpers
 
-    def set_state(self, state: str, status: str | None = None) -> None:
-        self.state = state
+    def advance(self, event: Event, status: str | None = None) -> bool:
+        """Move to the state ``event`` leads to and show ``status``; False (and nothing changes) when the
+        present phase cannot take the event: a late or stray report is logged, never obeyed."""
+        after = self.chat.after(event)
+        if after is None:
+            self.log.warning(f"chat: ignored {event.name} in phase {self.chat.phase}")
+            return False
+        self._chat = after
         if status is not None:
             self.query_one(DocumentBar).set_status(status)
-
-    def busy(self) -> bool:
-        return self.state in ("ingesting", "loading", "prefilling", "answering")
+        return True
 
     # -------------------------------------------------------------- opening documents
 
     def open_paths(self, paths: list[Path], session: Session | None = None) -> None:
         """Read ``paths`` as one document; ``session`` is the saved transcript to reopen with it."""
         self.pending_session = session
-        if self.busy() and self.conversation is not None:
+        if self.chat.busy and self.conversation is not None:
             self.conversation.stop()
         self.ingest_stop.set()  # a document still being read is abandoned
         self.ingest_stop = threading.Event()
-        self.state_before_ingest = self.state if self.state != "ingesting" else self.state_before_ingest
-        self.set_state("ingesting", f"Reading {', '.join(p.name for p in paths)}… Esc stops.")
+        self.advance(Event.OPENING, f"Reading {', '.join(p.name for p in paths)}… Esc stops.")
         self.ingest(paths, self.ingest_stop)
 
     @work(thread=True, group="ingest")
@@ -150,35 +166,27 @@ class ChatScreen(Screen[None]):
             self.app.call_from_thread(self.notify, text, title="Document", severity="warning", timeout=15,
                                       markup=False)
 
-        try:
-            docs = [load_document(p, lambda d, t: post(IngestProgressed(d, t)), limits=limits, on_warning=warn)
-                    for p in paths]
-        except DocumentError as exc:
-            post(DocumentFailed(str(exc)))
-            return
-        except Exception as exc:  # a reader bug must cost the document, never the app
-            post(DocumentFailed(f"Reading {', '.join(p.name for p in paths)} failed ({type(exc).__name__}: "
-                                f"{exc}); please report it, and try another copy of the file."))
-            return
-        try:
-            model_info(self.fraqtl.model_path)  # parsed here, so that the event loop finds it cached
-        except EngineError:
-            pass  # the engine's start says what is wrong with the model
-        post(DocumentLoaded(Document.join(docs)))
+        read_documents(paths, limits, self.fraqtl.model_path, post, warn)
 
     @on(IngestProgressed)
     def ingest_progressed(self, message: IngestProgressed) -> None:
+        if not self.advance(Event.INGEST_PROGRESSED):
+            return
         self.query_one(DocumentBar).set_progress(message.done, message.total)
         self.query_one(DocumentBar).set_status(
             f"Extracting text: page {message.done:,} of {message.total:,} · Esc stops")
 
     @on(DocumentFailed)
     def document_failed(self, message: DocumentFailed) -> None:
-        self.set_state(self.state_before_ingest, message.message)  # the open document stays usable
+        if not self.advance(Event.READ_FAILED, message.message):  # the open document stays usable
+            return
         self.notify(message.message, title="Could not open the document", severity="error", timeout=10, markup=False)
 
     @on(DocumentLoaded)
     async def document_loaded(self, message: DocumentLoaded) -> None:
+        if self.chat.after(Event.DOCUMENT_READ) is None:
+            self.log.warning(f"chat: ignored a document read in phase {self.chat.phase}")
+            return
         document = message.document
         previous = self.conversation  # closed by the engine worker, never here: closing can take seconds
         session, self.pending_session = self.pending_session, None
@@ -194,13 +202,15 @@ class ChatScreen(Screen[None]):
             except PageRangeError as exc:
                 notes.append(f"{exc} The whole document is used.")
                 session.page_range = ""
+        n_ctx: int | None = None
         if session is not None and session.n_ctx > self.fraqtl.settings.n_ctx:
-            self.fraqtl.settings.n_ctx = session.n_ctx  # for this run, as if chosen again in the overflow dialog
-        self.fraqtl.document = document
+            n_ctx = session.n_ctx  # for this run, as if chosen again in the overflow dialog
+            self.app.post_message(ContextChosen(n_ctx))
         self.document_page = None
-        self.conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path,
-                                         self.fraqtl.factory, session=session)
-        self.fraqtl.conversation = self.conversation
+        conversation = Conversation(document, self.fraqtl.settings, self.fraqtl.model_path, self.fraqtl.factory,
+                                    session=session)
+        self.advance(Event.DOCUMENT_READ)
+        self._chat = self._chat.holding(document, conversation)
         bar = self.query_one(DocumentBar)
         bar.set_document(document.title, len(document.pages), document.paged)
         log = self.query_one(ChatLog)
@@ -212,7 +222,7 @@ class ChatScreen(Screen[None]):
                 else:
                     await log.add_answer(turn.content, f"{turn.arm} · restored from the saved session")
         self.sub_title = document.title
-        self.start_engine(previous=previous)
+        self.start_engine(n_ctx=n_ctx, previous=previous)
         for note in notes:
             self.notify(note, title="Session", severity="warning", timeout=15, markup=False)
         self.session_notes = notes
@@ -225,8 +235,11 @@ class ChatScreen(Screen[None]):
     def start_engine(self, n_ctx: int | None = None, previous: Conversation | None = None) -> None:
         assert self.conversation is not None
         arm = self.fraqtl.settings.arm
+        if not self.advance(Event.ENGINE_STARTING, f"Loading the model with the {arm} cache…"):
+            self.notify(f"The engine cannot restart while the chat is {self.chat.phase}; wait for it, or press "
+                        "Esc first.", severity="warning", markup=False)
+            return
         self.engine_epoch += 1  # whatever an earlier engine still reports is dropped
-        self.set_state("loading", f"Loading the model with the {arm} cache…")
         self.query_one(DocumentBar).set_progress(0, 1)
         self.run_engine_start(self.conversation, n_ctx, previous if previous is not self.conversation else None,
                               self.engine_epoch)
@@ -240,51 +253,40 @@ class ChatScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="engine")
     def run_engine_start(self, conversation: Conversation, n_ctx: int | None,
                          previous: Conversation | None, epoch: int) -> None:
-        if previous is not None:
-            previous.close()  # here, in a thread: a busy engine process takes seconds to end
-        post = partial(self.post_for, conversation, epoch=epoch)
-        try:
-            loaded = conversation.start_engine(n_ctx=n_ctx)
-            if conversation is not self.conversation:  # another document took over while this engine loaded
-                conversation.close()
-                return
-            post(EngineStarted(loaded))
-            fit = conversation.measure()
-        except EngineError as exc:
-            post(EngineFailedMessage(str(exc), type(exc).__name__))
+        start_and_prefill(conversation, n_ctx, previous, lambda: conversation is self.conversation,
+                          partial(self.post_for, conversation, epoch=epoch))
+
+    @on(EngineRestartRequested)
+    def engine_restart_requested(self, message: EngineRestartRequested) -> None:
+        if self.conversation is None:
+            return  # the next document starts the engine with the new settings or model
+        if self.chat.phase is Phase.ANSWERING:
+            self.notify("An answer is streaming; press Esc to stop it, then restart the engine (F5).",
+                        severity="warning", markup=False)
             return
-        post(FitMeasured(fit))
-        if not fit.fits:
-            return
-        done: AnswerDone | None = None
-        for event in conversation.prefill():
-            if isinstance(event, PrefillProgress):
-                post(PrefillProgressed(event, "document"))
-            elif isinstance(event, AnswerDone):
-                done = event
-            elif isinstance(event, EngineFailed):
-                post(EngineFailedMessage(event.message, event.kind))
-                return
-        post(DocumentReady(done))
+        if message.model_path is not None:
+            self.conversation.use_model(message.model_path)
+        self.start_engine()
 
     @on(EngineStarted)
     def engine_started(self, message: EngineStarted) -> None:
-        self.set_state("loading", f"Model loaded ({message.loaded.arm}, {message.loaded.n_ctx:,}-token context); "
+        self.advance(Event.ENGINE_STARTED, f"Model loaded ({message.loaded.arm}, {message.loaded.n_ctx:,}-token context); "
                                   "counting tokens…")
 
     @on(FitMeasured)
     def fit_measured(self, message: FitMeasured) -> None:
         fit = message.fit
-        assert self.conversation is not None
+        if not self.advance(Event.FITS if fit.fits else Event.OVERFLOWS):
+            return
+        assert self.conversation is not None  # LOADING holds one
         bar = self.query_one(DocumentBar)
         bar.set_tokens(fit.tokens, fit.n_ctx, self.conversation.spec().arm)
         self.query_one(VramPanel).set_context(self.conversation.info, fit.n_ctx, fit.tokens,
                                               self.fraqtl.settings.arm)
         if fit.fits:
-            self.set_state("prefilling", f"Prefilling {fit.tokens:,} tokens…")
+            bar.set_status(f"Prefilling {fit.tokens:,} tokens…")
             return
-        error = fit.error()
-        self.set_state("refused", f"Refused: {error}")
+        bar.set_status(f"Refused: {fit.error()}")
         self.app.push_screen(OverflowDialog(fit, self.conversation.document), self.overflow_chosen)
 
     def overflow_chosen(self, choice: tuple[str, object] | None) -> None:
@@ -294,7 +296,7 @@ class ChatScreen(Screen[None]):
             return
         kind, value = choice
         if kind == "context":
-            self.fraqtl.settings.n_ctx = int(value)  # type: ignore[call-overload]
+            self.app.post_message(ContextChosen(int(value)))  # type: ignore[call-overload]
             self.conversation.session.n_ctx = int(value)  # type: ignore[call-overload]  # reopening uses it again
             self.start_engine(n_ctx=int(value))  # type: ignore[call-overload]
         elif kind == "range":
@@ -305,22 +307,27 @@ class ChatScreen(Screen[None]):
 
     @on(PrefillProgressed)
     def prefill_progressed(self, message: PrefillProgressed) -> None:
+        if not self.advance(Event.PREFILL_PROGRESSED):
+            return
         p = message.progress
         bar = self.query_one(DocumentBar)
         bar.set_progress(p.done, p.total)
         what = "the document" if message.purpose == "document" else "the question"
         reused = f" ({p.reused:,} reused)" if p.reused else ""
+        # before the first batch there is no rate: "0 tok/s · ETA 0 s" would promise an instant finish
+        rate = f"{p.tok_s:,.0f} tok/s · ETA {p.eta_s:,.0f} s" if p.tok_s > 0 else "measuring the rate…"
         bar.set_status(f"Prefilling {what}: {p.done:,} / {p.total:,} tokens{reused} · "
-                       f"{p.tok_s:,.0f} tok/s · ETA {p.eta_s:,.0f} s · Esc cancels")
+                       f"{rate} · Esc cancels")
 
     @on(DocumentReady)
     def document_ready(self, message: DocumentReady) -> None:
         done = message.done
         if done is not None and done.finish == "cancelled":
-            self.set_state("failed", "Prefill cancelled; press F5 to prefill again.")
+            self.advance(Event.PREFILL_CANCELLED, "Prefill cancelled; press F5 to prefill again.")
             return
         rate = f" at {done.prefill_tok_s:,.0f} tok/s" if done and done.n_evaluated else ""
-        self.set_state("ready", f"Ready: prefilled{rate}; ask a question.")
+        if not self.advance(Event.PREFILLED, f"Ready: prefilled{rate}; ask a question."):
+            return
         if self.pending_question:
             question, self.pending_question = self.pending_question, None
             self.run_question(question)
@@ -363,15 +370,16 @@ class ChatScreen(Screen[None]):
         if self.conversation is None:
             self.notify("Open a document first (ctrl+o, or drop a file here).", severity="warning", markup=False)
             return
-        if self.state in ("loading", "prefilling", "ingesting"):
+        phase = self.chat.phase
+        if phase in (Phase.LOADING, Phase.PREFILLING, Phase.INGESTING):
             self.pending_question = question
             self.notify("The document is still being prepared; your question will be asked when it is ready.",
                         markup=False)
             return
-        if self.state == "answering":
+        if phase is Phase.ANSWERING:
             self.notify("An answer is still streaming; press Esc to stop it first.", severity="warning", markup=False)
             return
-        if self.state in ("failed", "refused"):
+        if phase in (Phase.FAILED, Phase.REFUSED):
             self.notify("The engine is not ready: press F5 to restart it, or F4 to change the arm or context.",
                         severity="warning", markup=False)
             return
@@ -381,82 +389,71 @@ class ChatScreen(Screen[None]):
         self.call_later(self._begin_answer, question)
 
     async def _begin_answer(self, question: str) -> None:
-        assert self.conversation is not None
+        if self.conversation is None or self.chat.after(Event.ASKED) is None:
+            self.notify(f"The question was not asked: the chat is {self.chat.phase} now. Ask it again when it "
+                        "is ready.", severity="warning", markup=False)
+            return
         log = self.query_one(ChatLog)
         await log.add_question(question)
-        self.current_answer = await log.add_answer()
+        answer = await log.add_answer()
+        if not self.advance(Event.ASKED, "Answering… Esc stops."):  # the phase moved while the views mounted
+            await answer.finish(None, [], note="not asked: the engine was busy; ask again")
+            return
+        self.current_answer = answer
         self.last_question = question
         self.last_engine_news = time.monotonic()
-        self.set_state("answering", "Answering… Esc stops.")
         self.answer_worker(self.conversation, question, self.engine_epoch)
 
     @work(thread=True, exclusive=True, group="answer")
     def answer_worker(self, conversation: Conversation, question: str, epoch: int) -> None:
-        post = partial(self.post_for, conversation, epoch=epoch)
-        buffer = ""
-        last_post = time.monotonic()
-        try:
-            for event in conversation.ask(question):
-                if isinstance(event, Token):
-                    buffer += event.text
-                    if time.monotonic() - last_post >= STREAM_BATCH_S:
-                        post(AnswerStreamed(buffer))
-                        buffer, last_post = "", time.monotonic()
-                elif isinstance(event, PrefillProgress):
-                    post(PrefillProgressed(event, "answer"))
-                elif isinstance(event, AnswerDone):
-                    if buffer:
-                        post(AnswerStreamed(buffer))
-                        buffer = ""
-                    citations = check_citations(event.text, conversation.document)
-                    try:
-                        conversation.session.save()
-                    except OSError as exc:
-                        self.app.call_from_thread(self.notify, f"The session could not be saved ({exc}).",
-                                                  severity="warning", markup=False)
-                    post(AnswerCompleted(event, citations))
-                elif isinstance(event, EngineFailed):
-                    post(EngineFailedMessage(event.message, event.kind))
-        except EngineError as exc:
-            post(EngineFailedMessage(str(exc), type(exc).__name__))
+        def warn(text: str) -> None:
+            self.app.call_from_thread(self.notify, text, severity="warning", markup=False)
+
+        stream_answer(conversation, question, partial(self.post_for, conversation, epoch=epoch), warn)
 
     @on(AnswerStreamed)
     async def answer_streamed(self, message: AnswerStreamed) -> None:
-        if self.current_answer is not None:
+        if self.advance(Event.ANSWER_STREAMED) and self.current_answer is not None:
+            if not self.current_answer.text:  # the question's prefill is over: its 100% bar would linger
+                self.query_one(DocumentBar).set_status("Answering… Esc stops.")
             await self.current_answer.append(message.text)
             self.query_one(ChatLog).scroll_end(animate=False)
 
     @on(AnswerCompleted)
     async def answer_completed(self, message: AnswerCompleted) -> None:
+        stopped = " (stopped)" if message.done.finish == "cancelled" else ""
+        sampling = self.fraqtl.settings.sampling()
+        how = "" if sampling == GREEDY else f" ({sampling.describe()})"
+        if not self.advance(Event.ANSWERED, f"Answered{stopped}{how}: evaluated {message.done.n_evaluated:,} new "
+                                            f"prompt tokens, reused {message.done.n_prompt - message.done.n_evaluated:,}."):
+            return
         self.last_done = message.done
         if self.current_answer is not None:
             await self.current_answer.finish(message.done, message.citations)
         self.current_answer = None
         self.query_one(ChatLog).scroll_end(animate=False)
-        stopped = " (stopped)" if message.done.finish == "cancelled" else ""
-        sampling = self.fraqtl.settings.sampling()
-        how = "" if sampling == GREEDY else f" ({sampling.describe()})"
-        self.set_state("ready", f"Answered{stopped}{how}: evaluated {message.done.n_evaluated:,} new prompt tokens, "
-                                f"reused {message.done.n_prompt - message.done.n_evaluated:,}.")
 
     @on(EngineFailedMessage)
     async def engine_failed(self, message: EngineFailedMessage) -> None:
+        crashed = message.kind in ("EngineCrashedError", "EngineHungError")
+        overflow = message.kind == "ContextOverflowError"
+        if overflow and self.conversation is not None and self.conversation.engine is not None:
+            accepted = self.advance(Event.QUESTION_REFUSED, message.message)
+        else:
+            accepted = self.advance(Event.ENGINE_FAILED,
+                                    message.message + (" Press F5 to restart the engine." if crashed else ""))
+        if not accepted:
+            return
         if self.current_answer is not None:
             self.current_answer.add_class("failed")
             await self.current_answer.finish(None, [], note=message.message)
             self.current_answer = None
-        crashed = message.kind in ("EngineCrashedError", "EngineHungError")
-        overflow = message.kind == "ContextOverflowError"
-        if overflow and self.conversation is not None and self.conversation.engine is not None:
-            self.set_state("ready", message.message)
-        else:
-            self.set_state("failed", message.message + (" Press F5 to restart the engine." if crashed else ""))
         self.notify(message.message, title="Engine", severity="error", timeout=10, markup=False)
 
     async def check_engine_hung(self) -> None:
         """An engine that reports nothing for ``answer_timeout_s`` is given up on (F5 starts a new one)."""
         limit = self.fraqtl.settings.answer_timeout_s
-        if self.state not in ("prefilling", "answering") or time.monotonic() - self.last_engine_news < limit:
+        if self.chat.phase not in (Phase.PREFILLING, Phase.ANSWERING) or time.monotonic() - self.last_engine_news < limit:
             return
         self.engine_epoch += 1  # the hung worker's late news is dropped
         if self.conversation is not None:
@@ -467,11 +464,11 @@ class ChatScreen(Screen[None]):
     # -------------------------------------------------------------- actions
 
     def action_stop(self) -> None:
-        if self.state == "ingesting":
+        if self.chat.phase is Phase.INGESTING:
             self.ingest_stop.set()
             self.query_one(DocumentBar).set_status("Stopping…")
             return
-        if self.conversation is not None and self.state in ("answering", "prefilling"):
+        if self.conversation is not None and self.chat.phase in (Phase.ANSWERING, Phase.PREFILLING):
             self.conversation.stop()
             self.query_one(DocumentBar).set_status("Stopping…")
 
@@ -493,7 +490,7 @@ class ChatScreen(Screen[None]):
         if self.conversation is None:
             self.notify("Open a document first.", severity="warning", markup=False)
             return
-        if self.state == "answering":
+        if self.chat.phase is Phase.ANSWERING:
             self.notify("An answer is streaming; press Esc to stop it, then restart.", severity="warning", markup=False)
             return
         self.start_engine()

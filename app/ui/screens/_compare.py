@@ -15,7 +15,7 @@ from textual.widgets import Button, Footer, Header, Input, Static
 
 from engine.files import write_atomic
 from app.compare import ArmResult, compare_arms, report_markdown, run_comparison
-from app.ui.messages import ArmUpdated, ComparisonCompleted
+from app.ui.messages import ArmUpdated, ComparisonCompleted, EngineRestartRequested
 from app.ui.widgets import ArmPanel
 from engine import locations
 
@@ -83,7 +83,7 @@ class CompareScreen(Screen[None]):
         if self.running:
             self.notify("A comparison is already running.", severity="warning", markup=False)
             return
-        if self.fraqtl.chat_screen.busy():
+        if self.fraqtl.chat_state.busy:
             self.notify("The chat is still preparing or answering; wait for it, or stop it with Esc in the chat.",
                         severity="warning", markup=False)
             return
@@ -152,4 +152,4 @@ class CompareScreen(Screen[None]):
             return
         self.app.pop_screen()
         if self.chat_engine_closed:
-            self.fraqtl.chat_screen.start_engine()
+            self.fraqtl.chat_screen.post_message(EngineRestartRequested())

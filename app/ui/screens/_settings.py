@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from app.ui.app import FraqtlApp
 
 
-class SettingsScreen(ModalScreen[bool]):
-    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel"), Binding("ctrl+s", "save", "Save")]
+class SettingsScreen(ModalScreen[Settings | None]):
+    """Dismisses with the validated, saved settings, or None; the app, which owns the settings, applies them."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"), Binding("ctrl+s", "save", "Save")]
     DEFAULT_CSS = """
     SettingsScreen { align: center middle; }
     SettingsScreen > Vertical { width: 90; height: 90%; border: thick $primary; background: $surface; padding: 0 2; }
@@ -112,9 +114,7 @@ class SettingsScreen(ModalScreen[bool]):
         except (SettingsError, OSError) as exc:
             self.query_one("#settings-error", Static).update(Text(str(exc)))
             return
-        for field, value in vars(candidate).items():
-            setattr(current, field, value)
-        self.dismiss(True)
+        self.dismiss(candidate)
 
     def number(self, selector: str, label: str, kind: type[int] | type[float]) -> Any:
         """The field's value as ``kind``; a SettingsError that names the field when it is not one."""
@@ -127,4 +127,4 @@ class SettingsScreen(ModalScreen[bool]):
 
     @on(Button.Pressed, "#settings-cancel")
     def cancel(self) -> None:
-        self.dismiss(False)
+        self.dismiss(None)

@@ -46,11 +46,13 @@ class ArmPanel(Vertical):
         self.set_class(result.status == "failed", "failed")
         self.set_class(result.status == "stopped", "stopped")
         status = _STATUS.get(result.status, result.status)
-        if result.reason:
-            status = f"{status}: {result.reason}"
+        if result.reason:  # a stopped arm's reason says it all ("stopped with Esc", "not run")
+            status = result.reason if result.status == "stopped" else f"{status}: {result.reason}"
         self.query_one(".arm-status", Label).update(Text(status))
         if result.answer != previous.answer or not result.answer:
             await self.query_one(".arm-answer", Markdown).update(result.answer)  # awaited: updates stay in order
+            if result.status == "answering":  # follow the streaming text, as the chat does
+                self.query_one(VerticalScroll).scroll_end(animate=False)
         self.query_one(".arm-stats", Static).update(self._stats(result))
         self.query_one(".arm-departure", Static).update(self._departure(result))
 
@@ -64,16 +66,23 @@ class ArmPanel(Vertical):
         text = Text(f"departs from f16 at token {r.departs_at}: …", style="bold")
         text.append(before.replace("\n", " "))
         text.append(token.replace("\n", "⏎") or "(ends here)", style="bold reverse")
-        text.append(after.replace("\n", " ") + "…")
+        text.append(after.replace("\n", " ") + ("…" if after else ""))  # nothing follows where it ends
         return text
 
     @staticmethod
     def _stats(r: ArmResult) -> str:
         peak = "n/a (no GPU telemetry)" if r.peak_vram is None else f"{r.peak_vram / 2**20:,.0f} MiB"
-        lines = [f"peak VRAM   {peak}", f"estimate    {r.estimate_bytes / 2**20:,.0f} MiB",
-                 f"prefill     {r.prefill_tok_s:,.1f} tok/s", f"decode      {r.decode_tok_s:,.1f} tok/s"]
+        lines = [f"peak VRAM   {peak}",
+                 f"estimate    {_measured(r.estimate_bytes / 2**20, '{:,.0f} MiB')}",
+                 f"prefill     {_measured(r.prefill_tok_s, '{:,.1f} tok/s')}",
+                 f"decode      {_measured(r.decode_tok_s, '{:,.1f} tok/s')}"]
         if r.shared_prefix is not None:
             lines += agreement_lines(r)
         elif r.arm == "f16" and r.ok:
             lines.append("vs f16      (the baseline)")
         return "\n".join(lines)
+
+
+def _measured(value: float, form: str) -> str:
+    """``value`` in ``form``, or a dash while it is not measured yet (a waiting arm is not 0 tok/s)."""
+    return form.format(value) if value > 0 else "—"
