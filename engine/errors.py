@@ -145,3 +145,6 @@ class RpcServerError(EngineError):
             f"The RPC server {endpoint} cannot be used: {reason}. Start it with `fraqtl-chat rpc-server` "
             "on that host (a trusted network only), or remove it from the rpc_servers setting."
         )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # crosses process boundaries intact
+        return type(self), (self.endpoint, self.reason)

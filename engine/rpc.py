@@ -40,8 +40,9 @@ _D2_P16_BLOCK_BYTES = 52  # 16 fp16 + 48 3-bit codes + one fp16 scale, for 64 co
 
 
 class _RpcTensor(ctypes.Structure):
-    """ggml-rpc.cpp's ``rpc_tensor`` (natural alignment, as the C compiler lays it out)."""
+    """ggml-rpc.cpp's ``rpc_tensor`` (packed: ``#pragma pack(push, 1)`` there)."""
 
+    _pack_ = 1
     _fields_ = [
         ("id", ctypes.c_uint64), ("type", ctypes.c_uint32), ("buffer", ctypes.c_uint64),
         ("ne", ctypes.c_uint32 * _MAX_DIMS), ("nb", ctypes.c_uint32 * _MAX_DIMS), ("op", ctypes.c_uint32),
@@ -52,6 +53,7 @@ class _RpcTensor(ctypes.Structure):
 
 
 class _AllocSizeRequest(ctypes.Structure):
+    _pack_ = 1
     _fields_ = [("device", ctypes.c_uint32), ("tensor", _RpcTensor), ("srcs", _RpcTensor * _MAX_SRC)]
 
 
@@ -155,10 +157,15 @@ _registered: dict[str, int] = {}  # endpoint -> its ggml_backend_reg_t, for this
 
 def _ggml(llama_cpp: Any) -> ctypes.CDLL:
     lib_dir = Path(llama_cpp.__file__).resolve().parent / "lib"
-    candidates = sorted(lib_dir.glob("libggml.so*")) + sorted(lib_dir.glob("libggml.dylib")) + sorted(lib_dir.glob("ggml.dll"))
+    # a wheel stores libggml.so, libggml.so.0 and libggml.so.0.x as three copies (no symlinks), each
+    # a ggml of its own once loaded: take the one libllama links by its soname, whose registry
+    # llama.cpp reads (llama_cpp's own ggml bindings load libggml.so, a separate instance)
+    candidates = ([p for p in sorted(lib_dir.glob("libggml.so.*")) if p.suffix[1:].isdigit()]
+                  + sorted(lib_dir.glob("libggml.*.dylib")) + sorted(lib_dir.glob("libggml.so"))
+                  + sorted(lib_dir.glob("libggml.dylib")) + sorted(lib_dir.glob("ggml.dll")))
     if not candidates:
         raise EngineError(f"ggml's library is not in {lib_dir}; rebuild the engine with `python -m engine.build`.")
-    lib = ctypes.CDLL(str(candidates[0]))  # the one libllama already loaded: same handle
+    lib = ctypes.CDLL(str(candidates[0]))
     lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
     lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
     lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p

@@ -64,7 +64,7 @@ class FakeRpcServer:
                         reply = struct.pack("<I", self.devices)
                     elif cmd == 13:  # GET_ALLOC_SIZE: an upstream server rejects type 44 and hangs up
                         self.alloc_request = payload
-                        ttype = struct.unpack_from("<I", payload, 8 + 8)[0]
+                        ttype = struct.unpack_from("<I", payload, 4 + 8)[0]  # after device and id
                         if not self.d2 or ttype >= 46:
                             return
                         reply = struct.pack("<Q", 52)
@@ -89,10 +89,11 @@ def test_probe_shakes_hands_counts_devices_and_asks_for_d2(server):
     found = rpc.probe(server.endpoint)
     assert found == rpc.RpcServer(server.endpoint, (rpc.RPC_PROTO_MAJOR, 0, 0), 1, True)
     assert server.seen == [14, 15, 13]
-    # the D2 question is a one-block d2_p16 tensor laid out as ggml-rpc's rpc_tensor
-    assert len(server.alloc_request) == 3352
-    assert struct.unpack_from("<QI", server.alloc_request, 8) == (1, 44)
-    assert struct.unpack_from("<4I", server.alloc_request, 8 + 24) == (64, 1, 1, 1)
+    # the D2 question is a one-block d2_p16 tensor laid out as ggml-rpc's packed rpc_tensor:
+    # uint32 device, then id, type, buffer, ne[4] ... (296 bytes) and 10 empty sources
+    assert len(server.alloc_request) == 4 + 11 * 296
+    assert struct.unpack_from("<QI", server.alloc_request, 4) == (1, 44)
+    assert struct.unpack_from("<4I", server.alloc_request, 4 + 20) == (64, 1, 1, 1)
 
 
 def test_probe_for_an_upstream_arm_does_not_ask_for_d2(server):
