@@ -207,8 +207,8 @@ def split_estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, shares: Sequence[
     head as a copy of the token embeddings. Compute: the device with the output layer has the
     single-device buffer, the others the same without the logits; with two or more devices and
     every layer offloaded llama.cpp pipelines ubatches and each device keeps
-    ``SCHED_MAX_COPIES`` copies of its inputs (the mask, the hidden state from the previous
-    device, D2's exact-row map) instead of one. That last term is a model of ggml-backend.cpp,
+    ``SCHED_MAX_COPIES`` copies of its inputs (the hidden state from the previous device, the
+    mask, positions and row indices, D2's slots and exact-row map) instead of one. That last term is a model of ggml-backend.cpp,
     to be checked against llama.cpp's per-device buffers on a multi-GPU receipt.
     """
     placed = layer_devices(info.n_layer, shares, n_gpu_layers)
@@ -227,7 +227,10 @@ def split_estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, shares: Sequence[
     kv_all, exact_all, basis_all = kv_bytes(info, arm, n_ctx), exact_copy_bytes(info, arm, n_ctx), basis_bytes(info, arm)
     n_kv = padded_ctx(n_ctx)
     pipelined = n_dev > 1 and all(d >= 0 for d in placed)
-    inputs = n_kv * n_ubatch * 2 + n_ubatch * info.n_embd * 4 + (n_kv * 4 if arm.recipe is not None else 0)
+    # a split's inputs (GGML_SCHED_DEBUG lists them): the hidden state, the mask, positions and the
+    # cache's row indices, and for D2 its slot indices and exact-row map
+    inputs = (n_ubatch * info.n_embd * 4 + n_kv * n_ubatch * 2 + n_ubatch * (4 + 8 + 8)
+              + ((n_ubatch * 8 + n_kv * 4) if arm.recipe is not None else 0))
     out = []
     for dev in range(n_dev):
         layers = tuple(il for il in range(info.n_layer) if placed[il] == dev)

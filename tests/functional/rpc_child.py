@@ -13,8 +13,10 @@ import numpy as np
 
 def d2_logits(model: str, tokens: list[int], rpc_servers: tuple[str, ...], tensor_split: tuple[float, ...] | None,
               log_path: str, n_generate: int = 8) -> dict[str, Any]:
-    """Every position's logits of a d2 prefill, then greedy tokens; llama.cpp's log goes to log_path."""
+    """Every position's logits of a d2 prefill, then greedy tokens; llama.cpp's log goes to log_path,
+    with the scheduler's graph splits and the tensors each split copies in from another device."""
     os.environ["FRAQTL_LLAMA_VERBOSE"] = "1"
+    os.environ["GGML_SCHED_DEBUG"] = "1"
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(fd, 2)
     os.close(fd)

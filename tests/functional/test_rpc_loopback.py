@@ -122,6 +122,14 @@ def test_the_d2_cache_and_bases_live_on_the_servers(runs, servers) -> None:
     for endpoint in servers:
         assert re.search(rf"RPC\d\[{re.escape(endpoint)}\] KV buffer size", split_log), endpoint
     assert not re.search(r"\bCPU KV buffer", split_log)
+    # the scheduler's splits (GGML_SCHED_DEBUG): the embeddings on the CPU, layers 0-10 on the first
+    # server, the rest on the second, which takes layer 10's output; what each split copies in from
+    # another device is never a basis, an exact copy or a cache: those live on their layer's server
+    splits = re.findall(r"## SPLIT #\d+: (\S+) # \d+ inputs(?:: (.*))?", split_log)
+    assert {backend for backend, _ in splits} == {"CPU"} | {f"RPC0[{e}]" for e in servers}
+    assert any(backend == f"RPC0[{servers[1]}]" and "[l_out-10 " in inputs for backend, inputs in splits)
+    copied = {name for _, inputs in splits for name in re.findall(r"\[(\S+) \(", inputs or "")}
+    assert copied and not {n for n in copied if n.startswith(("fraqtl_rot", "fraqtl_unrot", "fraqtl_exact", "cache_"))}
 
 
 def test_each_servers_buffers_match_the_per_device_estimate(runs, servers, model_path) -> None:

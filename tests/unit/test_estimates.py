@@ -151,7 +151,7 @@ def test_split_compute_has_logits_only_on_the_output_device_and_pipeline_copies(
     info = _with_tensors(mistral_shape())
     arm = ArmConfig.parse("f16")
     gpu0, gpu1 = split_estimate(info, arm, 32768, [1, 1], n_ubatch=512)
-    inputs = 32768 * 512 * 2 + 512 * 4096 * 4  # the mask and the hidden state, kept per copy
+    inputs = 32768 * 512 * 2 + 512 * 4096 * 4 + 512 * 20  # mask, hidden state, positions and row indices
     assert gpu1.compute_bytes == compute_bytes(info, 32768, 512, arm) + (SCHED_MAX_COPIES - 1) * inputs
     assert gpu0.compute_bytes == compute_bytes(info, 32768, 512, arm, with_output=False) + (SCHED_MAX_COPIES - 1) * inputs
     assert gpu0.compute_bytes < gpu1.compute_bytes
