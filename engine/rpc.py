@@ -198,8 +198,8 @@ class BackendDevice:
     description: str
     kind: str
     backend: str  # the registry's name: CPU, CUDA, RPC, ...
-    free: int
-    total: int
+    free: int | None  # None: not asked (asking CUDA creates a context on that GPU; RPC asks the server)
+    total: int | None
 
     @property
     def is_rpc(self) -> bool:
@@ -209,20 +209,22 @@ class BackendDevice:
 _KINDS = ("cpu", "gpu", "igpu", "accel", "meta")  # enum ggml_backend_dev_type
 
 
-def devices(llama_cpp: Any) -> list[BackendDevice]:
-    """The devices registered in this process, in llama.cpp's order."""
+def devices(llama_cpp: Any, memory: bool = False) -> list[BackendDevice]:
+    """The devices registered in this process, in llama.cpp's order (with their memory if asked)."""
     lib = _ggml(llama_cpp)
     llama_cpp.llama_cpp.llama_supports_gpu_offload()  # loads the backends on first use
     found = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        if memory:
+            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         kind = lib.ggml_backend_dev_type(dev)
         found.append(BackendDevice(
             lib.ggml_backend_dev_name(dev).decode(), (lib.ggml_backend_dev_description(dev) or b"").decode(),
             _KINDS[kind] if 0 <= kind < len(_KINDS) else str(kind),
-            lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)).decode(), free.value, total.value))
+            lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)).decode(),
+            free.value if memory else None, total.value if memory else None))
     return found
 
 
