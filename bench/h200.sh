@@ -143,7 +143,7 @@ split)
   nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv
   [ "$(nvidia-smi -L | grep -c '^GPU')" -ge 2 ] || { echo "phase split needs 2 GPUs (kind nvidia-h200-x2)"; exit 1; }
   timeout 570 python3 -m bench.cli split --model $SHAPE --arms ${ARMS:-f16,q8_0,d2} --ctx ${CTX:-128k} --gpus 2 \
-    --split-mode layer --basis random --decode 64 --timeout 150 --agreement-model $SMOL \
+    --split-mode layer --decode 64 --timeout 150 --agreement-model $SMOL \
     --name split-mistral-shape-2xh200 --out /tmp/receipts 2>&1 | grep -v "━" | tail -30
   ;;
 esac
