@@ -76,6 +76,7 @@ def test_split_run_records_each_gpu_and_the_agreement(tmp_path: Path) -> None:
     # llama.cpp's default split follows the free memory NVML saw before the run (140,000 : 139,000 MiB)
     assert one["layers_per_gpu"] == [30] and both["layers_per_gpu"] == [16, 14]
     assert both["buffers_mib_gpus"] == [400.0, 400.0] and len(both["estimate_mib_gpus"]) == 2
+    assert all(isinstance(e, float) for e in both["estimate_error_gpus"])
     assert rec["agreement"]["same_top_rate"] == 1.0 and rec["agreement"]["max_abs_logp_diff"] == 2e-4
     md = (out / "receipt.md").read_text()
     assert "- d2 @ 4096: split / one GPU: total peak ×1.238, prefill ×0.909, decode ×0.900" in md
