@@ -30,11 +30,12 @@ def placements(gpus: int, split_mode: str, tensor_split: list[float] | None) -> 
         raise ValueError(f"--gpus {gpus}: a split needs at least 2 GPUs")
     if tensor_split is not None and len(tensor_split) != gpus:
         raise ValueError(f"--tensor-split has {len(tensor_split)} shares for {gpus} GPUs; give one per GPU")
+    order = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # CUDA's device i is NVML's GPU i, whose memory is sampled
     return [
         {"label": "1 GPU", "gpus": 1, "split_mode": "none", "tensor_split": None,
-         "env": {"CUDA_VISIBLE_DEVICES": "0"}},
+         "env": {**order, "CUDA_VISIBLE_DEVICES": "0"}},
         {"label": f"{gpus} GPUs", "gpus": gpus, "split_mode": split_mode, "tensor_split": tensor_split,
-         "env": {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))}},
+         "env": {**order, "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))}},
     ]
 
 

@@ -20,8 +20,9 @@ MIB = 1024 * 1024
 
 def test_placements_pin_one_gpu_then_split_over_all() -> None:
     one, both = split.placements(2, "layer", None)
-    assert (one["env"], one["split_mode"], one["gpus"]) == ({"CUDA_VISIBLE_DEVICES": "0"}, "none", 1)
-    assert (both["env"], both["split_mode"], both["gpus"]) == ({"CUDA_VISIBLE_DEVICES": "0,1"}, "layer", 2)
+    order = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert (one["env"], one["split_mode"], one["gpus"]) == ({**order, "CUDA_VISIBLE_DEVICES": "0"}, "none", 1)
+    assert (both["env"], both["split_mode"], both["gpus"]) == ({**order, "CUDA_VISIBLE_DEVICES": "0,1"}, "layer", 2)
     with pytest.raises(ValueError, match="at least 2 GPUs"):
         split.placements(1, "layer", None)
     with pytest.raises(ValueError, match="one per GPU"):
