@@ -26,8 +26,8 @@ from engine.errors import EngineError, RpcServerError
 
 DEFAULT_PORT = 50052
 SERVER_BINARY = "ggml-rpc-server"
-#: ggml-rpc.h: the protocol major version a client and server must share
-RPC_PROTO_MAJOR = 7
+#: ggml-rpc.h: a server must speak this major version, and no newer minor one
+RPC_PROTO_MAJOR, RPC_PROTO_MINOR = 7, 0
 
 # ggml-rpc.cpp's wire format: | cmd (1 byte) | size (uint64) | payload | -> | size (uint64) | payload |
 _CMD_GET_ALLOC_SIZE = 13
@@ -35,7 +35,7 @@ _CMD_HELLO = 14
 _CMD_DEVICE_COUNT = 15
 _CONN_CAPS = 24  # RPC_CONN_CAPS_SIZE (transport.h)
 _MAX_DIMS, _MAX_SRC, _MAX_OP_PARAMS, _MAX_NAME = 4, 10, 64, 64  # ggml.h
-_GGML_TYPE_D2_P16 = 44  # engine.ggml_types; only a server built with our patch knows it
+_GGML_TYPE_D2_P16 = 44  # patch 0002's enum value (tested); only a server built with our patch knows it
 _D2_P16_BLOCK_BYTES = 52  # 16 fp16 + 48 3-bit codes + one fp16 scale, for 64 coefficients
 
 
@@ -129,9 +129,10 @@ def probe(endpoint: str, need_d2: bool = True, timeout_s: float = 5.0) -> RpcSer
         try:
             hello = _call(sock, _CMD_HELLO, bytes(_CONN_CAPS), 4 + _CONN_CAPS)
             major, minor, patch = hello[0], hello[1], hello[2]
-            if major != RPC_PROTO_MAJOR:
+            if major != RPC_PROTO_MAJOR or minor > RPC_PROTO_MINOR:
                 raise RpcServerError(endpoint, f"it speaks RPC protocol {major}.{minor}.{patch}, this engine "
-                                               f"{RPC_PROTO_MAJOR}.x; run the server from this fraqtl-chat version")
+                                               f"{RPC_PROTO_MAJOR}.{RPC_PROTO_MINOR}; run the server from this "
+                                               "fraqtl-chat version")
             (n_devices,) = struct.unpack("<I", _call(sock, _CMD_DEVICE_COUNT, b"", 4))
         except (OSError, ConnectionError) as exc:
             raise RpcServerError(endpoint, f"it is not a llama.cpp rpc-server, or it failed the handshake ({exc})") from exc

@@ -29,8 +29,8 @@ def test_a_bad_endpoint_says_how_to_write_one(bad):
 class FakeRpcServer:
     """One-connection-at-a-time server answering HELLO, DEVICE_COUNT and GET_ALLOC_SIZE like ggml-rpc."""
 
-    def __init__(self, major: int = rpc.RPC_PROTO_MAJOR, devices: int = 1, d2: bool = True) -> None:
-        self.major, self.devices, self.d2 = major, devices, d2
+    def __init__(self, major: int = rpc.RPC_PROTO_MAJOR, minor: int = 0, devices: int = 1, d2: bool = True) -> None:
+        self.major, self.minor, self.devices, self.d2 = major, minor, devices, d2
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.seen: list[int] = []
@@ -59,7 +59,7 @@ class FakeRpcServer:
                     payload = self._recv(conn, size)
                     self.seen.append(cmd)
                     if cmd == 14:  # HELLO
-                        reply = bytes([self.major, 0, 0, 0]) + bytes(24)
+                        reply = bytes([self.major, self.minor, 0, 0]) + bytes(24)
                     elif cmd == 15:  # DEVICE_COUNT
                         reply = struct.pack("<I", self.devices)
                     elif cmd == 13:  # GET_ALLOC_SIZE: an upstream server rejects type 44 and hangs up
@@ -108,10 +108,18 @@ def test_an_upstream_server_is_refused_for_d2_with_what_to_run(server):
     assert info.value.endpoint == server.endpoint
 
 
-@pytest.mark.parametrize("server", [{"major": 6}], indirect=True)
+@pytest.mark.parametrize("server", [{"major": 6}, {"minor": 1}], indirect=True)
 def test_another_protocol_version_is_refused(server):
-    with pytest.raises(RpcServerError, match="protocol 6.0.0"):
+    with pytest.raises(RpcServerError, match=rf"protocol {server.major}\.{server.minor}\.0, this engine 7\.0"):
         rpc.probe(server.endpoint)
+
+
+def test_the_d2_type_asked_for_is_the_one_the_patch_series_adds():
+    from engine import build, ggml_types
+
+    text = "".join(p.read_text(encoding="utf-8") for p in build.patch_files())
+    ids = {m["name"]: int(m["value"]) for m in ggml_types._PATCH_ID.finditer(text)}
+    assert ids["GGML_TYPE_D2_P16"] == rpc._GGML_TYPE_D2_P16
 
 
 @pytest.mark.parametrize("server", [{"devices": 0}], indirect=True)
