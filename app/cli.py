@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ctx", type=int, help="context size in tokens")
     parser.add_argument("--yarn", action="store_true", help="allow contexts beyond the model's training (YaRN)")
     parser.add_argument("--session", help="reopen a saved session by id")
+    parser.add_argument("--rpc", metavar="HOST:PORT[,...]",
+                        help="put layers on these rpc-servers (`fraqtl-chat rpc-server` on each host; no "
+                             "authentication: a trusted network only)")
     parser.add_argument("--serve", action="store_true", help="serve the app to a browser (textual-serve)")
     parser.add_argument("--desktop", action="store_true",
                         help="the served app in a window of its own (Chromium --app); closing it stops the server")
@@ -45,7 +48,7 @@ def session_args(args: argparse.Namespace) -> list[str]:
 
     forwarded = absolute(args.files)
     for flag, value in (("--model", args.model), ("--arm", args.arm), ("--ctx", args.ctx),
-                        ("--session", args.session)):
+                        ("--session", args.session), ("--rpc", args.rpc)):
         if value is not None:
             forwarded += [flag, str(value)]
     return forwarded + (["--yarn"] if args.yarn else [])
@@ -119,12 +122,46 @@ def ensure_engine() -> bool:
     return True
 
 
+def rpc_server_main(argv: list[str]) -> int:
+    """``fraqtl-chat rpc-server``: run the engine's ggml-rpc-server (it has the D2 types) on this host."""
+    import os
+
+    from engine import rpc
+
+    parser = argparse.ArgumentParser(
+        prog="fraqtl-chat rpc-server",
+        description="Offer this machine's GPU (or CPU) to a fraqtl-chat on another host: llama.cpp's rpc-server, "
+                    "built with the D2 cache types. It has NO authentication and NO encryption: anyone who can "
+                    "reach the port can run code on this device and read what it holds. Bind it to loopback "
+                    "or a trusted private network only.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=rpc.DEFAULT_PORT, help=f"port (default {rpc.DEFAULT_PORT})")
+    parser.add_argument("--device", help="ggml devices to offer, e.g. CUDA0,CUDA1 (default: every GPU, else the CPU)")
+    parser.add_argument("--threads", type=int, help="CPU threads when the CPU is offered")
+    args = parser.parse_args(argv)
+    if not ensure_engine():
+        return 1
+    binary = rpc.server_binary()
+    if binary is None:
+        print("error: this engine build has no ggml-rpc-server; rebuild it with `python -m engine.build` "
+              "(this version builds it beside the engine).", file=sys.stderr)
+        return 1
+    if args.host not in ("127.0.0.1", "localhost"):
+        print(f"warning: rpc-server on {args.host} is reachable from other machines and has no authentication; "
+              "use a trusted network only.", file=sys.stderr)
+    command = rpc.server_command(binary, args.host, args.port, args.device, args.threads)
+    os.execv(command[0], command)
+    return 0  # pragma: no cover - execv does not return
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["setup"] and not Path("setup").is_file():  # `./setup` opens a file of that name
         from app.first_run import main as setup_main
 
         return setup_main(argv[1:])
+    if argv[:1] == ["rpc-server"] and not Path("rpc-server").is_file():
+        return rpc_server_main(argv[1:])
     args = build_parser().parse_args(argv)
     if not ensure_engine():
         return 1
@@ -146,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             settings.n_ctx = args.ctx
         if args.yarn:
             settings.yarn = True
+        if args.rpc is not None:
+            settings.rpc_servers = args.rpc
         settings.validate()
         from engine.models import resolve
 

@@ -22,6 +22,7 @@ from engine.errors import ContextOverflowError
 from engine.events import AnswerDone, Event
 from app.model_library import model_info
 from engine.gguf import GgufInfo
+from engine.rpc import parse_endpoints
 from engine.sampling import GREEDY, Sampling
 from engine.worker import EngineLoaded, EngineSpec, EngineWorker
 
@@ -112,7 +113,8 @@ class Conversation:
         n_ctx = n_ctx or self.settings.n_ctx
         return EngineSpec(str(self.model_path), arm or self.settings.arm, n_ctx=n_ctx,
                           yarn=self.settings.yarn or n_ctx > self.info.n_ctx_train > 0,
-                          n_threads=self.settings.n_threads or None, sidecar=self.settings.sidecar)
+                          n_threads=self.settings.n_threads or None, sidecar=self.settings.sidecar,
+                          rpc_servers=parse_endpoints(self.settings.rpc_servers))
 
     def start_engine(self, arm: str | None = None, n_ctx: int | None = None) -> EngineLoaded:
         """(Re)start the engine process; the transcript stays."""

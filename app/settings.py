@@ -18,6 +18,7 @@ from engine import locations
 from engine.arms import ArmConfig
 from app.paths import path_kind, user_path
 from engine.errors import EngineError, SamplingError
+from engine.rpc import parse_endpoints
 from engine.sampling import Sampling
 
 MAX_CONTEXT = 131072  # 128K: the most the app asks of any model, YaRN included
@@ -45,6 +46,7 @@ class Settings:
     temperature: float = 0.0  # 0: greedy; the arm comparison is always greedy
     top_p: float = 1.0
     repeat_penalty: float = 1.0  # 1: off; 1.1–1.3 stops a small model repeating itself
+    rpc_servers: str = ""  # host:port,... of rpc-servers that take layers (trusted network only); "": none
 
     def validate(self) -> Settings:
         try:
@@ -67,6 +69,10 @@ class Settings:
             raise SettingsError(f"The thread count must be 0 (all cores) or more, not {self.n_threads}.")
         if not 1 <= self.max_tokens <= 8192:
             raise SettingsError(f"The answer length must be between 1 and 8,192 tokens, not {self.max_tokens:,}.")
+        try:
+            parse_endpoints(self.rpc_servers)
+        except EngineError as exc:
+            raise SettingsError(str(exc)) from exc
         try:
             self.sampling()
         except SamplingError as exc:

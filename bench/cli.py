@@ -29,6 +29,8 @@ GRIDS = {
     "ruler": {"ctx": ([512], [2048, 4096, 7168]), "samples": (1, 3), "max_tokens": (24, 48)},
     "memory": {"ctx": ([512, 1024], [32768, 65536, 131072]), "decode": (64, 64)},
     "speed": {"ctx": ([512, 1024], [32768, 131072]), "decode": (64, 128)},
+    "split": {"ctx": ([512], [131072]), "decode": (64, 64), "agreement_chunks": (1, 2),
+              "agreement_len": (512, 2048)},
 }
 
 
@@ -115,6 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-fill", action="store_true", help="allocate the context without filling it")
         p.add_argument("--yarn", action="store_true", help="YaRN above the trained context")
 
+    p = sub.add_parser("split", help="one model's layers over several GPUs against one GPU: peak VRAM per GPU, "
+                                     "tok/s, llama.cpp's buffers beside the per-GPU estimate, d2 logits agreement")
+    _common(p, 2048)
+    p.set_defaults(arms=_arms("f16,q8_0,d2"))
+    p.add_argument("--ctx", type=_ints, default=None, help="context lengths (default 128k)")
+    p.add_argument("--gpus", type=int, default=2, help="GPUs the layers are split over (default 2)")
+    p.add_argument("--split-mode", choices=("layer",), default="layer",
+                   help="llama.cpp's split mode for the multi-GPU run (layer: whole layers per GPU)")
+    p.add_argument("--tensor-split", type=_floats, default=None,
+                   help="each GPU's share of the layers, e.g. 1,1 (default: by free memory, as llama.cpp does)")
+    p.add_argument("--decode", type=int, default=None, help=f"greedy tokens timed (at least {MIN_TIMED_TOKENS})")
+    p.add_argument("--yarn", action="store_true", help="YaRN above the trained context")
+    p.add_argument("--agreement-model", default="default",
+                   help="model for d2 split vs d2 on one GPU logits (registry key or GGUF; default SmolLM2; "
+                        "'none' skips it)")
+    p.add_argument("--agreement-chunks", type=int, default=None, help="chunks of text for the agreement")
+    p.add_argument("--agreement-len", type=int, default=None, help="tokens per agreement chunk")
+
     p = sub.add_parser("ui-lag", help="the app's event-loop lag during ingest, prefill, streaming and a comparison")
     p.add_argument("--model", default=None, help="registry key or GGUF path (default: SmolLM2-135M-Instruct)")
     p.add_argument("--pages", type=int, default=40, help="pages of the generated PDF (about 750 tokens each)")
@@ -150,7 +170,9 @@ def _apply_grid(args: argparse.Namespace) -> None:
             setattr(args, option, quick if args.quick else full)
     if args.quick and args.command in ("memory", "speed") and args.batch == 2048:
         args.batch = 256
-    if args.command in ("memory", "speed") and 0 < args.decode < MIN_TIMED_TOKENS:
+    if args.quick and args.command == "split" and args.batch == 2048:
+        args.batch = 256
+    if args.command in ("memory", "speed", "split") and 0 < args.decode < MIN_TIMED_TOKENS:
         raise EngineError(f"--decode {args.decode} times too few tokens for a stable rate; give at least "
                           f"{MIN_TIMED_TOKENS} (or 0 to skip decoding).")
 
@@ -191,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
 
             args.ctx = args.ctx[0]
             out = ui_lag.run(args, model, argv_used)
+        elif args.command == "split":
+            from bench import split
+
+            agreement = None if args.agreement_model == "none" else resolve(
+                None if args.agreement_model == "default" else args.agreement_model)
+            try:
+                out = split.run(args, model, argv_used, agreement_model=agreement)
+            except ValueError as exc:
+                raise EngineError(str(exc)) from exc
         elif args.command in ("niah", "ruler"):
             from bench import retrieval
 

@@ -8,6 +8,10 @@
 #                reference, an answer with d2); SmolLM2 KLD with d2 on the GPU beside d2@cpu;
 #                Mistral-shape memory/speed at the contexts in $CTX
 #   phase long:  Mistral-shape memory/speed at 128K and llama-bench from the same build
+#   phase split: on a 2-GPU machine (nvidia-h200-x2; after start): the Mistral shape at 128K with
+#                f16, q8_0 and d2 on GPU 0 alone and split by layer over both GPUs (peak VRAM per
+#                GPU and in total, prefill/decode tok/s, llama.cpp's buffers beside the per-GPU
+#                estimate), then SmolLM2 d2 split vs d2 on one GPU logits (ARMS, CTX override)
 # Carried: .whl/ (pure-Python wheels the image lacks), .dev/src.tar.gz (python -m engine.build
 # export-source), .dev/smol.part* (SmolLM2, split to fit the 64 MiB per call). Receipts and
 # logs land in $OUT.
@@ -138,6 +142,16 @@ long)
     timeout 150 "$lb" -m $SHAPE -fa 1 -ub 2048 -p 0 -n 64 -d 32768,131072 \
       -ctk f16 -ctv f16 -o md 2>&1 | tee $OUT/llama-bench.md | tail -8
   fi
+  ;;
+split)
+  wait_build; smol
+  for _ in $(seq 1 60); do [ -f /tmp/shape.done ] && break; sleep 5; done
+  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
+  nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv
+  [ "$(nvidia-smi -L | grep -c '^GPU')" -ge 2 ] || { echo "phase split needs 2 GPUs (kind nvidia-h200-x2)"; exit 1; }
+  timeout 570 python3 -m bench.cli split --model $SHAPE --arms ${ARMS:-f16,q8_0,d2} --ctx ${CTX:-128k} --gpus 2 \
+    --split-mode layer --decode 64 --timeout 150 --agreement-model $SMOL \
+    --name split-mistral-shape-2xh200 --out /tmp/receipts 2>&1 | grep -v "━" | tail -30
   ;;
 esac
 tar cf "$OUT/receipts-$phase.tar" -C /tmp/receipts . 2>/dev/null || true

@@ -52,6 +52,7 @@ def machine_info() -> dict[str, Any]:
         nvml = Nvml()
         info["gpu"], info["driver"] = nvml.name, nvml.driver
         info["gpu_memory_mib"] = nvml.sample().device_total // (1024 * 1024)
+        info["gpu_count"] = Nvml.count()
     except Exception as exc:  # TelemetryUnavailable and driver errors alike: a CPU machine
         info["gpu_note"] = str(exc)
     return info

@@ -42,6 +42,10 @@ class ArmOutcome:
     buffers_mib: dict[str, float]
     markers: list[str]
     log_tail: str
+    # each GPU's peak (per process where the driver allows, else used minus its baseline) and its
+    # free memory before the worker started (llama.cpp's default layer split follows it); None without NVML
+    peak_vram_mib_gpus: list[float] | None = None
+    free_mib_gpus: list[float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -93,6 +97,7 @@ def run_arm(
     job_path.write_text(json.dumps(job))
     result_path.unlink(missing_ok=True)
     env = dict(os.environ, FRAQTL_LLAMA_VERBOSE="1", PYTHONUNBUFFERED="1")
+    env.update(job.get("env") or {})  # e.g. CUDA_VISIBLE_DEVICES for a one-GPU placement
     env.update(runtime_env(env))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                        env.get("PYTHONPATH", "")]))
@@ -144,12 +149,20 @@ def run_arm(
         else:
             peak = max(sampler.peak_used - (sampler.baseline_used or 0), 0) / MIB
             telemetry = "nvml-device-minus-baseline"
+    per_gpu: list[float] | None = None
+    free: list[float] | None = None
+    gpus = getattr(sampler, "gpus", [])
+    if sampler.available and gpus:
+        per_gpu = [round(track.peak_estimate / MIB, 1) for track in gpus]
+        free = [round((track.history[0].device_total - track.history[0].device_used) / MIB, 1)
+                if track.history else 0.0 for track in gpus]
     markers = list(dict.fromkeys(line.strip() for line in log_text.splitlines()
                                  if _MARKERS.search(line) and not line.startswith("llama_model_loader")))[:40]
     return ArmOutcome(
         arm=job["arm"], status=status, reason=reason, result=result, wall_s=wall,
         peak_vram_mib=peak, telemetry=telemetry, buffers_mib=parse_buffers(log_text),
         markers=markers, log_tail="\n".join(log_text.splitlines()[-20:]),
+        peak_vram_mib_gpus=per_gpu, free_mib_gpus=free,
     )
 
 

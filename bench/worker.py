@@ -79,6 +79,8 @@ def open_runtime(job: dict[str, Any], logits_all: bool = False) -> Any:
         job["model"], job["arm"], n_ctx=int(job["n_ctx"]), n_batch=int(job.get("n_batch", 512)),
         n_gpu_layers=int(job.get("n_gpu_layers", -1)), yarn=bool(job.get("yarn", False)),
         logits_all=logits_all, n_threads=job.get("n_threads"), d2=d2,
+        split_mode=str(job.get("split_mode", "layer")), tensor_split=job.get("tensor_split"),
+        rpc_servers=tuple(job.get("rpc_servers") or ()),
     )
 
 
@@ -108,6 +110,7 @@ def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> 
     score_from = int(job["score_from"])
     chunks: list[list[int]] = job["chunks"]
     klds: list[np.ndarray] = []
+    max_diff = 0.0  # the largest |Δ log-prob| against the reference, over every scored position and token
     same: list[np.ndarray] = []
     nll: list[np.ndarray] = []
     per_chunk: list[dict[str, float]] = []
@@ -131,6 +134,7 @@ def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> 
         else:
             ref = np.load(ref_path).astype(np.float64)
             kld = kld_per_token(ref, logp)
+            max_diff = max(max_diff, float(np.abs(ref - logp).max()))
             top = ref.argmax(axis=-1) == logp.argmax(axis=-1)
         klds.append(kld)
         same.append(top)
@@ -146,6 +150,7 @@ def run_kld(rt: Any, job: dict[str, Any], result: dict[str, Any], out: Path) -> 
         "kld_p99": float(np.percentile(all_kld, 99)),
         "kld_max": float(all_kld.max()),
         "same_top_rate": float(np.concatenate(same).mean()),
+        "max_abs_logp_diff": max_diff,
         "ppl": float(np.exp(all_nll.mean())),
         "kld_percentiles": [float(v) for v in np.percentile(all_kld, np.arange(101))],
         "per_chunk": per_chunk,

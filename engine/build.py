@@ -94,6 +94,8 @@ COMMON_CMAKE_ARGS = (
     "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
+    # llama.cpp's RPC backend: layers on other hosts' rpc-server (built by patch 0007)
+    "-DGGML_RPC=ON",
 )
 
 

@@ -134,3 +134,17 @@ class EngineCrashedError(EngineError):
     def __init__(self, arm: str, detail: str) -> None:
         self.arm, self.detail = arm, detail
         super().__init__(f"The {arm} engine process stopped ({detail}); try again, or pick another arm or a smaller context.")
+
+
+class RpcServerError(EngineError):
+    """An RPC server the engine was pointed at cannot take layers; the message says which and why."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        self.endpoint, self.reason = endpoint, reason
+        super().__init__(
+            f"The RPC server {endpoint} cannot be used: {reason}. Start it with `fraqtl-chat rpc-server` "
+            "on that host (a trusted network only), or remove it from the rpc_servers setting."
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # crosses process boundaries intact
+        return type(self), (self.endpoint, self.reason)

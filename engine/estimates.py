@@ -9,7 +9,10 @@ never loads a model and never imports the app.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from engine.arms import ArmConfig
 from engine.gguf import GgufInfo
@@ -69,7 +72,8 @@ def _n_vocab(info: GgufInfo) -> int:
     return n_vocab
 
 
-def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: ArmConfig | None = None) -> int:
+def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: ArmConfig | None = None,
+                  with_output: bool = True) -> int:
     """llama.cpp's GPU compute buffer for one ubatch with flash attention.
 
     The graph allocator's peak is the larger of two phases: the output/FFN phase (logits,
@@ -77,11 +81,12 @@ def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: Arm
     the attention phase, where the kernels see K and V converted to f16. Fitted to, and equal
     within 0.1 MiB to, the buffers llama.cpp reported for the Mistral-7B shape at 32K/64K/128K
     with n_ubatch 2048 (bench/receipts/2026-11-29-memory-mistral-7b-instruct-v0.3-h200).
+    ``with_output=False`` is a device of a layer split that runs no output layer: no logits.
     """
     n_kv = padded_ctx(n_ctx)
     ffn = int(info.metadata.get(f"{info.arch}.feed_forward_length", 4 * info.n_embd) or 0)
     mask = n_kv * n_ubatch * 2
-    output_phase = n_ubatch * 4 * (_n_vocab(info) + ffn + 2 * info.n_embd) + mask
+    output_phase = n_ubatch * 4 * ((_n_vocab(info) if with_output else 0) + ffn + 2 * info.n_embd) + mask
     if arm is None or arm.name == "f16":
         return output_phase
     if arm.recipe is not None:
@@ -124,3 +129,116 @@ def estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = N_UBATC
         compute_bytes=compute_bytes(info, n_ctx, n_ubatch, arm),
         basis_bytes=basis_bytes(info, arm),
     )
+
+
+# --------------------------------------------------------------------------- several devices
+
+#: ggml-backend.cpp: the scheduler keeps this many copies of each split's inputs when it
+#: pipelines ubatches across devices
+SCHED_MAX_COPIES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceEstimate:
+    """What one device of a layer split holds: its layers' weights, cache, D2 extras and compute."""
+
+    device: int  # index in llama.cpp's device list (local GPUs in order, RPC servers first)
+    layers: tuple[int, ...]  # the repeating layers placed on it
+    has_output: bool  # the output layer (norm + lm head) is on it
+    weights_bytes: int
+    kv_bytes: int
+    exact_copy_bytes: int
+    basis_bytes: int
+    compute_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.exact_copy_bytes + self.basis_bytes + self.compute_bytes
+
+    @property
+    def total_mib(self) -> float:
+        return self.total_bytes / MIB
+
+
+def layer_devices(n_layer: int, shares: Sequence[float], n_gpu_layers: int = -1) -> tuple[int, ...]:
+    """The device of each repeating layer and, last, of the output layer (-1: the CPU).
+
+    llama.cpp's rule for split_mode=layer, ``llama_model_base::load_tensors`` in src/llama-model.cpp
+    (``get_layer_buft_list``): the shares (``tensor_split``, or each device's free memory when
+    none is given) become cumulative split points in float32; offloaded layer ``il`` goes to the
+    first device whose split point exceeds ``(il - i_gpu_start) / act_gpu_layers``. The output
+    layer counts as layer ``n_layer``; the input embeddings always stay on the CPU.
+    """
+    n_gpu = n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers
+    i_gpu_start = max(n_layer + 1 - n_gpu, 0)
+    act = min(n_gpu, n_layer + 1) if shares else 0
+    points: list[np.float32] = []
+    total = np.float32(0)
+    for share in shares:
+        total = np.float32(total + np.float32(share))
+        points.append(total)
+    if shares and total <= 0:
+        raise ValueError(f"the device shares {list(shares)} must have a positive sum")
+    split = np.array([p / total for p in points], dtype=np.float32) if shares else np.array([], dtype=np.float32)
+    placed = []
+    for il in range(n_layer + 1):
+        if il < i_gpu_start or il - i_gpu_start >= act:
+            placed.append(-1)
+            continue
+        frac = np.float32(il - i_gpu_start) / np.float32(act)
+        placed.append(min(int(np.searchsorted(split, frac, side="right")), len(shares) - 1))
+    return tuple(placed)
+
+
+def _layer_of(tensor_name: str) -> int | None:
+    if tensor_name.startswith("blk."):
+        index = tensor_name.split(".")[1]
+        return int(index) if index.isdigit() else None
+    return None
+
+
+def split_estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, shares: Sequence[float],
+                   n_ubatch: int = N_UBATCH, n_gpu_layers: int = -1) -> tuple[DeviceEstimate, ...]:
+    """Per-device memory of a layer split over ``len(shares)`` devices (see :func:`layer_devices`).
+
+    Each layer's weights, KV cache, and D2 bases and exact copies sit on its layer's device
+    (llama-kv-cache.cpp puts a layer's cache on ``model.dev_layer(il)``; our D2 extras follow
+    the cache's buffer type). The output norm and head sit on the output layer's device, a tied
+    head as a copy of the token embeddings. Compute: the device with the output layer has the
+    single-device buffer, the others the same without the logits; with two or more devices and
+    every layer offloaded llama.cpp pipelines ubatches and each device keeps
+    ``SCHED_MAX_COPIES`` copies of its inputs (the hidden state from the previous device, the
+    mask, positions and row indices, D2's slots and exact-row map) instead of one. That last term is a model of ggml-backend.cpp,
+    to be checked against llama.cpp's per-device buffers on a multi-GPU receipt.
+    """
+    placed = layer_devices(info.n_layer, shares, n_gpu_layers)
+    n_dev = len(shares)
+    weights = [0] * n_dev
+    names = {t.name for t in info.tensors}
+    output_dev = placed[-1]
+    for t in info.tensors:
+        layer = _layer_of(t.name)
+        dev = placed[layer] if layer is not None and layer < info.n_layer else (
+            output_dev if t.name.startswith("output") else -1)
+        if dev >= 0:
+            weights[dev] += t.n_bytes
+        if t.name == "token_embd.weight" and "output.weight" not in names and output_dev >= 0:
+            weights[output_dev] += t.n_bytes  # tied head: llama.cpp duplicates it on the output device
+    kv_all, exact_all, basis_all = kv_bytes(info, arm, n_ctx), exact_copy_bytes(info, arm, n_ctx), basis_bytes(info, arm)
+    n_kv = padded_ctx(n_ctx)
+    pipelined = n_dev > 1 and all(d >= 0 for d in placed)
+    # a split's inputs (GGML_SCHED_DEBUG lists them): the hidden state, the mask, positions and the
+    # cache's row indices, and for D2 its slot indices and exact-row map
+    inputs = (n_ubatch * info.n_embd * 4 + n_kv * n_ubatch * 2 + n_ubatch * (4 + 8 + 8)
+              + ((n_ubatch * 8 + n_kv * 4) if arm.recipe is not None else 0))
+    out = []
+    for dev in range(n_dev):
+        layers = tuple(il for il in range(info.n_layer) if placed[il] == dev)
+        share = len(layers) / info.n_layer if info.n_layer else 0.0
+        has_output = output_dev == dev
+        compute = compute_bytes(info, n_ctx, n_ubatch, arm, with_output=has_output) if (layers or has_output) else 0
+        if pipelined and compute:
+            compute += (SCHED_MAX_COPIES - 1) * inputs
+        out.append(DeviceEstimate(dev, layers, has_output, weights[dev], round(kv_all * share),
+                                  round(exact_all * share), round(basis_all * share), compute))
+    return tuple(out)

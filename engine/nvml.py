@@ -1,8 +1,8 @@
 """GPU memory telemetry through NVML (the ``nvidia-ml-py`` package, imported as pynvml).
 
-:class:`NvmlSampler` polls device total/used and, where the driver allows, the memory of
-given processes, in a background thread (200 ms by default), keeping the peak and a
-rolling history. Without a driver or GPU it reports why, once, and samples nothing: the
+:class:`NvmlSampler` polls every GPU's total/used and, where the driver allows, the memory
+of given processes, in a background thread (200 ms by default), keeping the peak and a
+rolling history per GPU and for all of them together (a model split over GPUs). Without a driver or GPU it reports why, once, and samples nothing: the
 caller shows estimates alone. This module never imports the app.
 """
 
@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 MIB = 1024 * 1024
 
@@ -24,6 +24,37 @@ class GpuSample:
     device_used: int  # bytes used on the device
     device_total: int
     process_used: int | None  # bytes used by the watched processes, None if the driver does not say
+    index: int = 0  # the GPU's NVML index; -1 for the sum over every GPU
+
+
+@dataclasses.dataclass
+class GpuTrack:
+    """One GPU's figures as the sampler keeps them: history, baseline and peaks."""
+
+    index: int
+    name: str
+    history: deque[GpuSample]
+    baseline_used: int | None = None
+    peak_used: int = 0
+    peak_process: int | None = None
+
+    def add(self, sample: GpuSample) -> None:
+        if self.baseline_used is None:
+            self.baseline_used = sample.device_used
+        self.history.append(sample)
+        self.peak_used = max(self.peak_used, sample.device_used)
+        if sample.process_used is not None:
+            self.peak_process = max(self.peak_process or 0, sample.process_used)
+
+    def process_estimate(self, sample: GpuSample) -> int:
+        """The watched processes' use: NVML per-process figure, else device used minus the baseline."""
+        if sample.process_used:
+            return sample.process_used
+        return max(sample.device_used - (self.baseline_used or 0), 0)
+
+    @property
+    def peak_estimate(self) -> int:
+        return self.peak_process or max(self.peak_used - (self.baseline_used or 0), 0)
 
 
 class TelemetryUnavailable(Exception):
@@ -33,7 +64,26 @@ class TelemetryUnavailable(Exception):
 class Nvml:
     """A thin, typed view of one NVML device."""
 
+    @staticmethod
+    def count() -> int:
+        """How many GPUs NVML sees (0 without a driver)."""
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            return int(pynvml.nvmlDeviceGetCount())
+        except Exception:  # no package, driver or GPU
+            return 0
+
+    @classmethod
+    def all(cls) -> list[Nvml]:
+        """Every GPU, in NVML's order (CUDA's too unless CUDA_DEVICE_ORDER says otherwise)."""
+        if cls.count() == 0:
+            return [cls(0)]  # raises with the reason
+        return [cls(i) for i in range(cls.count())]
+
     def __init__(self, index: int = 0) -> None:
+        self.index = index
         try:
             import pynvml
         except ImportError as exc:  # pragma: no cover - dependency
@@ -67,11 +117,15 @@ class Nvml:
                 process_used = sum(found) if found else 0
             except Exception:
                 process_used = None  # containers often hide other PIDs
-        return GpuSample(time.monotonic(), int(info.used), int(info.total), process_used)
+        return GpuSample(time.monotonic(), int(info.used), int(info.total), process_used, self.index)
 
 
 class NvmlSampler:
-    """Polls a device in a background thread; keeps the peak and a bounded history."""
+    """Polls every GPU in a background thread; keeps peaks and a bounded history per GPU and in total.
+
+    ``history``, ``baseline_used``, ``peak_used`` and ``peak_process`` are the sums over the GPUs
+    sampled at the same moment (on one GPU, that GPU's figures); ``gpus`` has each GPU's own.
+    """
 
     def __init__(
         self,
@@ -79,46 +133,73 @@ class NvmlSampler:
         pids: Callable[[], Iterable[int]] = lambda: (os.getpid(),),
         history: int = 300,
         device: Nvml | None = None,
+        devices: Sequence[Nvml] | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.pids = pids
-        self.history: deque[GpuSample] = deque(maxlen=history)
         self.unavailable_reason: str | None = None
-        self.device: Nvml | None = device
-        if self.device is None:
+        opened: list[Nvml] = list(devices) if devices is not None else ([device] if device is not None else [])
+        if devices is None and device is None:
             try:
-                self.device = Nvml()
+                opened = Nvml.all()
             except TelemetryUnavailable as exc:
                 self.unavailable_reason = str(exc)
-        self.baseline_used: int | None = None
-        self.peak_used = 0
-        self.peak_process: int | None = None
+        self.devices = opened
+        self.device: Nvml | None = opened[0] if opened else None
+        self.gpus = [GpuTrack(getattr(d, "index", i), getattr(d, "name", "GPU"), deque(maxlen=history))
+                     for i, d in enumerate(opened)]
+        self.total = GpuTrack(-1, "all GPUs", deque(maxlen=history))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    # the totals, under the names a one-GPU caller has always used
+    @property
+    def history(self) -> deque[GpuSample]:
+        return self.total.history
+
+    @property
+    def baseline_used(self) -> int | None:
+        return self.total.baseline_used
+
+    @property
+    def peak_used(self) -> int:
+        return self.total.peak_used
+
+    @property
+    def peak_process(self) -> int | None:
+        return self.total.peak_process
 
     @property
     def available(self) -> bool:
         return self.device is not None
 
     def sample_now(self) -> GpuSample | None:
+        """Sample every GPU; returns the total (on one GPU, that GPU's sample)."""
         if self.device is None:
             return None
-        sample = self.device.sample(self.pids())
+        pids = tuple(self.pids())
+        samples = [d.sample(pids) for d in self.devices]
+        processes = [s.process_used for s in samples]
+        total = GpuSample(samples[0].t, sum(s.device_used for s in samples), sum(s.device_total for s in samples),
+                          None if any(p is None for p in processes) else sum(p or 0 for p in processes),
+                          samples[0].index if len(samples) == 1 else -1)
         with self._lock:
-            if self.baseline_used is None:
-                self.baseline_used = sample.device_used
-            self.history.append(sample)
-            self.peak_used = max(self.peak_used, sample.device_used)
-            if sample.process_used is not None:
-                self.peak_process = max(self.peak_process or 0, sample.process_used)
-        return sample
+            for track, sample in zip(self.gpus, samples):
+                track.add(sample)
+            self.total.add(total)
+        return total
 
     def process_estimate(self, sample: GpuSample) -> int:
         """This process's use: NVML per-process figure, else device used minus the baseline."""
-        if sample.process_used:
-            return sample.process_used
-        return max(sample.device_used - (self.baseline_used or 0), 0)
+        track = self.total if sample.index == -1 or len(self.gpus) <= 1 else self.gpus[self._position(sample.index)]
+        return track.process_estimate(sample)
+
+    def _position(self, index: int) -> int:
+        for i, track in enumerate(self.gpus):
+            if track.index == index:
+                return i
+        return 0
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine import d2 as d2_module
+from engine import rpc
 from engine.arms import ArmConfig
 from engine.d2 import D2Settings, KvMemory
 from engine.errors import (
@@ -69,6 +70,9 @@ class Runtime:
         logits_all: bool = False,
         n_threads: int | None = None,
         d2: D2Settings | None = None,
+        rpc_servers: Sequence[str] = (),
+        split_mode: str = "layer",
+        tensor_split: Sequence[float] | None = None,
     ) -> None:
         self.llama_cpp = load_llama_cpp()
         self.arm = ArmConfig.parse(arm) if isinstance(arm, str) else arm
@@ -78,7 +82,7 @@ class Runtime:
         self.n_batch = n_batch
         self.logits_all = logits_all
         self.n_evaluated_total = 0
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = self._placement(rpc_servers, split_mode, tensor_split)
         if yarn and n_ctx > self.info.n_ctx_train > 0:
             # the same scaling calibration uses above the trained context
             kwargs.update(
@@ -119,6 +123,32 @@ class Runtime:
             raise ArmUnavailableError(self.arm.label, detail or str(exc)) from exc
         self._vocab = self.llama_cpp.llama_model_get_vocab(self.llm.model)
 
+    def _placement(self, rpc_servers: Sequence[str], split_mode: str,
+                   tensor_split: Sequence[float] | None) -> dict[str, Any]:
+        """Where the layers go: llama.cpp's split over local GPUs and RPC servers (checked first)."""
+        modes = {"none": self.llama_cpp.LLAMA_SPLIT_MODE_NONE, "layer": self.llama_cpp.LLAMA_SPLIT_MODE_LAYER}
+        if split_mode not in modes:
+            raise EngineError(f"The split mode '{split_mode}' is not one of {', '.join(modes)}; "
+                              "layer spreads the layers over the GPUs, none keeps them on one.")
+        self.rpc_servers = rpc.parse_endpoints(rpc_servers)
+        self.rpc_devices: list[rpc.RpcServer] = []
+        if self.rpc_servers:
+            if self.arm.on_cpu:
+                raise ArmUnavailableError(self.arm.label, "an @cpu arm keeps every layer on this machine; "
+                                                          "remove the RPC servers or the @cpu")
+            self.rpc_devices = rpc.register(self.llama_cpp, self.rpc_servers, need_d2=self.arm.is_d2)
+        elif rpc.registered():
+            # ggml cannot forget a server: llama.cpp would quietly keep putting layers there
+            raise EngineError(f"This process already sent layers to the RPC servers {', '.join(rpc.registered())}; "
+                              "a runtime without them needs a process of its own (the engine worker).")
+        kwargs: dict[str, Any] = {"split_mode": modes[split_mode]}
+        if tensor_split:
+            if any(x < 0 for x in tensor_split) or sum(tensor_split) <= 0:
+                raise EngineError(f"The tensor split {list(tensor_split)} must be shares of zero or more with a "
+                                  "positive sum, one per device (e.g. 1,1 for two equal GPUs).")
+            kwargs["tensor_split"] = list(tensor_split)
+        return kwargs
+
     def _check_host_memory(self) -> None:
         """Refuse a context whose cache cannot fit in host memory before llama.cpp tries.
 
@@ -129,7 +159,10 @@ class Runtime:
         """
         if os.environ.get("FRAQTL_NO_MEMORY_CHECK") == "1":
             return
-        if not (self.arm.on_cpu or not self.llama_cpp.llama_supports_gpu_offload()):
+        if self.rpc_servers:
+            return  # the servers hold the layers they take and refuse what does not fit
+        # (llama_supports_gpu_offload is true on every build with the RPC backend)
+        if not (self.arm.on_cpu or not rpc.has_local_gpu(self.llama_cpp)):
             return
         available = host_available_bytes()
         needed = context_bytes(self.info, self.arm, self.n_ctx, self.n_batch)

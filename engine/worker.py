@@ -50,6 +50,9 @@ class EngineSpec:
     n_threads: int | None = None
     n_gpu_layers: int = -1
     sidecar: str | None = None  # a folder of D2 sidecars (with manifest); None: found by model sha256
+    rpc_servers: tuple[str, ...] = ()  # host:port of rpc-servers that take layers (engine.rpc)
+    split_mode: str = "layer"  # "layer": layers spread over the GPUs (and RPC servers); "none": one GPU
+    tensor_split: tuple[float, ...] | None = None  # each device's share of the layers; None: by free memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +117,8 @@ def _load_runtime(spec: EngineSpec) -> Any:
     try:
         return Runtime(spec.model_path, spec.arm, n_ctx=spec.n_ctx, n_batch=spec.n_batch,
                        n_gpu_layers=spec.n_gpu_layers, yarn=spec.yarn, n_threads=spec.n_threads,
-                       d2=_sidecar_settings(spec))
+                       d2=_sidecar_settings(spec), rpc_servers=spec.rpc_servers,
+                       split_mode=spec.split_mode, tensor_split=spec.tensor_split)
     except ImportError as exc:  # the D2 module is not in this build yet
         if spec.arm.startswith("d2"):
             raise ArmUnavailableError(spec.arm, f"this build has no D2 cache yet ({exc.name or exc}).") from exc

@@ -41,7 +41,7 @@ def test_patch_series_applies_cleanly_to_the_pinned_sdist(sdist: Path, tmp_path:
     tree = build.unpack_sdist(sdist, tmp_path)
     assert not (tree / ".git").exists() and not (tree / "vendor/llama.cpp/.git").exists()
     patches = build.patch_files()
-    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     d2_ids = {"GGML_TYPE_D2_P8": 43, "GGML_TYPE_D2_P16": 44, "GGML_TYPE_D2_P32": 45}
     assert build.check_type_ids(tree, patched=False) == d2_ids  # upstream's enum stops below ours
     build.apply_patches(tree, patches, build.Progress())
@@ -51,6 +51,9 @@ def test_patch_series_applies_cleanly_to_the_pinned_sdist(sdist: Path, tmp_path:
     assert "const struct llama_fraqtl_params * fraqtl;" in header
     assert (tree / "vendor/llama.cpp/src/llama-fraqtl-kv.cpp").exists()
     assert (tree / "vendor/llama.cpp/ggml/src/ggml-fraqtl.c").exists()
+    # the RPC server is built from this same tree and installed beside the libraries it runs
+    assert "llama_cpp_python_install_target(ggml-rpc-server)" in (tree / "CMakeLists.txt").read_text()
+    assert "-DGGML_RPC=ON" in build.COMMON_CMAKE_ARGS
     # applying the series twice is a loud error, not a silent no-op
     with pytest.raises(build.BuildError, match="does not apply"):
         build.apply_patches(tree, patches[:1], build.Progress())

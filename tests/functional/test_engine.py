@@ -115,3 +115,34 @@ def test_llama_cpps_own_out_of_memory_at_context_creation_is_a_named_error(model
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("REFUSED None A 524,288-token context with the f16 cache could not be created "
                                   "by llama.cpp"), done.stdout + done.stderr[-2000:]
+
+
+def test_placement_options_are_checked_before_the_model_loads(model: Path, monkeypatch) -> None:
+    from engine import rpc
+    from engine.errors import ArmUnavailableError
+
+    with pytest.raises(EngineError, match="split mode 'row' is not one of none, layer"):
+        Runtime(model, "f16", n_ctx=256, split_mode="row")
+    with pytest.raises(EngineError, match=r"tensor split \[-1.0, 2.0\] must be shares of zero or more"):
+        Runtime(model, "f16", n_ctx=256, tensor_split=[-1.0, 2.0])
+    with pytest.raises(ArmUnavailableError, match="an @cpu arm keeps every layer on this machine"):
+        Runtime(model, "d2@cpu", n_ctx=256, rpc_servers=["127.0.0.1:50052"])
+    with pytest.raises(EngineError, match="'127.0.0.1' is not an RPC server address"):
+        Runtime(model, "f16", n_ctx=256, rpc_servers=["127.0.0.1"])
+    # ggml cannot forget a server: a runtime without them in the same process would still use them
+    monkeypatch.setattr(rpc, "registered", lambda: ("10.0.0.2:50052",))
+    with pytest.raises(EngineError, match="already sent layers to the RPC servers 10.0.0.2:50052"):
+        Runtime(model, "f16", n_ctx=256)
+
+
+def test_rpc_devices_do_not_count_as_a_local_gpu() -> None:
+    # llama_supports_gpu_offload() is true on any build with the RPC backend, GPU or not; the host
+    # memory check (and anything else asking "is the cache on this machine?") must not follow it
+    from engine import rpc
+    from engine.runtime import load_llama_cpp
+
+    lc = load_llama_cpp()
+    kinds = {d.kind for d in rpc.devices(lc)}
+    assert "cpu" in kinds
+    if lc.llama_cpp.llama_supports_rpc() and not any(d.kind == "gpu" and not d.is_rpc for d in rpc.devices(lc)):
+        assert lc.llama_cpp.llama_supports_gpu_offload() and not rpc.has_local_gpu(lc)

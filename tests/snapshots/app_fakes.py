@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 from engine.errors import ArmUnavailableError
 from engine.events import AnswerDone, Event, PrefillProgress, Token
-from engine.nvml import GpuSample
+from engine.nvml import GpuSample, NvmlSampler
 from engine.sampling import GREEDY, Sampling
 from engine.worker import EngineLoaded, EngineSpec
 
@@ -95,3 +95,39 @@ def fake_estimate(info, arm, n_ctx: int, n_ubatch: int = 512):
 
     per_token = {"f16": 23040, "q8_0": 12240, "q4_0": 6480, "d2": 8190}[arm.name]
     return KvEstimate(arm.label, n_ctx, 96 * MIB, per_token * n_ctx, 0, 40 * MIB)
+
+
+def fake_split_estimate(info, arm, n_ctx: int, shares, n_ubatch: int = 512, n_gpu_layers: int = -1):
+    """The fixed estimate split 17:16 over the devices, whatever their shares (two GPUs in the tests)."""
+    from engine.estimates import DeviceEstimate
+
+    whole = fake_estimate(info, arm, n_ctx)
+    n = len(shares)
+    return tuple(DeviceEstimate(i, (), i == n - 1, whole.weights_bytes // n, whole.kv_bytes // n, 0, 0,
+                                whole.compute_bytes // n) for i in range(n))
+
+
+class FakeNvmlDevice:
+    """One GPU as engine.nvml.Nvml presents it, with scripted figures (the last one repeats)."""
+
+    def __init__(self, index: int, used_mib: Sequence[int], name: str = "NVIDIA H200") -> None:
+        self.index, self.name, self.used = index, name, list(used_mib)
+        self.calls = 0
+
+    def sample(self, pids=()) -> GpuSample:
+        used = self.used[min(self.calls, len(self.used) - 1)]
+        self.calls += 1
+        return GpuSample(float(self.calls), 2 * GIB + used * MIB, 140 * GIB, used * MIB, self.index)
+
+
+class TwoGpuSampler(NvmlSampler):
+    """The real sampler over two fake GPUs, sampled a fixed number of times (no thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(devices=[FakeNvmlDevice(0, [0, 400, 700, 812, 810]),
+                                  FakeNvmlDevice(1, [0, 300, 600, 690, 688])])
+        for _ in range(5):
+            self.sample_now()
+
+    def start(self) -> TwoGpuSampler:
+        return self

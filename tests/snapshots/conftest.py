@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app_fakes import fake_estimate
+from app_fakes import fake_estimate, fake_split_estimate
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,7 @@ def model_path() -> Path:
 @pytest.fixture(autouse=True)
 def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr("app.ui.widgets._vram_panel.estimate", fake_estimate)
+    monkeypatch.setattr("app.ui.widgets._vram_panel.split_estimate", fake_split_estimate)
     monkeypatch.setattr("app.compare.estimate", fake_estimate)
     for name in ("CACHE", "DATA", "CONFIG"):
         monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))

@@ -86,3 +86,11 @@ def test_settings_screen(snap_compare, model_path, monkeypatch) -> None:
         await settle(pilot, lambda: bool(pilot.app.screen.query("#settings-save")))
 
     assert snap_compare(make_app(model_path, gpu=False), terminal_size=SIZE, run_before=settings)
+
+
+def test_chat_screen_with_two_gpus(snap_compare, model_path) -> None:
+    from app_fakes import TwoGpuSampler
+
+    app = create_app(Settings(n_ctx=8192, max_tokens=64), [DEFAULT_SAMPLE], model_path, factory=FakeEngine,
+                     sampler=TwoGpuSampler(), vram_refresh_s=0)
+    assert snap_compare(app, terminal_size=SIZE, run_before=ask_sample_question)

@@ -106,3 +106,24 @@ async def test_command_palette_reaches_compare_and_settings(model_path, app_dirs
         assert json.loads((app_dirs / "config" / "settings.json").read_text())["n_ctx"] == 4096
         await until(pilot, lambda: app.chat_screen.state == "ready")  # the engine restarted
         assert app.conversation.engine.spec.n_ctx == 4096
+
+
+async def test_the_vram_panel_lists_each_gpu_with_its_estimate(model_path) -> None:
+    # two fake GPUs behind the real NvmlSampler: each GPU's live figure, its share of the estimate, the total
+    from app.ui.widgets._vram_panel import VramPanel
+    from app_fakes import TwoGpuSampler
+
+    sampler = TwoGpuSampler()
+    app = create_app(Settings(n_ctx=8192, max_tokens=64), [DEFAULT_SAMPLE], model_path, factory=FakeEngine,
+                     sampler=sampler, vram_refresh_s=0)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await until(pilot, lambda: app.chat_screen.state == "ready")
+        panel = app.screen.query_one(VramPanel)
+        panel.refresh_figures()
+        live = str(panel.query_one("#vram-live").render())
+        assert [track.peak_process for track in sampler.gpus] == [812 * 2**20, 690 * 2**20]
+        assert "GPU 0 NVIDIA H200" in live and "GPU 1 NVIDIA H200" in live
+        # the last samples (810 and 688 MiB per process), the total, and the device peak of both together
+        assert "engine 810 MiB · est" in live and "engine 688 MiB · est" in live
+        assert "all GPUs: engine 1.46 GiB" in live
+        assert f"device peak {4 + (812 + 690) / 1024:.2f} GiB" in live

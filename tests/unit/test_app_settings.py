@@ -207,3 +207,20 @@ def test_saving_keeps_settings_of_another_version(dirs: Path) -> None:
     settings.save()
     saved = json.loads(path.read_text())
     assert saved["theme"] == "dark" and saved["recent_models"] == ["/m.gguf"] and saved["n_ctx"] == 4096
+
+
+def test_rpc_servers_come_from_the_file_or_the_environment_and_a_bad_one_is_named(dirs: Path) -> None:
+    from app.conversation import Conversation
+
+    assert Settings.load(env={"FRAQTL_RPC_SERVERS": "10.0.0.2:50052,gpu-box:50052"}).validate().rpc_servers == (
+        "10.0.0.2:50052,gpu-box:50052")
+    with pytest.raises(SettingsError, match="'10.0.0.2' is not an RPC server address; write host:port"):
+        Settings(rpc_servers="10.0.0.2").validate()
+    # the engine process is started with them, as endpoints
+    from types import SimpleNamespace
+
+    holder = SimpleNamespace(settings=Settings(rpc_servers=" 10.0.0.2:50052 ,gpu-box:7000"),
+                             model_path=Path("m.gguf"), info=SimpleNamespace(n_ctx_train=8192))
+    assert Conversation.spec(holder).rpc_servers == ("10.0.0.2:50052", "gpu-box:7000")  # type: ignore[arg-type]
+    assert Conversation.spec(SimpleNamespace(settings=Settings(), model_path=Path("m.gguf"),  # type: ignore[arg-type]
+                                             info=holder.info)).rpc_servers == ()

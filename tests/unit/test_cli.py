@@ -79,3 +79,32 @@ def test_bad_settings_and_sessions_do_not_stop_start_up(tmp_path: Path, capsys: 
     assert started[-1]["session"] is None and started[-1]["files"] == [DEFAULT_SAMPLE]
     assert any("cannot be opened (it holds a JSON list" in n for n in started[-1]["notes"])
     assert path.read_text() == "[]"
+
+
+def test_rpc_flag_reaches_the_settings_and_the_served_sessions() -> None:
+    from app.cli import session_args
+
+    args = build_parser().parse_args(["--rpc", "10.0.0.2:50052", "--serve"])
+    assert args.rpc == "10.0.0.2:50052"
+    assert session_args(args)[-2:] == ["--rpc", "10.0.0.2:50052"]
+
+
+def test_rpc_server_command_runs_the_engines_server_with_the_warning(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    import os
+
+    from app import cli
+    from engine import rpc
+
+    binary = tmp_path / "ggml-rpc-server"
+    ran: list[list[str]] = []
+    monkeypatch.setattr(cli, "ensure_engine", lambda: True)
+    monkeypatch.setattr(rpc, "server_binary", lambda llama_cpp=None: binary)
+    monkeypatch.setattr(os, "execv", lambda path, argv: ran.append(argv))
+    assert main(["rpc-server", "--host", "10.0.0.5", "--port", "50060", "--device", "CUDA0"]) == 0
+    assert ran == [[str(binary), "--host", "10.0.0.5", "--port", "50060", "--device", "CUDA0"]]
+    assert "no authentication" in capsys.readouterr().err
+    monkeypatch.setattr(rpc, "server_binary", lambda llama_cpp=None: None)
+    assert main(["rpc-server"]) == 1
+    assert "has no ggml-rpc-server; rebuild it" in capsys.readouterr().err

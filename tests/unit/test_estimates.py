@@ -76,3 +76,95 @@ def test_host_available_bytes_reads_memavailable_plus_free_swap(tmp_path: Path) 
     meminfo.write_text("MemTotal:       24000000 kB\n")  # an old kernel without MemAvailable
     assert host_available_bytes(str(meminfo)) is None
     assert host_available_bytes(str(tmp_path / "absent")) is None
+
+
+# --------------------------------------------------------------------------- split over devices
+
+
+def _with_tensors(info: GgufInfo, tied: bool = False) -> GgufInfo:
+    """The shape's tensor table (Q4_0-sized blocks: 18 bytes per 32 weights), optionally with a tied head."""
+    from engine.gguf import TensorInfo
+
+    n_embd, ffn, vocab = 4096, 14336, 32768
+    tensors = [TensorInfo("token_embd.weight", (n_embd, vocab), 2, 0)]
+    for il in range(info.n_layer):
+        for name, shape in (("attn_q", (n_embd, n_embd)), ("attn_k", (n_embd, 1024)), ("attn_v", (n_embd, 1024)),
+                            ("attn_output", (n_embd, n_embd)), ("ffn_gate", (n_embd, ffn)),
+                            ("ffn_up", (n_embd, ffn)), ("ffn_down", (ffn, n_embd))):
+            tensors.append(TensorInfo(f"blk.{il}.{name}.weight", shape, 2, 0))
+        tensors.append(TensorInfo(f"blk.{il}.attn_norm.weight", (n_embd,), 0, 0))
+    tensors.append(TensorInfo("output_norm.weight", (n_embd,), 0, 0))
+    if not tied:
+        tensors.append(TensorInfo("output.weight", (n_embd, vocab), 2, 0))
+    return GgufInfo(info.path, info.version, info.metadata, tuple(tensors), 0)
+
+
+def test_layers_go_where_llama_cpp_puts_them() -> None:
+    from engine.estimates import layer_devices
+
+    # equal shares, 32 layers + output over 2 devices: layer il goes to GPU 0 while il/33 < 0.5
+    assert layer_devices(32, [1, 1]) == (0,) * 17 + (1,) * 16
+    assert layer_devices(32, [3, 1]) == (0,) * 25 + (1,) * 8
+    assert layer_devices(32, [1]) == (0,) * 33
+    assert layer_devices(32, []) == (-1,) * 33  # no device: everything on the CPU
+    # n_gpu_layers 3 of 4 + output: the first two layers stay on the CPU, the output layer is offloaded
+    assert layer_devices(4, [1, 1], n_gpu_layers=3) == (-1, -1, 0, 0, 1)
+    # free memory as shares (the default): an H200 with 1 GiB more free takes no extra layer here
+    assert layer_devices(32, [140 * 2**30, 139 * 2**30]).count(0) == 17
+
+
+def test_split_points_are_float32_like_llama_cpp() -> None:
+    from engine.estimates import layer_devices
+
+    # 0.1/(0.1+0.7) is 0.125 exactly in float32 (0.12500000000000003 in float64): layer 4 of 31 + output
+    # sits on the boundary 4/32 and goes to the second device, as llama.cpp's upper_bound on floats does
+    assert layer_devices(31, [0.1, 0.7]).count(0) == 4
+
+
+def test_split_estimate_puts_each_layers_memory_on_its_device() -> None:
+    from engine.estimates import estimate, split_estimate
+
+    info = _with_tensors(mistral_shape())
+    for arm_name in ("f16", "q8_0", "d2"):
+        arm = ArmConfig.parse(arm_name)
+        one = estimate(info, arm, 131072, n_ubatch=2048)
+        gpu0, gpu1 = split_estimate(info, arm, 131072, [1, 1], n_ubatch=2048)
+        assert (gpu0.layers, gpu1.layers) == (tuple(range(17)), tuple(range(17, 32)))
+        assert (gpu0.has_output, gpu1.has_output) == (False, True)
+        # the cache, D2's exact copies and bases split 17:15 by layer and add up to the one-device figure
+        assert gpu0.kv_bytes + gpu1.kv_bytes == one.kv_bytes
+        assert gpu0.kv_bytes == one.kv_bytes * 17 // 32
+        assert gpu0.exact_copy_bytes + gpu1.exact_copy_bytes == one.exact_copy_bytes
+        assert gpu0.basis_bytes + gpu1.basis_bytes == one.basis_bytes
+        # weights: every layer's tensors on its device, the head on the output device, the embeddings on the CPU
+        layer = sum(t.n_bytes for t in info.tensors if t.name.startswith("blk.0."))
+        head = sum(t.n_bytes for t in info.tensors if t.name.startswith("output"))
+        assert gpu0.weights_bytes == 17 * layer
+        assert gpu1.weights_bytes == 15 * layer + head
+        embd = next(t.n_bytes for t in info.tensors if t.name == "token_embd.weight")
+        assert gpu0.weights_bytes + gpu1.weights_bytes == one.weights_bytes - embd
+
+
+def test_split_compute_has_logits_only_on_the_output_device_and_pipeline_copies() -> None:
+    from engine.estimates import SCHED_MAX_COPIES, compute_bytes, split_estimate
+
+    info = _with_tensors(mistral_shape())
+    arm = ArmConfig.parse("f16")
+    gpu0, gpu1 = split_estimate(info, arm, 32768, [1, 1], n_ubatch=512)
+    inputs = 32768 * 512 * 2 + 512 * 4096 * 4 + 512 * 20  # mask, hidden state, positions and row indices
+    assert gpu1.compute_bytes == compute_bytes(info, 32768, 512, arm) + (SCHED_MAX_COPIES - 1) * inputs
+    assert gpu0.compute_bytes == compute_bytes(info, 32768, 512, arm, with_output=False) + (SCHED_MAX_COPIES - 1) * inputs
+    assert gpu0.compute_bytes < gpu1.compute_bytes
+    # one device: no pipelining, the single-device estimate exactly
+    (only,) = split_estimate(info, arm, 32768, [1], n_ubatch=512)
+    assert only.compute_bytes == compute_bytes(info, 32768, 512, arm)
+
+
+def test_a_tied_head_is_copied_to_the_output_device() -> None:
+    from engine.estimates import split_estimate
+
+    info = _with_tensors(mistral_shape(), tied=True)
+    embd = next(t.n_bytes for t in info.tensors if t.name == "token_embd.weight")
+    layer = sum(t.n_bytes for t in info.tensors if t.name.startswith("blk.0."))
+    _, gpu1 = split_estimate(info, ArmConfig.parse("f16"), 4096, [1, 1])
+    assert gpu1.weights_bytes == 15 * layer + 4096 * 4 + embd

@@ -1,6 +1,8 @@
 """GPU memory: NVML live figures with a sparkline, against f16/Q8/D2 estimates.
 
-Without a GPU or driver the estimates stay and one line says why telemetry is off.
+With several GPUs (llama.cpp splits the layers over them) each GPU's live figure is listed
+with that GPU's share of the current arm's estimate beside it. Without a GPU or driver the
+estimates stay and one line says why telemetry is off.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 from engine.arms import ArmConfig
-from engine.estimates import estimate
+from engine.errors import EngineError
+from engine.estimates import estimate, split_estimate
 from engine.gguf import GgufInfo
 from engine.nvml import NvmlSampler
 
@@ -81,7 +84,10 @@ class VramPanel(Vertical):
         else:
             off.display = False
             history = list(self.sampler.history)
-            if history:
+            if len(getattr(self.sampler, "gpus", ())) > 1:
+                live.update(self._per_gpu())
+                spark.data = [self.sampler.process_estimate(s) / MIB for s in history[-60:]]
+            elif history:
                 last = history[-1]
                 mine = self.sampler.process_estimate(last)
                 source = "per process" if last.process_used else "device − baseline"
@@ -91,6 +97,41 @@ class VramPanel(Vertical):
                     (f"engine {human(mine)}", "bold green"), f" ({source})\ndevice peak {human(self.sampler.peak_used)}"))
                 spark.data = [self.sampler.process_estimate(s) / MIB for s in history[-60:]]
         self.query_one("#vram-estimates", Static).update(self._estimates())
+
+    def _gpu_estimates(self) -> list[int] | None:
+        """The current arm's estimate on each GPU: llama.cpp's layer split by each GPU's free memory."""
+        if self.info is None:
+            return None
+        shares = []
+        for track in self.sampler.gpus:
+            first = track.history[0] if track.history else None
+            shares.append(max(first.device_total - first.device_used, 1) if first else 1)
+        try:
+            arm = ArmConfig.parse(self.arm)
+        except EngineError:
+            return None
+        if arm.on_cpu:
+            return None  # nothing of an @cpu arm is on a GPU
+        return [d.total_bytes for d in split_estimate(self.info, arm, self.n_ctx, shares)]
+
+    def _per_gpu(self) -> Text:
+        text = Text()
+        estimates = self._gpu_estimates()
+        for i, track in enumerate(self.sampler.gpus):
+            if not track.history:
+                continue
+            last = track.history[-1]
+            text.append(f"GPU {track.index} {track.name}\n", style="bold")
+            text.append(f" device {human(last.device_used)} / {human(last.device_total)}\n")
+            text.append(f" engine {human(track.process_estimate(last))}", style="bold green")
+            if estimates is not None:
+                text.append(f" · est {human(estimates[i])}", style="cyan")
+            text.append("\n")
+        total = self.sampler.history[-1] if self.sampler.history else None
+        if total is not None:
+            text.append(f"all GPUs: engine {human(self.sampler.process_estimate(total))}", style="bold green")
+            text.append(f"\ndevice peak {human(self.sampler.peak_used)}")
+        return text
 
     def _estimates(self) -> Text:
         text = Text()
