@@ -32,8 +32,9 @@ from engine.errors import (
     SidecarMismatchError,
 )
 from engine.events import AnswerDone, Event, PrefillProgress, Token
-from engine.estimates import context_bytes, host_available_bytes
+from engine.estimates import context_bytes
 from engine.gguf import GgufInfo, read_gguf
+from engine.memory_check import check_context_memory
 from engine.sampling import GREEDY, Sampling, TokenSampler
 
 Message = dict[str, str]
@@ -95,7 +96,7 @@ class Runtime:
             kwargs["fraqtl_params"] = ctypes.cast(ctypes.pointer(self._d2_c), ctypes.c_void_p)
         else:
             kwargs.update(type_k=self.arm.ggml_type, type_v=self.arm.ggml_type)
-        self._check_host_memory()
+        self._check_memory(n_gpu_layers)
         try:
             self.llm = self.llama_cpp.Llama(
                 model_path=str(model_path),
@@ -119,22 +120,17 @@ class Runtime:
             raise ArmUnavailableError(self.arm.label, detail or str(exc)) from exc
         self._vocab = self.llama_cpp.llama_model_get_vocab(self.llm.model)
 
-    def _check_host_memory(self) -> None:
-        """Refuse a context whose cache cannot fit in host memory before llama.cpp tries.
+    def _check_memory(self, n_gpu_layers: int) -> None:
+        """Refuse a context that cannot fit where its cache will live before llama.cpp tries.
 
-        Where the cache lives in host memory (a CPU build, or an ``@cpu`` arm), a context larger
-        than the memory available would make llama.cpp fail after seconds of work, or be killed
-        by the system's out-of-memory killer on hosts that overcommit. FRAQTL_NO_MEMORY_CHECK=1
-        skips the check (llama.cpp's own failure is then reported the same way).
+        In host memory, a context larger than the memory available would make llama.cpp fail
+        after seconds of work, or be killed by the system's out-of-memory killer on hosts that
+        overcommit; in VRAM, fail after loading the weights. See :mod:`engine.memory_check`;
+        FRAQTL_NO_MEMORY_CHECK=1 skips it (llama.cpp's own failure is then reported the same way).
         """
-        if os.environ.get("FRAQTL_NO_MEMORY_CHECK") == "1":
-            return
-        if not (self.arm.on_cpu or not self.llama_cpp.llama_supports_gpu_offload()):
-            return
-        available = host_available_bytes()
-        needed = context_bytes(self.info, self.arm, self.n_ctx, self.n_batch)
-        if available is not None and needed > available:
-            raise ContextMemoryError(self.arm.label, self.n_ctx, needed, available)
+        check_context_memory(self.info, self.arm, self.n_ctx, self.n_batch,
+                             gpu_build=bool(self.llama_cpp.llama_supports_gpu_offload()),
+                             n_gpu_layers=0 if self.arm.on_cpu else n_gpu_layers)
 
     def _check_sidecars(self) -> None:
         """Validate the D2 sidecar files before llama.cpp reads them; a bad one makes the arm unavailable.
