@@ -319,9 +319,9 @@ class EngineWorker:
 
     def _recv(self, timeout_s: float | None = None) -> tuple[str, Any]:
         waited = 0.0
-        while not self._conn.poll(_POLL_S):
+        while not self._poll(_POLL_S):
             waited += _POLL_S
-            if not self._process.is_alive() and not self._conn.poll(0):
+            if not self._process.is_alive() and not self._poll(0):
                 raise EngineCrashedError(self.spec.arm, self.crash_detail())
             if timeout_s is not None and waited > timeout_s:
                 raise EngineCrashedError(self.spec.arm, f"no reply within {timeout_s:.0f} s")
@@ -330,6 +330,14 @@ class EngineWorker:
         except (EOFError, OSError) as exc:
             self._process.join(1)
             raise EngineCrashedError(self.spec.arm, self.crash_detail()) from exc
+
+    def _poll(self, timeout_s: float) -> bool:
+        try:
+            return self._conn.poll(timeout_s)
+        except (OSError, EOFError) as exc:
+            # close() from another thread: the app gave up on a hung engine while this one waited for it
+            self._process.join(1)
+            raise EngineCrashedError(self.spec.arm, "closed while it was still answering") from exc
 
     def _call(self, command: str, args: Any = None) -> Any:
         try:
