@@ -119,6 +119,14 @@ def ensure_engine() -> bool:
     return True
 
 
+def remove_stale_temp_files() -> None:
+    """Temp files that writers killed mid-save left beside the settings and sessions (see engine.files)."""
+    from engine import files, locations
+
+    for folder in (locations.config_dir(), locations.sessions_dir()):
+        files.remove_stale_temp_files_in(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["setup"] and not Path("setup").is_file():  # `./setup` opens a file of that name
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.settings import Settings, SettingsError
     from engine.errors import EngineError
 
+    remove_stale_temp_files()
     try:
         settings, notes = Settings.load_with_notes()
         for note in notes:

@@ -3,7 +3,8 @@
 A crash mid-write leaves the old file, never half of the new one; a failed write (a full
 disk) raises :class:`engine.errors.FileWriteError`, which says so in one sentence. A writer
 killed mid-write leaves its temp file (named with the writer's process id); the next write of
-the same file removes the temp files whose writer is gone. Used by the
+the same file, or :func:`remove_stale_temp_files_in` at start-up, removes the temp files whose
+writer is gone. Used by the
 engine (sidecars, manifests, calibration state, the build), the bench (receipts) and the app
 (settings, sessions, caches); it must never import the app.
 """
@@ -82,10 +83,19 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
     Errors are ignored: a temp file left over costs disk space, not data.
     """
     path = Path(path)
-    pattern = _temp_pattern(path)
+    return _remove_stale(path.parent, _temp_pattern(path))
+
+
+def remove_stale_temp_files_in(folder: Path) -> list[Path]:
+    """At start-up: remove every :func:`write_atomic` temp file in ``folder`` whose writer is gone
+    (files saved rarely, such as an old session, would otherwise keep theirs until their next save)."""
+    return _remove_stale(Path(folder), re.compile(r"\..+\.(\d+)-[a-z0-9_]{8}\.tmp"))
+
+
+def _remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
     removed: list[Path] = []
     try:
-        entries = list(os.scandir(path.parent))
+        entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:

@@ -79,3 +79,37 @@ def test_bad_settings_and_sessions_do_not_stop_start_up(tmp_path: Path, capsys: 
     assert started[-1]["session"] is None and started[-1]["files"] == [DEFAULT_SAMPLE]
     assert any("cannot be opened (it holds a JSON list" in n for n in started[-1]["notes"])
     assert path.read_text() == "[]"
+
+
+def test_start_up_removes_temp_files_that_killed_writers_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session saved once and never again keeps its killed writer's temp file until the next start."""
+    import app.ui
+    from app.sessions import Session
+
+    for name in ("CACHE", "DATA", "CONFIG"):
+        monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))
+
+    class Stub:
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(app.ui, "create_app", lambda *args, **kwargs: Stub())
+    session_file = Session("/docs/a.pdf", "a.pdf", "ab" * 32).save()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = [session_file.parent / f".{session_file.name}.{dead.pid}-abcdefgh.tmp",
+                 tmp_path / "config" / f".settings.json.{dead.pid}-ijklmnop.tmp"]
+        kept = [session_file.parent / f".{session_file.name}.{live.pid}-qrstuvwx.tmp",  # still being written
+                session_file.parent / "notes.tmp"]  # not a temp file of ours
+        stale[1].parent.mkdir(parents=True, exist_ok=True)
+        for path in stale + kept:
+            path.write_text("half a save")
+        before = session_file.read_bytes()
+        assert main([]) == 0
+        assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+        assert session_file.read_bytes() == before
+    finally:
+        live.kill()
+        live.wait()
