@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -53,13 +54,21 @@ def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> None
     remove_stale_temp_files(path)
 
 
+_TEMP_TAIL = r"(\d+)@([0-9a-f]{6})-[a-z0-9_]{8}\.tmp"
+
+
+def _host_tag() -> str:
+    """This machine, in six hex digits: a temp file another machine writes (a shared folder) is never swept here."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}-"
+    return f".{path.name}.{os.getpid()}@{_host_tag()}-"
 
 
 def _temp_pattern(path: Path) -> re.Pattern[str]:
-    # ".<name>.<pid>-<mkstemp's 8 characters>.tmp": a temp file of another target never matches
-    return re.compile(re.escape(f".{path.name}.") + r"(\d+)-[a-z0-9_]{8}\.tmp")
+    # ".<name>.<pid>@<host>-<mkstemp's 8 characters>.tmp": a temp file of another target never matches
+    return re.compile(re.escape(f".{path.name}.") + _TEMP_TAIL)
 
 
 def _process_alive(pid: int) -> bool:
@@ -89,7 +98,7 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
 def remove_stale_temp_files_in(folder: Path) -> list[Path]:
     """At start-up: remove every :func:`write_atomic` temp file in ``folder`` whose writer is gone
     (files saved rarely, such as an old session, would otherwise keep theirs until their next save)."""
-    return _remove_stale(Path(folder), re.compile(r"\..+\.(\d+)-[a-z0-9_]{8}\.tmp"))
+    return _remove_stale(Path(folder), re.compile(r"\..+\." + _TEMP_TAIL))
 
 
 def _remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
@@ -100,7 +109,10 @@ def _remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
         return removed
     for entry in entries:
         found = pattern.fullmatch(entry.name)
-        if found is None or int(found.group(1)) == os.getpid() or _process_alive(int(found.group(1))):
+        if found is None or found.group(2) != _host_tag():
+            continue
+        pid = int(found.group(1))
+        if pid == os.getpid() or _process_alive(pid):
             continue
         try:
             if entry.is_file(follow_symlinks=False):

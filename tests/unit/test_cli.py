@@ -94,14 +94,17 @@ def test_start_up_removes_temp_files_that_killed_writers_left(tmp_path: Path, mo
             pass
 
     monkeypatch.setattr(app.ui, "create_app", lambda *args, **kwargs: Stub())
+    from engine.files import _host_tag
+
+    here = _host_tag()
     session_file = Session("/docs/a.pdf", "a.pdf", "ab" * 32).save()
     dead = subprocess.Popen(["true"])
     dead.wait()
     live = subprocess.Popen(["sleep", "60"])
     try:
-        stale = [session_file.parent / f".{session_file.name}.{dead.pid}-abcdefgh.tmp",
-                 tmp_path / "config" / f".settings.json.{dead.pid}-ijklmnop.tmp"]
-        kept = [session_file.parent / f".{session_file.name}.{live.pid}-qrstuvwx.tmp",  # still being written
+        stale = [session_file.parent / f".{session_file.name}.{dead.pid}@{here}-abcdefgh.tmp",
+                 tmp_path / "config" / f".settings.json.{dead.pid}@{here}-ijklmnop.tmp"]
+        kept = [session_file.parent / f".{session_file.name}.{live.pid}@{here}-qrstuvwx.tmp",  # still being written
                 session_file.parent / "notes.tmp"]  # not a temp file of ours
         stale[1].parent.mkdir(parents=True, exist_ok=True)
         for path in stale + kept:
