@@ -37,7 +37,7 @@ def mistral_shape() -> GgufInfo:
 INFO = mistral_shape()
 F16 = ArmConfig.parse("f16")
 N_CTX, N_BATCH = 131072, 256
-NEEDED = estimate(INFO, F16, N_CTX, N_BATCH).total_bytes  # about 17.3 GiB: 1 GiB weights + 16 GiB cache + buffers
+NEEDED = estimate(INFO, F16, N_CTX, N_BATCH).total_bytes  # about 17.1 GiB: 1 GiB weights + 16 GiB cache + buffers
 
 
 def gpus(*free_gib: float) -> list[nvml.DeviceMemory]:
