@@ -290,6 +290,11 @@ class SessionServer(Server):
             except UploadLinkError as exc:
                 log.warning("%s", exc)
                 raise web.HTTPConflict(text=str(exc)) from None
+            except OSError as exc:  # a full disk, a read-only cache folder
+                log.warning("upload %r not saved: %s", part.filename, exc)
+                raise web.HTTPInsufficientStorage(
+                    text=f"{upload_name(part.filename)} could not be saved in the uploads folder "
+                         f"({exc.strerror or exc}); free some disk space, then drop the file again.") from None
         if not saved:
             raise web.HTTPBadRequest(text="No file arrived; drop a PDF, Markdown or text file.")
         paths = " ".join(shlex.quote(str(path)) for path in saved)
@@ -366,10 +371,11 @@ async def save_upload(part: BodyPartReader, name: str, limit: int, folder: Path)
                 digest.update(chunk)
                 out.write(chunk)
         target = folder / digest.hexdigest()[:16] / upload_name(name)
-        target.parent.mkdir(exist_ok=True)
         for place in (target.parent, target):
             if place.is_symlink():  # planted where this upload lands: never written through
                 raise UploadLinkError(place)
+            if place == target.parent:
+                place.mkdir(exist_ok=True)
         if target.resolve().parent.parent != folder.resolve():  # upload_name makes this impossible; be sure
             raise UploadLinkError(target)
         try:  # the rename happens in the folder checked above, even if a link replaced it meanwhile

@@ -365,3 +365,44 @@ async def test_a_huge_upload_is_refused_while_streaming_in_bounded_memory(tmp_pa
     assert sent[0] < chunks * len(chunk)  # the server stopped reading: 14 of 256 MiB were sent in a run here
     assert list((tmp_path / "uploads").rglob("*")) == []  # nothing half-written is left
     assert server.session.sent == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_an_upload_on_a_full_disk_is_refused_in_a_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fd, name = real(*args, **kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name  # every write fails with ENOSPC
+
+    server, client, headers = await uploading_client(tmp_path)
+    server.session = RecordingSession()  # type: ignore[assignment]
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    try:
+        reply = await client.post("/upload", data=upload_form(("notes.md", b"# Notes")), headers=headers)
+        text = await reply.text()
+        assert reply.status == 507, text
+        assert text == ("notes.md could not be saved in the uploads folder (No space left on device); free some "
+                        "disk space, then drop the file again.")
+        assert list((tmp_path / "uploads").rglob("*")) == [] and server.session.sent == []
+    finally:
+        await client.close()
+
+
+async def test_a_dangling_link_where_an_upload_lands_is_refused_in_a_sentence(tmp_path: Path) -> None:
+    import hashlib
+
+    server, client, headers = await uploading_client(tmp_path)
+    server.session = RecordingSession()  # type: ignore[assignment]
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / hashlib.sha256(b"x").hexdigest()[:16]).symlink_to(tmp_path / "nowhere")
+    try:
+        reply = await client.post("/upload", data=upload_form(("a.md", b"x")), headers=headers)
+        assert reply.status == 409 and "holds a link" in await reply.text()
+        assert not (tmp_path / "nowhere").exists()
+    finally:
+        await client.close()
