@@ -22,15 +22,16 @@ from app_pilot import wait_for
 from engine.worker import EngineWorker
 
 IMPOSSIBLE_CTX = 2**32 - 256  # ~94,000 GiB of f16 cache for SmolLM2: no machine has it
+SLOW = 180  # s for an answer where the test runs several: shared CI cores (load 8 on 2 cores) took over 60
 
 
 def status_of(screen) -> str:
     return str(screen.query_one("#doc-status").render())
 
 
-async def answer_again(pilot, screen, question: str, fact: str) -> None:
+async def answer_again(pilot, screen, question: str, fact: str, timeout: float = 60) -> None:
     await ask(pilot, screen, question)
-    await wait_for(pilot, lambda: screen.state == "ready", 60, "the fresh engine's answer")
+    await wait_for(pilot, lambda: screen.state == "ready", timeout, "the fresh engine's answer")
     assert screen.last_done is not None and fact in screen.last_done.text
 
 
@@ -98,18 +99,18 @@ async def test_a_real_engine_stopped_mid_answer_is_hung_and_f5_kills_it_and_star
         async with app.run_test(size=(160, 36)) as pilot:
             screen = app.chat_screen
             await wait_for(pilot, lambda: screen.state == "ready", 120, "the document to be prefilled")
-            await answer_again(pilot, screen, "Who built the lighthouse of Velmora?", "Ardel")
+            await answer_again(pilot, screen, "Who built the lighthouse of Velmora?", "Ardel", SLOW)
             before = [(t.role, t.content) for t in app.conversation.session.turns]
             await ask(pilot, screen, "Tell me everything about the harbour in great detail.")
             streaming = lambda: screen.current_answer is not None and screen.current_answer.text.strip()  # noqa: E731
-            await wait_for(pilot, lambda: streaming() or screen.state != "answering", 30, "the answer to stream")
+            await wait_for(pilot, lambda: streaming() or screen.state != "answering", SLOW, "the answer to stream")
             assert streaming(), f"{screen.state}: {status_of(screen)}"
             app.settings.answer_timeout_s = 3  # short from here on (a prompt on busy shared cores can take longer)
             hung = started[0]
             os.kill(hung.pid, signal.SIGSTOP)
             stopped_at = time.monotonic()
-            await wait_for(pilot, lambda: screen.state == "failed", 30, "the hung engine to be given up on")
-            assert 3 <= time.monotonic() - stopped_at < 10
+            await wait_for(pilot, lambda: screen.state == "failed", 60, "the hung engine to be given up on")
+            assert 3 <= time.monotonic() - stopped_at < 30  # the check runs each second; shared cores may lag
             assert status_of(screen) == f"{EngineHungError(3)} Press F5 to restart the engine."
             assert len(screen.query(QuestionView)) == 2 and screen.query(AnswerView).last().has_class("failed")
             assert [(t.role, t.content) for t in app.conversation.session.turns] == before  # the transcript stays
@@ -119,7 +120,7 @@ async def test_a_real_engine_stopped_mid_answer_is_hung_and_f5_kills_it_and_star
             await wait_for(pilot, lambda: screen.state == "ready", 120, "a fresh engine")
             assert len(started) == 2 and started[1].alive and started[1].pid != hung.pid
             assert not hung.alive  # F5 killed the stopped process
-            await answer_again(pilot, screen, "Who built the lighthouse of Velmora?", "Ardel")
+            await answer_again(pilot, screen, "Who built the lighthouse of Velmora?", "Ardel", SLOW)
             assert len(screen.query(QuestionView)) == 3
             turns = [(t.role, t.content) for t in app.conversation.session.turns]
             assert turns[:len(before)] == before and "Ardel" in turns[-1][1]
