@@ -152,6 +152,12 @@ def rpc_server_main(argv: list[str]) -> int:
     command = rpc.server_command(binary, args.host, args.port, args.device, args.threads)
     os.execv(command[0], command)
     return 0  # pragma: no cover - execv does not return
+def remove_stale_temp_files() -> None:
+    """Temp files that writers killed mid-save left beside the settings and sessions (see engine.files)."""
+    from engine import files, locations
+
+    for folder in (locations.config_dir(), locations.sessions_dir()):
+        files.remove_stale_temp_files_in(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.settings import Settings, SettingsError
     from engine.errors import EngineError
 
+    remove_stale_temp_files()
     try:
         settings, notes = Settings.load_with_notes()
         for note in notes:

@@ -290,6 +290,14 @@ class SessionServer(Server):
             except UploadTooLargeError as exc:
                 raise web.HTTPRequestEntityTooLarge(max_size=exc.limit, actual_size=exc.limit + 1,
                                                     text=str(exc)) from None
+            except UploadLinkError as exc:
+                log.warning("%s", exc)
+                raise web.HTTPConflict(text=str(exc)) from None
+            except OSError as exc:  # a full disk, a read-only cache folder
+                log.warning("upload %r not saved: %s", part.filename, exc)
+                raise web.HTTPInsufficientStorage(
+                    text=f"{upload_name(part.filename)} could not be saved in the uploads folder "
+                         f"({exc.strerror or exc}); free some disk space, then drop the file again.") from None
         if not saved:
             raise web.HTTPBadRequest(text="No file arrived; drop a PDF, Markdown or text file.")
         paths = " ".join(shlex.quote(str(path)) for path in saved)
@@ -333,6 +341,15 @@ class UploadTooLargeError(ValueError):
                          "max_document_mb in the settings (F4) or open a smaller file.")
 
 
+class UploadLinkError(OSError):
+    """A link sits where an upload would be written (a folder or file of the uploads folder)."""
+
+    def __init__(self, place: Path) -> None:
+        self.place = place
+        super().__init__(f"The uploads folder holds a link at {place} that would lead the upload elsewhere; "
+                         "remove it, then drop the file again.")
+
+
 def upload_name(name: str) -> str:
     """A plain file name from what a browser sent: no folders, control characters or leading dots."""
     base = _UNSAFE_NAME.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(". ")
@@ -357,10 +374,21 @@ async def save_upload(part: BodyPartReader, name: str, limit: int, folder: Path)
                 digest.update(chunk)
                 out.write(chunk)
         target = folder / digest.hexdigest()[:16] / upload_name(name)
+        for place in (target.parent, target):
+            if place.is_symlink():  # planted where this upload lands: never written through
+                raise UploadLinkError(place)
+            if place == target.parent:
+                place.mkdir(exist_ok=True)
         if target.resolve().parent.parent != folder.resolve():  # upload_name makes this impossible; be sure
-            raise ValueError(f"refused to write {name!r} outside {folder}")
-        target.parent.mkdir(exist_ok=True)
-        os.replace(temporary, target)
+            raise UploadLinkError(target)
+        try:  # the rename happens in the folder checked above, even if a link replaced it meanwhile
+            folder_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise UploadLinkError(target.parent) from exc
+        try:
+            os.replace(temporary, target.name, dst_dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
         return target
     finally:
         if os.path.exists(temporary):

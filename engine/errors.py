@@ -81,19 +81,25 @@ class ArmUnavailableError(EngineError):
 class ContextMemoryError(ArmUnavailableError):
     """A context that does not fit in memory: refused before llama.cpp tries, or refused by llama.cpp."""
 
-    def __init__(self, arm: str, n_ctx: int, needed: int, available: int | None, detail: str = "") -> None:
-        self.n_ctx, self.needed, self.available, self.detail = n_ctx, needed, available, detail
+    def __init__(self, arm: str, n_ctx: int, needed: int, available: int | None, detail: str = "",
+                 device: str = "") -> None:
+        """``device`` names the GPU(s) whose free memory ``available`` is ('' for host memory)."""
+        self.n_ctx, self.needed, self.available, self.detail, self.device = n_ctx, needed, available, detail, device
         gib = 2**30
-        if available is not None:
+        if available is not None and device:
+            what = (f"needs about {needed / gib:,.1f} GiB of GPU memory for the model, its cache and buffers, but "
+                    f"{device} {'have' if device.startswith('GPUs') else 'has'} {available / gib:,.1f} GiB free")
+        elif available is not None:
             what = (f"needs about {needed / gib:,.1f} GiB of memory for its cache and buffers, but this machine "
                     f"has {available / gib:,.1f} GiB available")
         else:
             what = (f"could not be created by llama.cpp ({detail or 'out of memory'}); it needs about "
                     f"{needed / gib:,.1f} GiB for its cache and buffers")
-        super().__init__(arm, f"a {n_ctx:,}-token context {what}; choose a smaller context or a smaller "
-                              "cache (q8_0 or d2), then start the engine again.")
-        self.args = (f"A {n_ctx:,}-token context with the {arm} cache {what}; choose a smaller context or a "
-                     "smaller cache (q8_0 or d2), then start the engine again.",)
+        todo = "choose a smaller context or a smaller cache (q8_0 or d2)"
+        if device:
+            todo += ", or close what else uses the GPU"
+        super().__init__(arm, f"a {n_ctx:,}-token context {what}; {todo}, then start the engine again.")
+        self.args = (f"A {n_ctx:,}-token context with the {arm} cache {what}; {todo}, then start the engine again.",)
 
 
 class SidecarFormatError(EngineError):

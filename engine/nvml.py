@@ -2,8 +2,10 @@
 
 :class:`NvmlSampler` polls every GPU's total/used and, where the driver allows, the memory
 of given processes, in a background thread (200 ms by default), keeping the peak and a
-rolling history per GPU and for all of them together (a model split over GPUs). Without a driver or GPU it reports why, once, and samples nothing: the
-caller shows estimates alone. This module never imports the app.
+rolling history per GPU and for all of them together (a model split over GPUs). Without a
+driver or GPU it reports why, once, and samples nothing: the caller shows estimates alone.
+:func:`free_memory` reads the free memory of the GPUs a new llama.cpp context will use, for the
+runtime's pre-check. This module never imports the app.
 """
 
 from __future__ import annotations
@@ -59,6 +61,66 @@ class GpuTrack:
 
 class TelemetryUnavailable(Exception):
     """NVML cannot be used here; the message says why in one sentence."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceMemory:
+    """One GPU's memory as NVML reports it (bytes)."""
+
+    index: int  # NVML's index
+    name: str
+    free: int
+    total: int
+
+
+def free_memory(visible: str | None = None) -> list[DeviceMemory]:
+    """Free memory of the GPUs CUDA will show llama.cpp: all of them, or those ``CUDA_VISIBLE_DEVICES``
+    names (NVML indices or ``GPU-…`` UUIDs); ``visible`` defaults to that variable.
+
+    Raises TelemetryUnavailable (saying why) where NVML cannot tell: no package, no driver, a
+    device list it cannot map.
+    """
+    try:
+        import pynvml
+    except ImportError as exc:  # pragma: no cover - dependency
+        raise TelemetryUnavailable("nvidia-ml-py is not installed") from exc
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # pynvml raises NVMLError subclasses
+        raise TelemetryUnavailable(f"no NVIDIA driver found ({exc})") from exc
+    try:
+        if visible is None:
+            handles = [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())]
+        else:
+            handles = []
+            for entry in (e.strip() for e in visible.split(",")):
+                if not entry:
+                    break  # CUDA stops at the first empty or invalid entry
+                if entry.isdigit():
+                    handles.append((int(entry), pynvml.nvmlDeviceGetHandleByIndex(int(entry))))
+                elif entry.startswith(("GPU-", "MIG-")):
+                    handle = pynvml.nvmlDeviceGetHandleByUUID(entry)
+                    handles.append((int(pynvml.nvmlDeviceGetIndex(handle)), handle))
+                else:
+                    raise TelemetryUnavailable(f"CUDA_VISIBLE_DEVICES={visible!r} names a device NVML cannot map")
+        found = []
+        for index, handle in handles:
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            found.append(DeviceMemory(index, name.decode() if isinstance(name, bytes) else str(name),
+                                      int(info.free), int(info.total)))
+        return found
+    except TelemetryUnavailable:
+        raise
+    except Exception as exc:
+        raise TelemetryUnavailable(f"NVML failed ({exc})") from exc
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001 - nothing to do about a failed shutdown
+            pass
 
 
 class Nvml:

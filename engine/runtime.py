@@ -33,8 +33,9 @@ from engine.errors import (
     SidecarMismatchError,
 )
 from engine.events import AnswerDone, Event, PrefillProgress, Token
-from engine.estimates import context_bytes, host_available_bytes
+from engine.estimates import context_bytes
 from engine.gguf import GgufInfo, read_gguf
+from engine.memory_check import check_context_memory
 from engine.sampling import GREEDY, Sampling, TokenSampler
 
 Message = dict[str, str]
@@ -99,7 +100,7 @@ class Runtime:
             kwargs["fraqtl_params"] = ctypes.cast(ctypes.pointer(self._d2_c), ctypes.c_void_p)
         else:
             kwargs.update(type_k=self.arm.ggml_type, type_v=self.arm.ggml_type)
-        self._check_host_memory()
+        self._check_memory(n_gpu_layers)
         try:
             self.llm = self.llama_cpp.Llama(
                 model_path=str(model_path),
@@ -149,25 +150,20 @@ class Runtime:
             kwargs["tensor_split"] = list(tensor_split)
         return kwargs
 
-    def _check_host_memory(self) -> None:
-        """Refuse a context whose cache cannot fit in host memory before llama.cpp tries.
+    def _check_memory(self, n_gpu_layers: int) -> None:
+        """Refuse a context that cannot fit where its cache will live before llama.cpp tries.
 
-        Where the cache lives in host memory (a CPU build, or an ``@cpu`` arm), a context larger
-        than the memory available would make llama.cpp fail after seconds of work, or be killed
-        by the system's out-of-memory killer on hosts that overcommit. FRAQTL_NO_MEMORY_CHECK=1
-        skips the check (llama.cpp's own failure is then reported the same way).
+        In host memory, a context larger than the memory available would make llama.cpp fail
+        after seconds of work, or be killed by the system's out-of-memory killer on hosts that
+        overcommit; in VRAM, fail after loading the weights. See :mod:`engine.memory_check`;
+        FRAQTL_NO_MEMORY_CHECK=1 skips it (llama.cpp's own failure is then reported the same way).
         """
-        if os.environ.get("FRAQTL_NO_MEMORY_CHECK") == "1":
-            return
         if self.rpc_servers:
             return  # the servers hold the layers they take and refuse what does not fit
-        # (llama_supports_gpu_offload is true on every build with the RPC backend)
-        if not (self.arm.on_cpu or not rpc.has_local_gpu(self.llama_cpp)):
-            return
-        available = host_available_bytes()
-        needed = context_bytes(self.info, self.arm, self.n_ctx, self.n_batch)
-        if available is not None and needed > available:
-            raise ContextMemoryError(self.arm.label, self.n_ctx, needed, available)
+        # llama_supports_gpu_offload() is true on every build with the RPC backend: ask for a local GPU
+        check_context_memory(self.info, self.arm, self.n_ctx, self.n_batch,
+                             gpu_build=rpc.has_local_gpu(self.llama_cpp),
+                             n_gpu_layers=0 if self.arm.on_cpu else n_gpu_layers)
 
     def _check_sidecars(self) -> None:
         """Validate the D2 sidecar files before llama.cpp reads them; a bad one makes the arm unavailable.

@@ -9,7 +9,8 @@ with the same type and fields; if it dies (a crash in llama.cpp, a CUDA OOM that
 the parent raises :class:`~engine.errors.EngineCrashedError` and the caller carries on.
 The child's stderr (llama.cpp's messages, an abort's assertion and backtrace) goes to a log
 file under the cache folder, never to the terminal a UI draws on; a crash's error quotes the
-abort line and names the log, which is kept; a clean close deletes it.
+abort line and names the log, which is kept; a clean close deletes it. Of the logs kept after
+crashes, the newest :data:`KEEP_LOGS` stay; a new engine deletes older ones.
 
 This module must never import the app, nor any UI toolkit.
 """
@@ -36,6 +37,7 @@ from engine.events import EngineFailed, Event
 from engine.sampling import GREEDY, Sampling
 
 _POLL_S = 0.1
+KEEP_LOGS = 20  # engine logs kept after crashes (the new engine's own included)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +209,31 @@ def _new_log_path(arm: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", arm)
     fd, name = tempfile.mkstemp(prefix=f"engine-{safe}-", suffix=".log", dir=folder)
     os.close(fd)
+    prune_logs(folder, keep=KEEP_LOGS)
     return Path(name)
+
+
+def prune_logs(folder: Path, keep: int = KEEP_LOGS) -> list[Path]:
+    """Delete all but the newest ``keep`` engine logs in ``folder``; returns the deleted ones.
+
+    Crash logs are kept for the person to read, but would otherwise pile up forever. Only
+    ``engine-*.log`` files are touched; a log that vanishes meanwhile (another app pruning) is fine.
+    """
+    dated: list[tuple[int, str, Path]] = []
+    for log in folder.glob("engine-*.log"):
+        try:
+            dated.append((log.stat().st_mtime_ns, log.name, log))
+        except OSError:
+            continue
+    dated.sort(reverse=True)
+    deleted: list[Path] = []
+    for _, _, log in dated[keep:]:
+        try:
+            log.unlink()
+            deleted.append(log)
+        except OSError:
+            pass
+    return deleted
 
 
 class EngineWorker:
@@ -297,9 +323,9 @@ class EngineWorker:
 
     def _recv(self, timeout_s: float | None = None) -> tuple[str, Any]:
         waited = 0.0
-        while not self._conn.poll(_POLL_S):
+        while not self._poll(_POLL_S):
             waited += _POLL_S
-            if not self._process.is_alive() and not self._conn.poll(0):
+            if not self._process.is_alive() and not self._poll(0):
                 raise EngineCrashedError(self.spec.arm, self.crash_detail())
             if timeout_s is not None and waited > timeout_s:
                 raise EngineCrashedError(self.spec.arm, f"no reply within {timeout_s:.0f} s")
@@ -308,6 +334,14 @@ class EngineWorker:
         except (EOFError, OSError) as exc:
             self._process.join(1)
             raise EngineCrashedError(self.spec.arm, self.crash_detail()) from exc
+
+    def _poll(self, timeout_s: float) -> bool:
+        try:
+            return self._conn.poll(timeout_s)
+        except (OSError, EOFError) as exc:
+            # close() from another thread: the app gave up on a hung engine while this one waited for it
+            self._process.join(1)
+            raise EngineCrashedError(self.spec.arm, "closed while it was still answering") from exc
 
     def _call(self, command: str, args: Any = None) -> Any:
         try:

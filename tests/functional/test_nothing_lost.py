@@ -3,8 +3,9 @@
 For settings, sessions, calibrated sidecars and receipts, a spawned child saves a large new
 version over and over through the repo's own save function; the parent SIGKILLs it as soon as
 the save is under way (its temp file exists, or the target changed) and then reads the target
-with the repo's own reader. The plain in-place write the helpers replaced is the control: the
-same kill tears it.
+with the repo's own reader. The killed writer's temp file is left; the next save of the same
+file removes it (and never the target). The plain in-place write the helpers replaced is the
+control: the same kill tears it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def kill_mid_write(kind: str, target: Path, timeout_s: float = 120.0) -> list[Pa
     return list(target.parent.glob(f".{target.name}.*.tmp"))
 
 
+def next_save_removes_the_temp_files(kind: str, target: Path, temps: list[Path]) -> None:
+    """The killed writer's temp files go at the next save of the same file, in this (other) process."""
+    assert temps and all(t.exists() for t in temps)
+    killed_writers.save(kind, target, 0)
+    assert [t for t in temps if t.exists()] == []
+    assert list(target.parent.glob(f".{target.name}.*.tmp")) == []
+    assert target.exists()
+
+
 @pytest.fixture
 def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("CACHE", "DATA", "CONFIG"):
@@ -71,6 +81,7 @@ def test_settings_survive_a_writer_killed_mid_save(folders: Path) -> None:
         assert settings.sidecar is not None and len(settings.sidecar) == len("/sidecars/") + BIG + 9
     else:
         assert (settings.arm, settings.n_ctx, settings.sidecar) == ("q8_0", 4096, None)
+    next_save_removes_the_temp_files("settings", target, temps)
 
 
 def test_a_session_survives_a_writer_killed_mid_save(folders: Path) -> None:
@@ -87,6 +98,7 @@ def test_a_session_survives_a_writer_killed_mid_save(folders: Path) -> None:
         assert [t.content for t in loaded.turns] == ["Who?", "Ilse Varga."]
     else:
         assert len(loaded.turns[1].content) == BIG + 9
+    next_save_removes_the_temp_files("session", target, temps)
 
 
 def test_a_calibrated_sidecar_survives_a_writer_killed_mid_save(folders: Path) -> None:
@@ -104,6 +116,7 @@ def test_a_calibrated_sidecar_survives_a_writer_killed_mid_save(folders: Path) -
     else:  # a save completed before the kill: one of the child's versions, whole
         flipped = [layer for layer in range(sidecar.n_layers) if sidecar.basis[layer, 0, 0, 0] < 0]
         assert len(flipped) == 1 and target.read_bytes() == sidecar_bytes(killed_writers.sidecar_version(flipped[0]))
+    next_save_removes_the_temp_files("sidecar", target, temps)
 
 
 def test_a_receipt_survives_a_writer_killed_mid_save(folders: Path) -> None:
@@ -122,6 +135,7 @@ def test_a_receipt_survives_a_writer_killed_mid_save(folders: Path) -> None:
     else:
         assert len(receipt["rows"][0]["prompt"]) == BIG
     assert (directory / "receipt.md").read_text().startswith("# receipt ")
+    next_save_removes_the_temp_files("receipt", target, temps)
 
 
 def test_the_same_kill_tears_a_plain_write_so_the_test_can_fail(folders: Path) -> None:

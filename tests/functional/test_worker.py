@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -61,6 +62,79 @@ def test_a_bad_arm_is_refused_with_its_reason(model_path):
         assert exc.arm.startswith("d2") and exc.reason
     else:
         worker.close()
+
+
+def run_answer_until_hung(worker: EngineWorker) -> tuple[object, list[object], list[BaseException]]:
+    """Answer in a thread; SIGSTOP the engine at the first token (hung mid-answer: alive, silent)."""
+    import threading
+
+    events: list[object] = []
+    errors: list[BaseException] = []
+    first_token = threading.Event()
+
+    def answer() -> None:
+        try:
+            for event in worker.answer([{"role": "user", "content": "Tell me a long story."}], 200):
+                events.append(event)
+                if isinstance(event, Token) and not first_token.is_set():
+                    os.kill(worker.pid, signal.SIGSTOP)
+                    first_token.set()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    waiting = threading.Thread(target=answer)
+    waiting.start()
+    assert first_token.wait(60), "no token streamed"
+    return waiting, events, errors
+
+
+class PipeClosedBetweenPolls:
+    """The worker's pipe, where an armed poll waits until the pipe was closed: the answering
+    thread was scheduled out between two polls while another thread closed the engine."""
+
+    def __init__(self, conn) -> None:
+        import threading
+
+        self.conn, self.armed, self.closed = conn, threading.Event(), threading.Event()
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        if self.armed.is_set():
+            self.closed.wait(30)
+        return self.conn.poll(timeout)
+
+    def close(self) -> None:
+        self.conn.close()
+        self.closed.set()
+
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
+
+
+@pytest.mark.parametrize("when", ["waiting-in-poll", "between-polls"])
+def test_closing_a_hung_engine_ends_the_answer_waiting_on_it_with_engine_failed(model_path, when):
+    """The app gives up on a hung engine and closes it from another thread (F5) while an answer
+    still waits on its pipe: that answer must end as EngineFailed, never as an OSError of a
+    closed pipe (which ended the app's answer worker, and the app, in a Pilot run)."""
+    import time
+
+    worker = EngineWorker(EngineSpec(str(model_path), "f16", n_ctx=512, n_threads=2)).__enter__()
+    pid = worker.pid
+    pipe = worker._conn = PipeClosedBetweenPolls(worker._conn)  # type: ignore[assignment]
+    waiting, events, errors = run_answer_until_hung(worker)
+    try:
+        assert worker.alive
+        time.sleep(0.5)  # the tokens already sent are read; the answer waits for more
+        if when == "between-polls":
+            pipe.armed.set()
+        worker.close(timeout_s=0.5)  # "close" is never read by a stopped process: it is killed
+        waiting.join(10)
+        assert not waiting.is_alive() and errors == []
+        last = events[-1]
+        assert isinstance(last, EngineFailed) and last.kind == "EngineCrashedError", last
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        waiting.join(10)
 
 
 def test_a_killed_engine_becomes_engine_failed_and_the_parent_survives(model_path):

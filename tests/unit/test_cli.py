@@ -108,3 +108,38 @@ def test_rpc_server_command_runs_the_engines_server_with_the_warning(monkeypatch
     monkeypatch.setattr(rpc, "server_binary", lambda llama_cpp=None: None)
     assert main(["rpc-server"]) == 1
     assert "has no ggml-rpc-server; rebuild it" in capsys.readouterr().err
+def test_start_up_removes_temp_files_that_killed_writers_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session saved once and never again keeps its killed writer's temp file until the next start."""
+    import app.ui
+    from app.sessions import Session
+
+    for name in ("CACHE", "DATA", "CONFIG"):
+        monkeypatch.setenv(f"FRAQTL_{name}_DIR", str(tmp_path / name.lower()))
+
+    class Stub:
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(app.ui, "create_app", lambda *args, **kwargs: Stub())
+    from engine.files import _host_tag
+
+    here = _host_tag()
+    session_file = Session("/docs/a.pdf", "a.pdf", "ab" * 32).save()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = [session_file.parent / f".{session_file.name}.{dead.pid}@{here}-abcdefgh.tmp",
+                 tmp_path / "config" / f".settings.json.{dead.pid}@{here}-ijklmnop.tmp"]
+        kept = [session_file.parent / f".{session_file.name}.{live.pid}@{here}-qrstuvwx.tmp",  # still being written
+                session_file.parent / "notes.tmp"]  # not a temp file of ours
+        stale[1].parent.mkdir(parents=True, exist_ok=True)
+        for path in stale + kept:
+            path.write_text("half a save")
+        before = session_file.read_bytes()
+        assert main([]) == 0
+        assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+        assert session_file.read_bytes() == before
+    finally:
+        live.kill()
+        live.wait()

@@ -73,3 +73,33 @@ def test_a_crashed_engine_names_the_abort_line_from_its_log(tmp_path) -> None:
     assert _abort_line(log) == ""
     assert _exit_detail(-6) == "llama.cpp aborted (SIGABRT)"
     assert _exit_detail(-9).startswith("killed by SIGKILL")
+
+
+def test_a_new_engine_keeps_only_the_newest_crash_logs(tmp_path, monkeypatch) -> None:
+    """Crash logs pile up under <cache>/logs; starting an engine deletes all but the newest KEEP_LOGS."""
+    import os
+
+    from engine.worker import KEEP_LOGS, EngineSpec, EngineWorker
+
+    monkeypatch.setenv("FRAQTL_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    old = []
+    for i in range(KEEP_LOGS + 5):  # crash logs of earlier runs, oldest first
+        log = folder / f"engine-f16-{i:03d}.log"
+        log.write_text(f"crash {i}\n")
+        os.utime(log, ns=(1_000_000_000 * (i + 1), 1_000_000_000 * (i + 1)))
+        old.append(log)
+    other = folder / "notes.txt"  # not an engine log: never touched
+    other.write_text("mine")
+    os.utime(other, ns=(1, 1))
+
+    worker = EngineWorker(EngineSpec(str(tmp_path / "model.gguf"), "q8_0"))  # not started: only its log is made
+    try:
+        assert worker.log_path is not None and worker.log_path.exists()
+        kept = sorted(p.name for p in folder.glob("engine-*.log"))
+        assert len(kept) == KEEP_LOGS and worker.log_path.name in kept
+        assert kept[:-1] == [p.name for p in old[-(KEEP_LOGS - 1):]]  # the newest earlier logs stay
+        assert not any(p.exists() for p in old[:6]) and other.read_text() == "mine"
+    finally:
+        worker.close()

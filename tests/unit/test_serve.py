@@ -264,3 +264,145 @@ async def test_a_loopback_server_answers_only_loopback_names() -> None:
         ws = await client.get("/ws", headers={"Host": f"evil.example:{client.port}",
                                               "Origin": f"http://evil.example:{client.port}"})
         assert ws.status == 403 and server.sessions_started == 0
+
+
+def multipart_body(disposition: str, content: bytes = b"x") -> tuple[bytes, dict[str, str]]:
+    """A raw one-file multipart body with this Content-Disposition (as a hostile client may write it)."""
+    boundary = "fraqtl-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: application/octet-stream\r\n\r\n"
+            .encode() + content + f"\r\n--{boundary}--\r\n".encode())
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.parametrize(("disposition", "kept"), [
+    ('form-data; name="file"; filename="../x"', "x"),
+    ('form-data; name="file"; filename="/etc/passwd"', "passwd"),
+    ('form-data; name="file"; filename="C:\\\\Windows\\\\win.ini"', "win.ini"),
+    ("form-data; name=\"file\"; filename*=UTF-8''..%2F..%2F..%2Ftmp%2Fescaped.md", "escaped.md"),
+    ('form-data; name="file"; filename="..%2F..%2Fencoded.md"', "%2F..%2Fencoded.md"),  # %2F stays text
+    ('form-data; name="file"; filename="..."', "dropped-file"),
+])
+async def test_hostile_upload_names_over_http_land_inside_the_uploads_folder(tmp_path: Path, disposition: str,
+                                                                            kept: str) -> None:
+    server, client, headers = await uploading_client(tmp_path)
+    server.session = RecordingSession()  # type: ignore[assignment]
+    before = sorted(p for p in tmp_path.rglob("*") if "uploads" not in p.parts)
+    try:
+        body, content_type = multipart_body(disposition, b"# hostile\n")
+        reply = await client.post("/upload", data=body, headers={**headers, **content_type})
+        assert reply.status == 200, await reply.text()
+        [saved] = [Path(p) for p in (await reply.json())["paths"]]
+        uploads = (tmp_path / "uploads").resolve()
+        assert saved.name == kept and saved.resolve().parent.parent == uploads
+        assert saved.read_bytes() == b"# hostile\n"
+        assert sorted(p for p in tmp_path.rglob("*") if "uploads" not in p.parts) == before  # nothing outside
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("link", ["folder", "file"])
+async def test_a_link_in_the_uploads_folder_is_never_written_through(tmp_path: Path, link: str) -> None:
+    """A link planted where an upload will land (its digest folder, or the file itself) leads elsewhere:
+    the upload is refused in a sentence, the place it leads to is untouched, nothing is left over."""
+    import hashlib
+
+    server, client, headers = await uploading_client(tmp_path)
+    server.session = RecordingSession()  # type: ignore[assignment]
+    content = b"# dropped\n"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.md").write_text("the person's own notes")
+    digest_folder = tmp_path / "uploads" / hashlib.sha256(content).hexdigest()[:16]
+    if link == "folder":
+        (tmp_path / "uploads").mkdir()
+        digest_folder.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        digest_folder.mkdir(parents=True)
+        (digest_folder / "notes.md").symlink_to(elsewhere / "notes.md")
+    try:
+        reply = await client.post("/upload", data=upload_form(("notes.md", content)), headers=headers)
+        text = await reply.text()
+        assert reply.status == 409, text
+        assert "holds a link" in text and "remove it, then drop the file again" in text
+        assert (elsewhere / "notes.md").read_text() == "the person's own notes"
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["notes.md"]
+        assert not [p for p in (tmp_path / "uploads").iterdir() if p.name.startswith(".upload-")]
+        assert server.session.sent == []
+    finally:
+        await client.close()
+
+
+async def test_a_huge_upload_is_refused_while_streaming_in_bounded_memory(tmp_path: Path) -> None:
+    """A 256 MiB upload against an 8 MiB limit: refused once past the limit, never held in memory."""
+    import tracemalloc
+
+    from aiohttp import ClientError, FormData
+
+    limit, chunk, chunks = 8 * 2**20, b"\0" * 2**20, 256
+    server, client, headers = await uploading_client(tmp_path, limit=limit)
+    server.session = RecordingSession()  # type: ignore[assignment]
+    sent = [0]
+
+    async def stream():
+        for _ in range(chunks):
+            sent[0] += len(chunk)
+            yield chunk
+
+    form = FormData(quote_fields=False)
+    form.add_field("file", stream(), filename="huge.pdf", content_type="application/pdf")
+    tracemalloc.start()
+    try:
+        try:
+            reply = await client.post("/upload", data=form, headers=headers)
+            assert reply.status == 413 and "huge.pdf is larger than the 8 MiB document limit" in await reply.text()
+        except ClientError:  # the server may close the connection before the client has sent everything
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await client.close()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB while streaming a {chunks} MiB upload"
+    assert sent[0] < chunks * len(chunk)  # the server stopped reading: 14 of 256 MiB were sent in a run here
+    assert list((tmp_path / "uploads").rglob("*")) == []  # nothing half-written is left
+    assert server.session.sent == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_an_upload_on_a_full_disk_is_refused_in_a_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fd, name = real(*args, **kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name  # every write fails with ENOSPC
+
+    server, client, headers = await uploading_client(tmp_path)
+    server.session = RecordingSession()  # type: ignore[assignment]
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    try:
+        reply = await client.post("/upload", data=upload_form(("notes.md", b"# Notes")), headers=headers)
+        text = await reply.text()
+        assert reply.status == 507, text
+        assert text == ("notes.md could not be saved in the uploads folder (No space left on device); free some "
+                        "disk space, then drop the file again.")
+        assert list((tmp_path / "uploads").rglob("*")) == [] and server.session.sent == []
+    finally:
+        await client.close()
+
+
+async def test_a_dangling_link_where_an_upload_lands_is_refused_in_a_sentence(tmp_path: Path) -> None:
+    import hashlib
+
+    server, client, headers = await uploading_client(tmp_path)
+    server.session = RecordingSession()  # type: ignore[assignment]
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / hashlib.sha256(b"x").hexdigest()[:16]).symlink_to(tmp_path / "nowhere")
+    try:
+        reply = await client.post("/upload", data=upload_form(("a.md", b"x")), headers=headers)
+        assert reply.status == 409 and "holds a link" in await reply.text()
+        assert not (tmp_path / "nowhere").exists()
+    finally:
+        await client.close()
