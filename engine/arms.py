@@ -41,9 +41,11 @@ class Recipe:
     v_bits: int = 3
     sinks: int = 8
     window: int = 1024
+    protect_bits: int = 16
 
-    # a "b" after the V rank sets V's tail bits, and K's too unless K has its own (k16v32b2: both 2)
-    _PATTERN = re.compile(r"^k(\d+)(?:b(\d))?v(\d+)(?:b(\d))?(?:s(\d+))?(?:w(\d+))?$")
+    # a "b" after the V rank sets V's tail bits, and K's too unless K has its own (k16v32b2: both 2);
+    # "i8" stores the protected coefficients as int8 (d2_p*i8) instead of fp16
+    _PATTERN = re.compile(r"^k(\d+)(?:b(\d))?v(\d+)(?:b(\d))?(i8)?(?:s(\d+))?(?:w(\d+))?$")
 
     @classmethod
     def parse(cls, text: str) -> Recipe:
@@ -51,12 +53,13 @@ class Recipe:
         if not match:
             raise EngineError(
                 f"'{text}' is not a D2 recipe; write it like k16v32 (ranks at head_dim 128), "
-                "optionally followed by b3 (tail bits; k16b3v16b2 gives K and V their own), s8 (sinks), "
+                "optionally followed by b3 (tail bits; k16b3v16b2 gives K and V their own), i8 (int8 "
+                "protected coefficients), s8 (sinks), "
                 "w1024 (window); or use the arm d2:lite."
             )
-        k, kb, v, vb, s, w = match.groups()
+        k, kb, v, vb, i8, s, w = match.groups()
         recipe = cls(int(k), int(v), int(kb or vb or 3), int(vb or 3), int(s if s is not None else 8),
-                     int(w if w is not None else 1024))
+                     int(w if w is not None else 1024), 8 if i8 else 16)
         recipe.validate()
         return recipe
 
@@ -67,6 +70,10 @@ class Recipe:
         for name, bits in (("K", self.k_bits), ("V", self.v_bits)):
             if bits not in (2, 3):
                 raise EngineError(f"{name} tail bits {bits} are not supported; use 2 or 3.")
+        if self.protect_bits not in (8, 16):
+            raise EngineError(f"protected coefficients of {self.protect_bits} bits are not supported; use 16 or 8 (i8).")
+        if self.protect_bits == 8 and (self.k_bits, self.v_bits) != (3, 3):
+            raise EngineError("int8 protected coefficients (i8) come with 3-bit tails only; drop the b2.")
 
     @property
     def label(self) -> str:
@@ -74,6 +81,8 @@ class Recipe:
             base = f"k{self.k_rank}v{self.v_rank}" + (f"b{self.v_bits}" if self.v_bits != 3 else "")
         else:
             base = f"k{self.k_rank}b{self.k_bits}v{self.v_rank}b{self.v_bits}"
+        if self.protect_bits == 8:
+            base += "i8"
         if (self.sinks, self.window) != (8, 1024):
             base += f"s{self.sinks}w{self.window}"
         return base
@@ -90,13 +99,16 @@ class Recipe:
         r = self.protected(head_dim, which)
         blocks = max(head_dim // 64, 1)
         bits = self.k_bits if which == "k" else self.v_bits
-        return 2 * r + (head_dim - r) * bits / 8 + 2 * blocks
+        # int8 protected coefficients carry a second fp16 scale per block
+        scales = 2 * blocks * (2 if self.protect_bits == 8 else 1)
+        return r * self.protect_bits / 8 + (head_dim - r) * bits / 8 + scales
 
 
 LOCKED = Recipe()
-#: D2-lite, at most q4_0's 4.5 bits per element: K d2_p8 (3-bit tail), V d2_p8b2 (2-bit tail),
-#: 8 protected directions per 64 each: (39 + 32) B per 128 elements = 4.44 bits
-LITE = Recipe(k_rank=16, v_rank=16, k_bits=3, v_bits=2)
+#: D2-lite, at most q4_0's 4.5 bits per element: SmolLM2's recommended ranks (K 32, V 16 at
+#: head_dim 128) with int8 protected coefficients and 3-bit tails, K d2_p16i8 + V d2_p8i8 blocks:
+#: (38 + 33) B per 128 elements = 4.44 bits (scales included)
+LITE = Recipe(k_rank=32, v_rank=16, protect_bits=8)
 
 
 @dataclasses.dataclass(frozen=True)

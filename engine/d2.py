@@ -36,6 +36,7 @@ class LlamaFraqtlParams(ctypes.Structure):
         ("n_window", ctypes.c_int32),
         ("basis", ctypes.c_int32),
         ("seed", ctypes.c_uint32),
+        ("protect_bits", ctypes.c_int32),
     ]
 
 
@@ -112,6 +113,7 @@ class D2Settings:
             v_protect=self.v_protect or self.recipe.protected(info.head_dim_v, "v"),
             k_tail_bits=self.recipe.k_bits,
             v_tail_bits=self.recipe.v_bits,
+            protect_bits=self.recipe.protect_bits,
             n_sink=self.recipe.sinks,
             n_window=self.recipe.window,
             basis=BASIS_RANDOM if self.basis == "random" else BASIS_SIDECAR,

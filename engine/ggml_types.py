@@ -1,7 +1,8 @@
 """D2's ggml type ids against upstream's: read the ``ggml_type`` enum of a ggml.h and refuse a clash.
 
-Our patch series adds ``GGML_TYPE_D2_P8/P16/P32`` (3-bit tails) and ``GGML_TYPE_D2_P8B2/P16B2/
-P32B2`` (2-bit tails, D2-lite) at the end of the enum (43–48 against llama.cpp 0c1e570). When the
+Our patch series adds ``GGML_TYPE_D2_P8/P16/P32`` (3-bit tails), ``GGML_TYPE_D2_P8B2/P16B2/P32B2``
+(2-bit tails) and ``GGML_TYPE_D2_P8I8/P16I8/P32I8`` (int8 protected coefficients, D2-lite) at
+the end of the enum (43–51 against llama.cpp 0c1e570). When the
 pinned llama.cpp moves and upstream adds types of its own, two types sharing an id would silently
 mix two block formats; the build checks the vendored header before patching (upstream's ids must
 stay below ours) and after (every id unique, ours one contiguous run with exactly the ids the patch

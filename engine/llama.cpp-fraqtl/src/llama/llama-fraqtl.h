@@ -33,6 +33,7 @@ struct llama_fraqtl_params {
     int32_t      n_window;   // most recent tokens kept exact (1024)
     int32_t      basis;      // enum llama_fraqtl_basis
     uint32_t     seed;       // for LLAMA_FRAQTL_BASIS_RANDOM
+    int32_t      protect_bits; // bits per protected coefficient, K and V: 16 (fp16) or 8 (int8, d2_p*i8; 3-bit tails only)
 };
 
 LLAMA_API struct llama_fraqtl_params llama_fraqtl_default_params(void);
