@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help="documents to open (several are read as one)")
     parser.add_argument("--model", help="a GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
-    parser.add_argument("--arm", help="KV-cache arm: f16, q8_0, q4_0, d2 or d2:<recipe>")
+    parser.add_argument("--arm", help="KV-cache arm: f16, q8_0, q4_0, d2, d2:lite or d2:<recipe>")
     parser.add_argument("--ctx", type=int, help="context size in tokens")
     parser.add_argument("--yarn", action="store_true", help="allow contexts beyond the model's training (YaRN)")
     parser.add_argument("--session", help="reopen a saved session by id")

@@ -55,7 +55,7 @@ def _arms(text: str) -> list[str]:
 def _common(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument("--model", default=None, help="registry key or GGUF path (default: SmolLM2-135M-Instruct)")
     p.add_argument("--arms", type=_arms, default=_arms(DEFAULT_ARMS),
-                   help=f"comma-separated arms: f16, q8_0, q4_0, d2, d2:<recipe> (default {DEFAULT_ARMS})")
+                   help=f"comma-separated arms: f16, q8_0, q4_0, d2, d2:lite, d2:<recipe> (default {DEFAULT_ARMS})")
     p.add_argument("--quick", action="store_true", help="small grid for 2 CPU cores (CI smoke runs)")
     p.add_argument("--out", type=Path, default=None, help="receipts root (default bench/receipts)")
     p.add_argument("--name", default=None, help="receipt folder name after the date")

@@ -2,7 +2,8 @@
 
 An arm is ``f16``, ``q8_0``, ``q4_0`` (upstream caches; quantized ones with upstream's
 Hadamard rotation) or ``d2`` with a :class:`Recipe` (``d2`` alone is the locked recipe,
-``d2:k16v32`` or ``d2:k16v32b3s8w1024`` spell one out). This module only describes arms and
+``d2:k16v32`` or ``d2:k16v32b3s8w1024`` spell one out, ``d2:k16b3v16b2`` gives K and V their
+own tail bits, ``d2:lite`` is the recipe at q4_0's budget). This module only describes arms and
 their memory; it never loads a model and never imports the app.
 """
 
@@ -21,7 +22,7 @@ GGML_TYPE_Q8_0 = 8
 #: bytes per block and block size of the upstream cache types
 _UPSTREAM = {"f16": (2, 1, GGML_TYPE_F16), "q8_0": (34, 32, GGML_TYPE_Q8_0), "q4_0": (18, 32, GGML_TYPE_Q4_0)}
 UPSTREAM_ARMS = tuple(_UPSTREAM)
-ALL_ARMS = ("f16", "q8_0", "q4_0", "d2")
+ALL_ARMS = ("f16", "q8_0", "q4_0", "d2", "d2:lite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,17 +30,22 @@ class Recipe:
     """The D2 recipe, expressed at head_dim 128 and scaled to the model's head_dim.
 
     ``k_rank``/``v_rank`` are the protected (fp16) directions per head at head_dim 128;
-    the rest of each head is stored with ``tail_bits``-bit codes and one fp16 scale per
-    64-coefficient block. ``sinks`` first tokens and the last ``window`` tokens are exact.
+    the rest of each head is stored with ``k_bits``/``v_bits``-bit codes (3: ``d2_p*``,
+    2: ``d2_p*b2``) and one fp16 scale per 64-coefficient block. ``sinks`` first tokens and
+    the last ``window`` tokens are exact.
     """
 
     k_rank: int = 16
     v_rank: int = 32
-    tail_bits: int = 3
+    k_bits: int = 3
+    v_bits: int = 3
     sinks: int = 8
     window: int = 1024
+    protect_bits: int = 16
 
-    _PATTERN = re.compile(r"^k(\d+)v(\d+)(?:b(\d))?(?:s(\d+))?(?:w(\d+))?$")
+    # a "b" after the V rank sets V's tail bits, and K's too unless K has its own (k16v32b2: both 2);
+    # "i8" stores the protected coefficients as int8 (d2_p*i8) instead of fp16
+    _PATTERN = re.compile(r"^k(\d+)(?:b(\d))?v(\d+)(?:b(\d))?(i8)?(?:s(\d+))?(?:w(\d+))?$")
 
     @classmethod
     def parse(cls, text: str) -> Recipe:
@@ -47,10 +53,13 @@ class Recipe:
         if not match:
             raise EngineError(
                 f"'{text}' is not a D2 recipe; write it like k16v32 (ranks at head_dim 128), "
-                "optionally followed by b3 (tail bits), s8 (sinks), w1024 (window)."
+                "optionally followed by b3 (tail bits; k16b3v16b2 gives K and V their own), i8 (int8 "
+                "protected coefficients), s8 (sinks), "
+                "w1024 (window); or use the arm d2:lite."
             )
-        k, v, b, s, w = match.groups()
-        recipe = cls(int(k), int(v), int(b or 3), int(s if s is not None else 8), int(w if w is not None else 1024))
+        k, kb, v, vb, i8, s, w = match.groups()
+        recipe = cls(int(k), int(v), int(kb or vb or 3), int(vb or 3), int(s if s is not None else 8),
+                     int(w if w is not None else 1024), 8 if i8 else 16)
         recipe.validate()
         return recipe
 
@@ -58,14 +67,22 @@ class Recipe:
         for name, rank in (("K rank", self.k_rank), ("V rank", self.v_rank)):
             if not 8 <= rank <= 128 or rank % 8:
                 raise EngineError(f"{name} {rank} must be a multiple of 8 between 8 and 128.")
-        if self.tail_bits not in (2, 3, 4):
-            raise EngineError(f"tail bits {self.tail_bits} must be 2, 3 or 4.")
+        for name, bits in (("K", self.k_bits), ("V", self.v_bits)):
+            if bits not in (2, 3):
+                raise EngineError(f"{name} tail bits {bits} are not supported; use 2 or 3.")
+        if self.protect_bits not in (8, 16):
+            raise EngineError(f"protected coefficients of {self.protect_bits} bits are not supported; use 16 or 8 (i8).")
+        if self.protect_bits == 8 and (self.k_bits, self.v_bits) != (3, 3):
+            raise EngineError("int8 protected coefficients (i8) come with 3-bit tails only; drop the b2.")
 
     @property
     def label(self) -> str:
-        base = f"k{self.k_rank}v{self.v_rank}"
-        if self.tail_bits != 3:
-            base += f"b{self.tail_bits}"
+        if self.k_bits == self.v_bits:
+            base = f"k{self.k_rank}v{self.v_rank}" + (f"b{self.v_bits}" if self.v_bits != 3 else "")
+        else:
+            base = f"k{self.k_rank}b{self.k_bits}v{self.v_rank}b{self.v_bits}"
+        if self.protect_bits == 8:
+            base += "i8"
         if (self.sinks, self.window) != (8, 1024):
             base += f"s{self.sinks}w{self.window}"
         return base
@@ -81,10 +98,17 @@ class Recipe:
         """Compressed bytes per token per KV head: fp16 protected + packed tail + fp16 scales."""
         r = self.protected(head_dim, which)
         blocks = max(head_dim // 64, 1)
-        return 2 * r + (head_dim - r) * self.tail_bits / 8 + 2 * blocks
+        bits = self.k_bits if which == "k" else self.v_bits
+        # int8 protected coefficients carry a second fp16 scale per block
+        scales = 2 * blocks * (2 if self.protect_bits == 8 else 1)
+        return r * self.protect_bits / 8 + (head_dim - r) * bits / 8 + scales
 
 
 LOCKED = Recipe()
+#: D2-lite, at most q4_0's 4.5 bits per element: SmolLM2's recommended ranks (K 32, V 16 at
+#: head_dim 128) with int8 protected coefficients and 3-bit tails, K d2_p16i8 + V d2_p8i8 blocks:
+#: (38 + 33) B per 128 elements = 4.44 bits (scales included)
+LITE = Recipe(k_rank=32, v_rank=16, protect_bits=8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +125,8 @@ class ArmConfig:
     # "d2#<name>": the sidecars of the calibration folder <name> (default: the first found), so
     # two calibrations of one model can be compared side by side
     calibration: str | None = None
+    # "d2:lite": the LITE recipe under its own name
+    lite: bool = False
 
     @classmethod
     def parse(cls, text: str) -> ArmConfig:
@@ -120,13 +146,20 @@ class ArmConfig:
             return cls(text)
         if text == "d2":
             return cls("d2", LOCKED, model_default=True)
+        if text == "d2:lite":
+            return cls("d2", LITE, lite=True)
         if text.startswith("d2:"):
             return cls("d2", Recipe.parse(text[3:]))
-        raise EngineError(f"'{text}' is not an arm; choose one of f16, q8_0, q4_0, d2 or d2:<recipe>.")
+        raise EngineError(f"'{text}' is not an arm; choose one of f16, q8_0, q4_0, d2, d2:lite or d2:<recipe>.")
 
     @property
     def label(self) -> str:
-        base = self.name if self.recipe is None else ("d2" if self.model_default else f"d2:{self.recipe.label}")
+        if self.recipe is None:
+            base = self.name
+        elif self.model_default:
+            base = "d2"
+        else:
+            base = "d2:lite" if self.lite else f"d2:{self.recipe.label}"
         return base + (f"#{self.calibration}" if self.calibration else "") + ("@cpu" if self.on_cpu else "")
 
     @property

@@ -30,11 +30,13 @@ class LlamaFraqtlParams(ctypes.Structure):
         ("v_sidecar", ctypes.c_char_p),
         ("k_protect", ctypes.c_int32),
         ("v_protect", ctypes.c_int32),
-        ("tail_bits", ctypes.c_int32),
+        ("k_tail_bits", ctypes.c_int32),
+        ("v_tail_bits", ctypes.c_int32),
         ("n_sink", ctypes.c_int32),
         ("n_window", ctypes.c_int32),
         ("basis", ctypes.c_int32),
         ("seed", ctypes.c_uint32),
+        ("protect_bits", ctypes.c_int32),
     ]
 
 
@@ -109,7 +111,9 @@ class D2Settings:
             v_sidecar=str(self.v_sidecar).encode() if sidecar and self.v_sidecar else None,
             k_protect=self.k_protect or self.recipe.protected(info.head_dim_k, "k"),
             v_protect=self.v_protect or self.recipe.protected(info.head_dim_v, "v"),
-            tail_bits=self.recipe.tail_bits,
+            k_tail_bits=self.recipe.k_bits,
+            v_tail_bits=self.recipe.v_bits,
+            protect_bits=self.recipe.protect_bits,
             n_sink=self.recipe.sinks,
             n_window=self.recipe.window,
             basis=BASIS_RANDOM if self.basis == "random" else BASIS_SIDECAR,
@@ -158,7 +162,8 @@ def recipe_for(info: GgufInfo, arm: ArmConfig, manifest: dict[str, Any]) -> Reci
         rec = Recipe.parse(str(text))
     except Exception:
         return arm.recipe  # a manifest we cannot read keeps the locked recipe
-    rec = dataclasses.replace(rec, sinks=arm.recipe.sinks, window=arm.recipe.window, tail_bits=arm.recipe.tail_bits)
+    rec = dataclasses.replace(rec, sinks=arm.recipe.sinks, window=arm.recipe.window, k_bits=arm.recipe.k_bits,
+                              v_bits=arm.recipe.v_bits)
     same_memory = arm.kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v) == ArmConfig(
         "d2", rec).kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v)
     return rec if same_memory else arm.recipe

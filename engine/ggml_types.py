@@ -1,10 +1,12 @@
 """D2's ggml type ids against upstream's: read the ``ggml_type`` enum of a ggml.h and refuse a clash.
 
-Our patch series adds ``GGML_TYPE_D2_P8/P16/P32`` at the end of the enum (43–45 against
-llama.cpp 0c1e570). When the pinned llama.cpp moves and upstream adds types of its own, two
-types sharing an id would silently mix two block formats; the build checks the vendored header
-before patching (upstream's ids must stay below ours) and after (every id unique,
-``GGML_TYPE_COUNT`` one past the largest) and stops with a message that says what to change.
+Our patch series adds ``GGML_TYPE_D2_P8/P16/P32`` (3-bit tails), ``GGML_TYPE_D2_P8B2/P16B2/P32B2``
+(2-bit tails) and ``GGML_TYPE_D2_P8I8/P16I8/P32I8`` (int8 protected coefficients, D2-lite) at
+the end of the enum (43–51 against llama.cpp 0c1e570). When the
+pinned llama.cpp moves and upstream adds types of its own, two types sharing an id would silently
+mix two block formats; the build checks the vendored header before patching (upstream's ids must
+stay below ours) and after (every id unique, ours one contiguous run with exactly the ids the patch
+declares, ``GGML_TYPE_COUNT`` one past the largest) and stops with a message that says what to change.
 This module never imports the app.
 """
 
@@ -101,6 +103,11 @@ def check_patched_enum(entries: dict[str, int], source: str) -> dict[str, int]:
             "engine/llama.cpp-fraqtl/patches/0002-ggml-d2-block-types.patch past upstream's last type, then rebuild.")
     upstream = {n: v for n, v in entries.items() if not n.startswith(OUR_PREFIX)}
     check_upstream_below_ours({n: v for n, v in upstream.items() if n != COUNT_NAME}, ours, source)
+    values = sorted(ours.values())
+    if values != list(range(values[0], values[0] + len(values))):
+        raise TypeIdClashError(
+            f"{source}: D2's ggml type ids {_span(ours)} are not one contiguous run ({', '.join(map(str, values))}); "
+            "number GGML_TYPE_D2_* consecutively in engine/llama.cpp-fraqtl/patches/0002-ggml-d2-block-types.patch.")
     largest = max(v for n, v in entries.items() if n != COUNT_NAME)
     if entries.get(COUNT_NAME) != largest + 1:
         raise TypeIdClashError(
@@ -118,7 +125,13 @@ def check_tree(tree: Path, patched: bool, patch_text: str = "") -> dict[str, int
         raise TypeIdClashError(f"cannot read {header} ({exc.strerror}); the sdist layout changed.") from exc
     entries = parse_ggml_type_enum(text, str(header))
     if patched:
-        return check_patched_enum(entries, str(header))
+        ours = check_patched_enum(entries, str(header))
+        declared = our_ids_in_patch(patch_text) if patch_text else ours
+        if declared != ours:
+            raise TypeIdClashError(
+                f"{header} holds the D2 types {_listing(ours)} but the patch series declares {_listing(declared)}: "
+                "the tree is stale or patch 0002 applied partly; rebuild with `python -m engine.build --force`.")
+        return ours
     ours = our_ids_in_patch(patch_text)
     check_upstream_below_ours(entries, ours, str(header))
     return ours
@@ -127,3 +140,7 @@ def check_tree(tree: Path, patched: bool, patch_text: str = "") -> dict[str, int
 def _span(ours: dict[str, int]) -> str:
     values = sorted(ours.values())
     return f"{values[0]}–{values[-1]}" if len(values) > 1 else str(values[0])
+
+
+def _listing(ids: dict[str, int]) -> str:
+    return ", ".join(f"{n} = {v}" for n, v in sorted(ids.items(), key=lambda kv: kv[1])) or "none"

@@ -42,7 +42,9 @@ def test_patch_series_applies_cleanly_to_the_pinned_sdist(sdist: Path, tmp_path:
     assert not (tree / ".git").exists() and not (tree / "vendor/llama.cpp/.git").exists()
     patches = build.patch_files()
     assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
-    d2_ids = {"GGML_TYPE_D2_P8": 43, "GGML_TYPE_D2_P16": 44, "GGML_TYPE_D2_P32": 45}
+    d2_ids = {"GGML_TYPE_D2_P8": 43, "GGML_TYPE_D2_P16": 44, "GGML_TYPE_D2_P32": 45,
+              "GGML_TYPE_D2_P8B2": 46, "GGML_TYPE_D2_P16B2": 47, "GGML_TYPE_D2_P32B2": 48,
+              "GGML_TYPE_D2_P8I8": 49, "GGML_TYPE_D2_P16I8": 50, "GGML_TYPE_D2_P32I8": 51}
     assert build.check_type_ids(tree, patched=False) == d2_ids  # upstream's enum stops below ours
     build.apply_patches(tree, patches, build.Progress())
     build.copy_our_sources(tree)

@@ -8,6 +8,7 @@ sink/window copies right, and bad sidecars are clear errors, never an abort.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 from engine import metrics
 from engine import sidecar as sc
-from engine.arms import ArmConfig, Recipe
+from engine.arms import LITE, ArmConfig, Recipe
 from engine.d2 import D2Settings
 from engine.errors import ArmUnavailableError
 from engine.estimates import estimate
@@ -111,7 +112,9 @@ def test_dense_random_basis_is_within_fp16_rounding(model: Path, tokens: list[in
 
 def test_allocation_equals_the_recipe_formula(model: Path) -> None:
     info = read_gguf(model)
-    for recipe, (type_k, type_v) in ((Recipe(), (43, 44)), (Recipe(k_rank=32, v_rank=64), (44, 45))):
+    for recipe, (type_k, type_v) in ((Recipe(), (43, 44)), (Recipe(k_rank=32, v_rank=64), (44, 45)),
+                                     (LITE, (50, 49)), (Recipe(k_rank=32, v_rank=64, k_bits=2, v_bits=2), (47, 48)),
+                                     (Recipe(k_rank=64, v_rank=16, k_bits=3, v_bits=2), (45, 46))):
         arm = ArmConfig("d2", recipe)
         rt = Runtime(model, arm, n_ctx=1000, d2=D2Settings(recipe=recipe, basis="identity"))
         try:
@@ -121,8 +124,9 @@ def test_allocation_equals_the_recipe_formula(model: Path) -> None:
         assert mem is not None and mem.d2
         assert (mem.type_k, mem.type_v) == (type_k, type_v)
         cells = 1024  # llama.cpp pads the context to 256 cells
-        k_block = 2 + 2 * recipe.protected(64, "k") + (64 - recipe.protected(64, "k")) * 3 // 8
-        v_block = 2 + 2 * recipe.protected(64, "v") + (64 - recipe.protected(64, "v")) * 3 // 8
+        pk, pv, i8 = recipe.protected(64, "k"), recipe.protected(64, "v"), recipe.protect_bits == 8
+        k_block = (4 + pk if i8 else 2 + 2 * pk) + (64 - pk) * recipe.k_bits // 8
+        v_block = (4 + pv if i8 else 2 + 2 * pv) + (64 - pv) * recipe.v_bits // 8
         assert mem.k_bytes == cells * info.n_layer * info.n_head_kv * k_block
         assert mem.v_bytes == cells * info.n_layer * info.n_head_kv * v_block
         assert mem.kv_bytes == estimate_kv_bytes(info, arm, 1000)
@@ -182,17 +186,20 @@ def test_truncate_and_continue_equals_fresh_prefill(model: Path, tokens: list[in
     assert np.abs(reused - fresh).max() <= 1e-3
 
 
-def test_window_covering_every_token_equals_all_exact_attention(model: Path, tokens: list[int]) -> None:
+@pytest.mark.parametrize("base", [Recipe(), LITE], ids=["d2", "d2-lite"])
+def test_window_covering_every_token_equals_all_exact_attention(model: Path, tokens: list[int], base: Recipe) -> None:
     # protect < head_dim: compressed rows differ from exact ones. With a window that holds
     # every token, attention must read only exact rows: the result matches a cache that keeps
     # every direction in fp16 (same bases) to fp16 rounding. A cache that ignored its exact
-    # copies would read the 3-bit tails here and land where the compressed-only cache does.
+    # copies would read the 3-bit tails (d2-lite: and int8 protected values) here and land
+    # where the compressed-only cache does.
     def settings(recipe: Recipe, protect: int | None = None) -> D2Settings:
         return D2Settings(recipe=recipe, basis="random", seed=7, k_protect=protect, v_protect=protect)
 
-    ref = run_logits(model, tokens, "d2", settings(NO_EXACT, 64))
-    exact = run_logits(model, tokens, "d2", settings(Recipe(sinks=8, window=2048)))
-    lossy = run_logits(model, tokens, "d2", settings(NO_EXACT))
+    no_exact = dataclasses.replace(base, sinks=0, window=0)
+    ref = run_logits(model, tokens, "d2", settings(no_exact, 64))
+    exact = run_logits(model, tokens, "d2", settings(dataclasses.replace(base, sinks=8, window=2048)))
+    lossy = run_logits(model, tokens, "d2", settings(no_exact))
     # the all-fp16 reference runs llama.cpp's f16 kernels (Q rounded to f16), the exact rows
     # D2's f32 ones: they differ by the fp16 rounding floor (~0.003 here), 1/70 of lossy's
     assert kld(ref, exact) < 0.01
@@ -302,3 +309,35 @@ def test_the_cpp_sidecar_reader_refuses_bad_files_itself(model: Path, tmp_path: 
             Runtime(model, "d2", n_ctx=512, d2=D2Settings(k_sidecar=path, v_sidecar=good_v))
         assert f"sidecar {path}" in str(err.value) and words in str(err.value)
     Runtime(model, "d2", n_ctx=512, d2=D2Settings(k_sidecar=good_k, v_sidecar=good_v)).close()
+
+
+def test_d2_lite_arm_end_to_end_on_the_real_model(model: Path, tokens: list[int], f16_logits: np.ndarray) -> None:
+    # the arm as the app and the bench name it: shipped sidecars, K d2_p16i8 and V d2_p8i8 blocks,
+    # a window small enough that most of the 1024 tokens are read from the compressed rows
+    info = read_gguf(model)
+    arm = ArmConfig.parse("d2:lite")
+    rt = Runtime(model, dataclasses.replace(arm, recipe=dataclasses.replace(LITE, window=128)), n_ctx=2048,
+                 logits_all=True)
+    try:
+        mem = rt.kv_memory()
+        rt.llm.eval(tokens)
+        lite = np.array(rt.llm.scores[: len(tokens)], dtype=np.float64)
+    finally:
+        rt.close()
+    assert mem is not None and mem.d2 and (mem.type_k, mem.type_v) == (50, 49)
+    assert mem.kv_bytes == estimate_kv_bytes(info, arm, 2048)
+    assert mem.kv_bytes * 8 / (2048 * info.n_layer * info.n_head_kv * 128) == pytest.approx(4.4375)
+    # measurably lossy (it is not silently reading an f16 cache), and closer to f16 than q4_0 at
+    # its 4.5 bits, though most rows here are compressed and none of q4_0's is exact
+    q4 = run_logits(model, tokens, "q4_0")
+    assert 1e-4 < kld(f16_logits, lite) < kld(f16_logits, q4)
+    assert np.mean(lite.argmax(1) == f16_logits.argmax(1)) > 0.85
+    rt = Runtime(model, "d2:lite", n_ctx=2048, n_batch=64)
+    try:
+        document = ("The research station Kestrel Point lies on the island of Varn. Its director is Maren Oduya. "
+                    "The station was opened in 1962 and its radio call sign is KPX-44.\n") * 6
+        messages = [{"role": "user", "content": f"{document}\nWho is the director of the station?"}]
+        done = [ev for ev in rt.answer(messages, max_tokens=24) if isinstance(ev, AnswerDone)][0]
+    finally:
+        rt.close()
+    assert "Maren" in done.text or "Oduya" in done.text

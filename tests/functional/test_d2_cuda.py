@@ -154,3 +154,12 @@ def test_an_answer_with_d2_on_the_gpu_uses_less_memory_than_q8_0(model: Path) ->
         assert mem is not None
         sizes[arm] = mem.kv_bytes + mem.exact_bytes
     assert sizes["d2"] < 0.8 * sizes["q8_0"]
+
+
+def test_d2_lite_is_refused_on_the_gpu_until_it_has_kernels(model: Path) -> None:
+    # the CUDA kernels read the fp16-protected d2_p* blocks only: a d2:lite context (d2_p16i8,
+    # d2_p8i8) must fail at creation with the op it lacks, never run its writes or attention on the host
+    from engine.errors import ArmUnavailableError
+
+    with pytest.raises(ArmUnavailableError, match="d2_p16i8"):
+        Runtime(model, "d2:lite", n_ctx=1024)

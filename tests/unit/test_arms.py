@@ -59,3 +59,44 @@ def test_an_unknown_calibration_names_the_ones_there() -> None:
     assert "smollm2-135m-instruct-q4_1" in str(err.value)
     found = settings_for(info, ArmConfig.parse("d2:k16v32#smollm2-135m-instruct-q4_1"), SMOL_SHA)
     assert found.k_sidecar is not None and found.k_sidecar.parent == SHIPPED
+
+
+@pytest.mark.parametrize("text, label, k_bits, v_bits", [
+    ("d2:k16v32b2", "d2:k16v32b2", 2, 2),            # one "b" after V: both, as before
+    ("d2:k16b3v16b2", "d2:k16b3v16b2", 3, 2),
+    ("d2:k16b2v16", "d2:k16b2v16b3", 2, 3),
+    ("d2:k16b3v32b3s8w1024", "d2:k16v32", 3, 3),
+    ("d2:k32v16i8s8w256", "d2:k32v16i8s8w256", 3, 3),
+])
+def test_tail_bits_per_k_and_v_round_trip(text: str, label: str, k_bits: int, v_bits: int) -> None:
+    arm = ArmConfig.parse(text)
+    assert arm.recipe is not None and (arm.recipe.k_bits, arm.recipe.v_bits) == (k_bits, v_bits)
+    assert arm.label == label and ArmConfig.parse(arm.label).recipe == arm.recipe
+
+
+@pytest.mark.parametrize("text", ["d2:k16v32b4", "d2:k16b1v32", "d2:k16v32b8"])
+def test_unsupported_tail_bits_are_clear_errors(text: str) -> None:
+    with pytest.raises(EngineError, match="use 2 or 3"):
+        ArmConfig.parse(text)
+
+
+def test_int8_protected_coefficients_come_with_3_bit_tails_only() -> None:
+    assert ArmConfig.parse("d2:k32v16i8").recipe == Recipe(32, 16, protect_bits=8)
+    with pytest.raises(EngineError, match="3-bit tails only"):
+        ArmConfig.parse("d2:k32v16b2i8")
+
+
+def test_d2_lite_fits_q4_0s_budget_counting_scales_and_protected_halves() -> None:
+    lite = ArmConfig.parse("d2:lite")
+    assert lite.label == "d2:lite" and ArmConfig.parse(lite.label) == lite
+    assert ArmConfig.parse("d2:lite@cpu").label == "d2:lite@cpu"
+    assert lite.recipe is not None and lite.recipe.label == "k32v16i8"
+    for hd in (64, 128, 256):
+        blocks = hd // 64
+        k = blocks * (4 + 16 + 48 * 3 // 8)   # d2_p16i8: 38 B per block
+        v = blocks * (4 + 8 + 56 * 3 // 8)    # d2_p8i8: 33 B per block
+        assert lite.kv_bytes_per_token(1, 1, hd, hd) == k + v
+        assert lite.bits_per_element(hd, hd) == pytest.approx(4.4375)
+        assert lite.bits_per_element(hd, hd) <= ArmConfig.parse("q4_0").bits_per_element(hd, hd)
+    # the 2-bit-V alternative measured beside it costs the same
+    assert ArmConfig.parse("d2:k16b3v16b2").bits_per_element(64, 64) == pytest.approx(4.4375)

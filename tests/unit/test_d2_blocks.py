@@ -155,3 +155,303 @@ def test_vec_dot_equals_dot_of_dequantized(ggml_base: ctypes.CDLL, p: int) -> No
     getattr(ggml_base, f"ggml_vec_dot_d2_p{p}_f32")(256, ctypes.byref(out), 0, buf, 0, y.ctypes.data, 0, 1)
     expected = float(np.dot(dequantize(ggml_base, p, data, 256).astype(np.float64), y))
     assert out.value == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# D2-lite: 2-bit tails. Layout: fp16 scale d | P fp16 protected | 64-P codes c of 2 bits, four
+# to a byte (code j of a byte at bits 2j..2j+1); a tail value is (2c - 3)*d.
+
+SIZES_B2 = {8: 32, 16: 46, 32: 74}
+IDS_B2 = {8: 46, 16: 47, 32: 48}
+
+
+@pytest.fixture(scope="module")
+def ggml_b2(ggml_base: ctypes.CDLL) -> ctypes.CDLL:
+    for p in SIZES_B2:
+        for name in (f"quantize_row_d2_p{p}b2_ref", f"dequantize_row_d2_p{p}b2"):
+            fn = getattr(ggml_base, name)
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+            fn.restype = None
+        fn = getattr(ggml_base, f"ggml_vec_dot_d2_p{p}b2_f32")
+        fn.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
+                       ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = None
+    ggml_base.ggml_validate_row_data.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    ggml_base.ggml_validate_row_data.restype = ctypes.c_bool
+    return ggml_base
+
+
+def quantize_b2(lib: ctypes.CDLL, p: int, x: np.ndarray) -> bytes:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = ctypes.create_string_buffer(SIZES_B2[p] * (x.size // 64))
+    getattr(lib, f"quantize_row_d2_p{p}b2_ref")(x.ctypes.data, out, x.size)
+    return out.raw
+
+
+def dequantize_b2(lib: ctypes.CDLL, p: int, data: bytes, n: int) -> np.ndarray:
+    y = np.zeros(n, dtype=np.float32)
+    buf = ctypes.create_string_buffer(data, len(data))
+    getattr(lib, f"dequantize_row_d2_p{p}b2")(buf, y.ctypes.data, n)
+    return y
+
+
+def codes_b2(p: int, block: bytes) -> np.ndarray:
+    raw = np.frombuffer(block[2 + 2 * p :], dtype=np.uint8)
+    return np.array([(b >> (2 * j)) & 3 for b in raw for j in range(4)], dtype=np.int64)
+
+
+def model_decode_b2(p: int, block: bytes) -> np.ndarray:
+    """Independent decoder of one 2-bit-tail block, from the documented layout."""
+    d = np.frombuffer(block[:2], dtype=np.float16)[0].astype(np.float32)
+    protected = np.frombuffer(block[2 : 2 + 2 * p], dtype=np.float16).astype(np.float32)
+    tail = (2 * codes_b2(p, block) - 3).astype(np.float32) * d
+    return np.concatenate([protected, tail])
+
+
+def test_b2_type_traits_match_the_layout(ggml_b2: ctypes.CDLL) -> None:
+    for p, type_id in IDS_B2.items():
+        assert ggml_b2.ggml_blck_size(type_id) == 64
+        assert ggml_b2.ggml_type_size(type_id) == SIZES_B2[p] == 2 + 2 * p + (64 - p) // 4
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_b2_packing_is_bit_exact_with_the_documented_layout(ggml_b2: ctypes.CDLL, p: int) -> None:
+    rng = np.random.default_rng(50 + p)
+    x = (rng.standard_normal(64 * 16) * np.linspace(4, 0.1, 64 * 16)).astype(np.float32)
+    data = quantize_b2(ggml_b2, p, x)
+    assert len(data) == 16 * SIZES_B2[p]
+    y = dequantize_b2(ggml_b2, p, data, x.size)
+    for b in range(16):
+        block = data[b * SIZES_B2[p] : (b + 1) * SIZES_B2[p]]
+        np.testing.assert_array_equal(model_decode_b2(p, block), y[b * 64 : (b + 1) * 64])
+
+
+def best_grid_error(t: np.ndarray) -> float:
+    """The smallest squared error of a 4-level symmetric quantizer over a fine grid of fp16 scales."""
+    d0 = np.abs(t).max() / 3
+    best = np.inf
+    for f in np.linspace(0.3, 1.0, 141):
+        d = np.float32(np.float16(d0 * f))
+        c = np.clip(np.round((t / d + 3) / 2), 0, 3)
+        best = min(best, float(((t - (2 * c - 3) * d) ** 2).sum()))
+    return best
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_b2_round_trip_uses_nearest_levels_and_a_searched_scale(ggml_b2: ctypes.CDLL, p: int) -> None:
+    rng = np.random.default_rng(200 + p)
+    x = rng.standard_normal(64 * 64).astype(np.float32) * 3.0
+    data = quantize_b2(ggml_b2, p, x)
+    y = dequantize_b2(ggml_b2, p, data, x.size)
+    xb, yb = x.reshape(-1, 64), y.reshape(-1, 64)
+    np.testing.assert_array_equal(yb[:, :p], xb[:, :p].astype(np.float16).astype(np.float32))
+    scales = np.array([np.frombuffer(data[b * SIZES_B2[p] : b * SIZES_B2[p] + 2], dtype=np.float16)[0]
+                       for b in range(xb.shape[0])], dtype=np.float32)
+    tail_x, tail_y = xb[:, p:], yb[:, p:]
+    # every code is the nearest level to x/d
+    levels = (2 * np.arange(4) - 3)[None, None, :] * scales[:, None, None]
+    nearest = np.abs(tail_x[:, :, None] - levels).min(axis=2)
+    np.testing.assert_allclose(np.abs(tail_x - tail_y), nearest, rtol=0, atol=1e-5)
+    # the search clips: no Gaussian block keeps the no-clipping scale (largest |x| at level 3)
+    no_clip = np.abs(tail_x).max(axis=1) / 3
+    assert np.all(scales <= no_clip * 1.001) and np.mean(scales < no_clip * 0.9) > 0.9
+    # and it finds (within 2 %) the error of the best scale on a fine grid
+    for b in range(xb.shape[0]):
+        err = float(((tail_x[b] - tail_y[b]) ** 2).sum())
+        assert err <= best_grid_error(tail_x[b]) * 1.02
+    # a 4-level Gaussian quantizer keeps ~88 % of the energy (Lloyd-Max: relative MSE 0.1175)
+    assert np.mean((tail_x - tail_y) ** 2) / np.mean(tail_x**2) < 0.14
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_b2_all_four_levels_are_used(ggml_b2: ctypes.CDLL, p: int) -> None:
+    x = np.zeros(64, dtype=np.float32)
+    x[p:] = np.linspace(-3.0, 3.0, 64 - p)
+    block = quantize_b2(ggml_b2, p, x)
+    assert set(codes_b2(p, block)) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_b2_a_nan_gets_code_0_and_leaves_the_rest_finite(ggml_b2: ctypes.CDLL, p: int) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=64).astype(np.float32)
+    clean = quantize_b2(ggml_b2, p, x)
+    x[p + 5] = np.nan
+    block = quantize_b2(ggml_b2, p, x)
+    assert codes_b2(p, block)[5] == 0
+    d = np.frombuffer(block[:2], dtype=np.float16)[0]
+    assert np.isfinite(d) and d > 0
+    assert block[2 : 2 + 2 * p] == clean[2 : 2 + 2 * p]
+    assert np.all(np.isfinite(dequantize_b2(ggml_b2, p, block, 64)))
+    # an all-NaN tail quantizes to a zero scale, not to NaN
+    x[p:] = np.nan
+    block = quantize_b2(ggml_b2, p, x)
+    assert np.frombuffer(block[:2], dtype=np.float16)[0] == 0
+    assert ggml_b2.ggml_validate_row_data(IDS_B2[p], block, len(block))
+
+
+def test_b2_validate_row_refuses_a_nan_scale_or_protected_value(ggml_b2: ctypes.CDLL) -> None:
+    rng = np.random.default_rng(9)
+    block = bytearray(quantize_b2(ggml_b2, 16, rng.normal(size=64).astype(np.float32)))
+    assert ggml_b2.ggml_validate_row_data(IDS_B2[16], bytes(block), len(block))
+    bad = bytearray(block)
+    bad[0:2] = np.float16(np.nan).tobytes()
+    assert not ggml_b2.ggml_validate_row_data(IDS_B2[16], bytes(bad), len(bad))
+    bad = bytearray(block)
+    bad[2 + 2 * 15 : 2 + 2 * 16] = np.float16(np.inf).tobytes()
+    assert not ggml_b2.ggml_validate_row_data(IDS_B2[16], bytes(bad), len(bad))
+    assert not ggml_b2.ggml_validate_row_data(IDS_B2[16], bytes(block[:-1]), len(block) - 1)
+
+
+def test_b2_zero_block_is_exact(ggml_b2: ctypes.CDLL) -> None:
+    x = np.zeros(128, dtype=np.float32)
+    for p in SIZES_B2:
+        data = quantize_b2(ggml_b2, p, x)
+        assert np.all(dequantize_b2(ggml_b2, p, data, 128) == 0)
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_b2_vec_dot_equals_dot_of_dequantized(ggml_b2: ctypes.CDLL, p: int) -> None:
+    rng = np.random.default_rng(17 + p)
+    x = rng.standard_normal(256).astype(np.float32)
+    y = rng.standard_normal(256).astype(np.float32)
+    data = quantize_b2(ggml_b2, p, x)
+    buf = ctypes.create_string_buffer(data, len(data))
+    out = ctypes.c_float()
+    getattr(ggml_b2, f"ggml_vec_dot_d2_p{p}b2_f32")(256, ctypes.byref(out), 0, buf, 0, y.ctypes.data, 0, 1)
+    expected = float(np.dot(dequantize_b2(ggml_b2, p, data, 256).astype(np.float64), y))
+    assert out.value == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# D2-lite: int8 protected coefficients. Layout: fp16 tail scale d | fp16 protected scale dp |
+# P int8 codes q (value q*dp, dp = max |protected| / 127) | 64-P 3-bit tail codes as in d2_p*.
+
+SIZES_I8 = {8: 33, 16: 38, 32: 48}
+IDS_I8 = {8: 49, 16: 50, 32: 51}
+
+
+@pytest.fixture(scope="module")
+def ggml_i8(ggml_b2: ctypes.CDLL) -> ctypes.CDLL:
+    for p in SIZES_I8:
+        for name in (f"quantize_row_d2_p{p}i8_ref", f"dequantize_row_d2_p{p}i8"):
+            fn = getattr(ggml_b2, name)
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+            fn.restype = None
+        fn = getattr(ggml_b2, f"ggml_vec_dot_d2_p{p}i8_f32")
+        fn.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
+                       ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = None
+    return ggml_b2
+
+
+def quantize_i8(lib: ctypes.CDLL, p: int, x: np.ndarray) -> bytes:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = ctypes.create_string_buffer(SIZES_I8[p] * (x.size // 64))
+    getattr(lib, f"quantize_row_d2_p{p}i8_ref")(x.ctypes.data, out, x.size)
+    return out.raw
+
+
+def dequantize_i8(lib: ctypes.CDLL, p: int, data: bytes, n: int) -> np.ndarray:
+    y = np.zeros(n, dtype=np.float32)
+    buf = ctypes.create_string_buffer(data, len(data))
+    getattr(lib, f"dequantize_row_d2_p{p}i8")(buf, y.ctypes.data, n)
+    return y
+
+
+def model_decode_i8(p: int, block: bytes) -> np.ndarray:
+    """Independent decoder of one int8-protected block, from the documented layout."""
+    d, dp = np.frombuffer(block[:4], dtype=np.float16).astype(np.float32)
+    protected = np.frombuffer(block[4 : 4 + p], dtype=np.int8).astype(np.float32) * dp
+    codes = []
+    raw = block[4 + p :]
+    for g in range(len(raw) // 3):
+        bits = raw[3 * g] | raw[3 * g + 1] << 8 | raw[3 * g + 2] << 16
+        codes += [(bits >> (3 * j)) & 7 for j in range(8)]
+    return np.concatenate([protected, (np.array(codes, dtype=np.float32) - 4) * d])
+
+
+def test_i8_type_traits_match_the_layout(ggml_i8: ctypes.CDLL) -> None:
+    for p, type_id in IDS_I8.items():
+        assert ggml_i8.ggml_blck_size(type_id) == 64
+        assert ggml_i8.ggml_type_size(type_id) == SIZES_I8[p] == 4 + p + (64 - p) * 3 // 8
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_i8_packing_is_bit_exact_with_the_documented_layout(ggml_i8: ctypes.CDLL, p: int) -> None:
+    rng = np.random.default_rng(70 + p)
+    x = (rng.standard_normal(64 * 16) * np.linspace(4, 0.1, 64 * 16)).astype(np.float32)
+    data = quantize_i8(ggml_i8, p, x)
+    assert len(data) == 16 * SIZES_I8[p]
+    y = dequantize_i8(ggml_i8, p, data, x.size)
+    for b in range(16):
+        block = data[b * SIZES_I8[p] : (b + 1) * SIZES_I8[p]]
+        np.testing.assert_array_equal(model_decode_i8(p, block), y[b * 64 : (b + 1) * 64])
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_i8_round_trip_keeps_the_3bit_tail_and_rounds_protected_to_int8(ggml_base: ctypes.CDLL, ggml_i8: ctypes.CDLL,
+                                                                         p: int) -> None:
+    rng = np.random.default_rng(300 + p)
+    x = (rng.standard_normal(64 * 64) * 3.0).astype(np.float32)
+    xb = x.reshape(-1, 64)
+    xb[:, :p] *= 4.0  # protected directions carry the variance
+    data = quantize_i8(ggml_i8, p, x)
+    yb = dequantize_i8(ggml_i8, p, data, x.size).reshape(-1, 64)
+    # the tail is d2_p*'s tail, bit for bit (same scale search, same codes)
+    fp16_tail = dequantize(ggml_base, p, quantize(ggml_base, p, x), x.size).reshape(-1, 64)[:, p:]
+    np.testing.assert_array_equal(yb[:, p:], fp16_tail)
+    # protected: round to the nearest of 255 levels of max |x| / 127 (in fp16)
+    dp = np.array([np.frombuffer(data[b * SIZES_I8[p] + 2 : b * SIZES_I8[p] + 4], dtype=np.float16)[0]
+                   for b in range(xb.shape[0])], dtype=np.float32)
+    np.testing.assert_allclose(dp, np.abs(xb[:, :p]).max(axis=1) / 127, rtol=1e-3)
+    assert np.all(np.abs(yb[:, :p] - xb[:, :p]) <= dp[:, None] * 0.5001 + 1e-6)
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_i8_a_nan_gets_the_documented_codes(ggml_i8: ctypes.CDLL, p: int) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=64).astype(np.float32)
+    clean = quantize_i8(ggml_i8, p, x)
+    x[2] = np.nan       # protected: code -127, the other codes and the scale untouched
+    x[p + 5] = np.nan   # tail: level -4, as in d2_p*
+    block = quantize_i8(ggml_i8, p, x)
+    assert np.frombuffer(block[4 : 4 + p], dtype=np.int8)[2] == -127
+    assert block[2:4] == clean[2:4]
+    assert block[4:6] + block[7 : 4 + p] == clean[4:6] + clean[7 : 4 + p]
+    raw = block[4 + p :]
+    codes = [(raw[3 * g] | raw[3 * g + 1] << 8 | raw[3 * g + 2] << 16) >> (3 * j) & 7
+             for g in range(len(raw) // 3) for j in range(8)]
+    assert codes[5] == 0
+    assert np.all(np.isfinite(np.frombuffer(block[:4], dtype=np.float16)))
+    assert np.all(np.isfinite(dequantize_i8(ggml_i8, p, block, 64)))
+    assert ggml_i8.ggml_validate_row_data(IDS_I8[p], block, len(block))
+
+
+def test_i8_validate_row_refuses_a_nan_scale(ggml_i8: ctypes.CDLL) -> None:
+    rng = np.random.default_rng(10)
+    block = quantize_i8(ggml_i8, 16, rng.normal(size=64).astype(np.float32))
+    for offset in (0, 2):
+        bad = bytearray(block)
+        bad[offset : offset + 2] = np.float16(np.nan).tobytes()
+        assert not ggml_i8.ggml_validate_row_data(IDS_I8[16], bytes(bad), len(bad))
+    assert not ggml_i8.ggml_validate_row_data(IDS_I8[16], block[:-1], len(block) - 1)
+
+
+def test_i8_zero_block_is_exact(ggml_i8: ctypes.CDLL) -> None:
+    x = np.zeros(128, dtype=np.float32)
+    for p in SIZES_I8:
+        assert np.all(dequantize_i8(ggml_i8, p, quantize_i8(ggml_i8, p, x), 128) == 0)
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_i8_vec_dot_equals_dot_of_dequantized(ggml_i8: ctypes.CDLL, p: int) -> None:
+    rng = np.random.default_rng(27 + p)
+    x = rng.standard_normal(256).astype(np.float32)
+    y = rng.standard_normal(256).astype(np.float32)
+    data = quantize_i8(ggml_i8, p, x)
+    buf = ctypes.create_string_buffer(data, len(data))
+    out = ctypes.c_float()
+    getattr(ggml_i8, f"ggml_vec_dot_d2_p{p}i8_f32")(256, ctypes.byref(out), 0, buf, 0, y.ctypes.data, 0, 1)
+    expected = float(np.dot(dequantize_i8(ggml_i8, p, data, 256).astype(np.float64), y))
+    assert out.value == pytest.approx(expected, rel=1e-4, abs=1e-4)

@@ -43,7 +43,8 @@ class SettingsScreen(ModalScreen[Settings | None]):
 
     def compose(self) -> ComposeResult:
         s = self.fraqtl.settings
-        arm, _, recipe = s.arm.partition(":")
+        # a named arm (d2:lite) is one choice; d2:<recipe> is "d2" plus the recipe field
+        arm, _, recipe = (s.arm, "", "") if s.arm in ALL_ARMS else s.arm.partition(":")
         with Vertical():
             yield Label("Settings", classes="settings-title")
             with VerticalScroll():

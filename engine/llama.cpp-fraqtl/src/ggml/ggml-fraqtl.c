@@ -20,6 +20,32 @@ bool ggml_is_d2(enum ggml_type type) {
     return ggml_d2_protected(type) > 0;
 }
 
+int ggml_d2b2_protected(enum ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_D2_P8B2:  return 8;
+        case GGML_TYPE_D2_P16B2: return 16;
+        case GGML_TYPE_D2_P32B2: return 32;
+        default:                 return 0;
+    }
+}
+
+bool ggml_is_d2b2(enum ggml_type type) {
+    return ggml_d2b2_protected(type) > 0;
+}
+
+int ggml_d2i8_protected(enum ggml_type type) {
+    switch (type) {
+        case GGML_TYPE_D2_P8I8:  return 8;
+        case GGML_TYPE_D2_P16I8: return 16;
+        case GGML_TYPE_D2_P32I8: return 32;
+        default:                 return 0;
+    }
+}
+
+bool ggml_is_d2i8(enum ggml_type type) {
+    return ggml_d2i8_protected(type) > 0;
+}
+
 static inline size_t d2_block_size(int p) {
     return 2 + (size_t) p*2 + (size_t) (QK_D2 - p)*3/8;
 }
@@ -53,11 +79,9 @@ static float d2_tail_error(const float * t, int n, float s) {
     return err;
 }
 
-static void d2_quantize_block(const float * x, uint8_t * y, int p) {
-    const int     nt   = QK_D2 - p;
-    const float * tail = x + p;
-
-    // all 8 levels: the largest positive value maps to +3, the largest negative one to -4
+// the 3-bit tail's scale: all 8 levels (the largest positive value maps to +3, the largest
+// negative one to -4), then a short search below that no-clipping scale
+static float d2_tail_scale(const float * tail, int nt) {
     float max_pos = 0.0f;
     float max_neg = 0.0f;
     for (int i = 0; i < nt; ++i) {
@@ -84,17 +108,12 @@ static void d2_quantize_block(const float * x, uint8_t * y, int p) {
         }
         scale = best;
     }
+    return scale;
+}
 
-    d2_store_half(y, scale);
-    const float s   = GGML_FP16_TO_FP32(d2_load_half(y));
+// 3-bit codes of tail[0..nt) at the stored scale s, eight to three bytes
+static void d2_pack_tail(const float * tail, int nt, float s, uint8_t * qs) {
     const float inv = s > 0.0f ? 1.0f/s : 0.0f;
-
-    uint8_t * ph = y + 2;
-    for (int i = 0; i < p; ++i) {
-        d2_store_half(ph + 2*i, x[i]);
-    }
-
-    uint8_t * qs = ph + 2*p;
     for (int g = 0; g < nt/8; ++g) {
         uint32_t bits = 0;
         for (int j = 0; j < 8; ++j) {
@@ -106,15 +125,8 @@ static void d2_quantize_block(const float * x, uint8_t * y, int p) {
     }
 }
 
-static void d2_dequantize_block(const uint8_t * x, float * y, int p) {
-    const float     s  = GGML_FP16_TO_FP32(d2_load_half(x));
-    const uint8_t * ph = x + 2;
-    for (int i = 0; i < p; ++i) {
-        y[i] = GGML_FP16_TO_FP32(d2_load_half(ph + 2*i));
-    }
-    const uint8_t * qs = ph + 2*p;
-    float * tail = y + p;
-    for (int g = 0; g < (QK_D2 - p)/8; ++g) {
+static void d2_unpack_tail(const uint8_t * qs, int nt, float s, float * tail) {
+    for (int g = 0; g < nt/8; ++g) {
         const uint32_t bits = (uint32_t) qs[3*g] | ((uint32_t) qs[3*g + 1] << 8) | ((uint32_t) qs[3*g + 2] << 16);
         for (int j = 0; j < 8; ++j) {
             tail[8*g + j] = (float) ((int) ((bits >> (3*j)) & 7) - 4)*s;
@@ -122,23 +134,43 @@ static void d2_dequantize_block(const uint8_t * x, float * y, int p) {
     }
 }
 
+// sum of code*y over the tail (times the scale: the caller's)
+static float d2_dot_tail(const uint8_t * qs, int nt, const float * yt) {
+    float sum = 0.0f;
+    for (int g = 0; g < nt/8; ++g) {
+        const uint32_t bits = (uint32_t) qs[3*g] | ((uint32_t) qs[3*g + 1] << 8) | ((uint32_t) qs[3*g + 2] << 16);
+        for (int j = 0; j < 8; ++j) {
+            sum += (float) ((int) ((bits >> (3*j)) & 7) - 4)*yt[8*g + j];
+        }
+    }
+    return sum;
+}
+
+static void d2_quantize_block(const float * x, uint8_t * y, int p) {
+    const int nt = QK_D2 - p;
+    d2_store_half(y, d2_tail_scale(x + p, nt));
+    uint8_t * ph = y + 2;
+    for (int i = 0; i < p; ++i) {
+        d2_store_half(ph + 2*i, x[i]);
+    }
+    d2_pack_tail(x + p, nt, GGML_FP16_TO_FP32(d2_load_half(y)), ph + 2*p);
+}
+
+static void d2_dequantize_block(const uint8_t * x, float * y, int p) {
+    const uint8_t * ph = x + 2;
+    for (int i = 0; i < p; ++i) {
+        y[i] = GGML_FP16_TO_FP32(d2_load_half(ph + 2*i));
+    }
+    d2_unpack_tail(ph + 2*p, QK_D2 - p, GGML_FP16_TO_FP32(d2_load_half(x)), y + p);
+}
+
 static float d2_dot_block(const uint8_t * x, const float * y, int p) {
-    const float     s  = GGML_FP16_TO_FP32(d2_load_half(x));
     const uint8_t * ph = x + 2;
     float sum_p = 0.0f;
     for (int i = 0; i < p; ++i) {
         sum_p += GGML_FP16_TO_FP32(d2_load_half(ph + 2*i))*y[i];
     }
-    const uint8_t * qs = ph + 2*p;
-    const float   * yt = y + p;
-    float sum_t = 0.0f;
-    for (int g = 0; g < (QK_D2 - p)/8; ++g) {
-        const uint32_t bits = (uint32_t) qs[3*g] | ((uint32_t) qs[3*g + 1] << 8) | ((uint32_t) qs[3*g + 2] << 16);
-        for (int j = 0; j < 8; ++j) {
-            sum_t += (float) ((int) ((bits >> (3*j)) & 7) - 4)*yt[8*g + j];
-        }
-    }
-    return sum_p + s*sum_t;
+    return sum_p + GGML_FP16_TO_FP32(d2_load_half(x))*d2_dot_tail(ph + 2*p, QK_D2 - p, y + p);
 }
 
 #define D2_DEFINE(P)                                                                                   \
@@ -173,12 +205,261 @@ D2_DEFINE(8)
 D2_DEFINE(16)
 D2_DEFINE(32)
 
+// ---------------------------------------------------------------------------------------
+// 2-bit tails (D2-lite): levels (2c - 3)*d for c in [0, 3], four codes to a byte
+
+static inline size_t d2b2_block_size(int p) {
+    return 2 + (size_t) p*2 + (size_t) (QK_D2 - p)/4;
+}
+
+// the 2-bit code of t at 1/scale inv: the nearest of -3, -1, 1, 3 (in units of d); a NaN gets
+// code 0 (fmaxf/fminf: casting NaN to int is undefined behaviour)
+static inline int d2b2_code(float t, float inv) {
+    return (int) fminf(fmaxf(nearbyintf(0.5f*(t*inv + 3.0f)), 0.0f), 3.0f);
+}
+
+static float d2b2_tail_error(const float * t, int n, float d) {
+    const float inv = 1.0f/d;
+    float err = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        const float e = t[i] - (float) (2*d2b2_code(t[i], inv) - 3)*d;
+        err += e*e;
+    }
+    return err;
+}
+
+// the scale with the smallest squared error: a grid from the no-clipping scale (largest |t| at
+// level 3) down to 0.4 of it - a 4-level Gaussian tail wants about 0.6 - then one least-squares
+// refit of the scale to the chosen codes; every candidate is compared at its fp16 value
+static float d2b2_scale(const float * t, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        amax = fmaxf(amax, fabsf(t[i]));
+    }
+    const float d0 = amax/3.0f;
+    if (!(d0 > 0.0f)) {
+        return 0.0f;
+    }
+    float best     = GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(d0));
+    float best_err = d2b2_tail_error(t, n, best);
+    for (int k = 1; k <= 15; ++k) {
+        const float d16 = GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(d0*(1.0f - 0.04f*k)));
+        if (!(d16 > 0.0f)) {
+            break;
+        }
+        const float err = d2b2_tail_error(t, n, d16);
+        if (err < best_err) {
+            best_err = err;
+            best     = d16;
+        }
+    }
+    const float inv = 1.0f/best;
+    float tv = 0.0f;
+    float vv = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        const float v = (float) (2*d2b2_code(t[i], inv) - 3);
+        if (!isnan(t[i])) {
+            tv += t[i]*v;
+        }
+        vv += v*v;
+    }
+    const float d16 = GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(tv/vv));
+    if (d16 > 0.0f && isfinite(d16) && d2b2_tail_error(t, n, d16) < best_err) {
+        best = d16;
+    }
+    return best;
+}
+
+static void d2b2_quantize_block(const float * x, uint8_t * y, int p) {
+    const int     nt   = QK_D2 - p;
+    const float * tail = x + p;
+
+    d2_store_half(y, d2b2_scale(tail, nt));
+    const float d   = GGML_FP16_TO_FP32(d2_load_half(y));
+    const float inv = d > 0.0f ? 1.0f/d : 0.0f;
+
+    uint8_t * ph = y + 2;
+    for (int i = 0; i < p; ++i) {
+        d2_store_half(ph + 2*i, x[i]);
+    }
+
+    uint8_t * qs = ph + 2*p;
+    for (int g = 0; g < nt/4; ++g) {
+        uint8_t bits = 0;
+        for (int j = 0; j < 4; ++j) {
+            bits |= (uint8_t) (d2b2_code(tail[4*g + j], inv) << (2*j));
+        }
+        qs[g] = bits;
+    }
+}
+
+static void d2b2_dequantize_block(const uint8_t * x, float * y, int p) {
+    const float     d  = GGML_FP16_TO_FP32(d2_load_half(x));
+    const uint8_t * ph = x + 2;
+    for (int i = 0; i < p; ++i) {
+        y[i] = GGML_FP16_TO_FP32(d2_load_half(ph + 2*i));
+    }
+    const uint8_t * qs = ph + 2*p;
+    float * tail = y + p;
+    for (int g = 0; g < (QK_D2 - p)/4; ++g) {
+        for (int j = 0; j < 4; ++j) {
+            tail[4*g + j] = (float) (2*((qs[g] >> (2*j)) & 3) - 3)*d;
+        }
+    }
+}
+
+static float d2b2_dot_block(const uint8_t * x, const float * y, int p) {
+    const float     d  = GGML_FP16_TO_FP32(d2_load_half(x));
+    const uint8_t * ph = x + 2;
+    float sum_p = 0.0f;
+    for (int i = 0; i < p; ++i) {
+        sum_p += GGML_FP16_TO_FP32(d2_load_half(ph + 2*i))*y[i];
+    }
+    const uint8_t * qs = ph + 2*p;
+    const float   * yt = y + p;
+    float sum_t = 0.0f;
+    for (int g = 0; g < (QK_D2 - p)/4; ++g) {
+        for (int j = 0; j < 4; ++j) {
+            sum_t += (float) (2*((qs[g] >> (2*j)) & 3) - 3)*yt[4*g + j];
+        }
+    }
+    return sum_p + d*sum_t;
+}
+
+#define D2B2_DEFINE(P)                                                                                 \
+void quantize_row_d2_p##P##b2_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {  \
+    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
+    uint8_t * y = (uint8_t *) vy;                                                                      \
+    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
+        d2b2_quantize_block(x + b*QK_D2, y + b*d2b2_block_size(P), P);                                 \
+    }                                                                                                  \
+}                                                                                                      \
+void dequantize_row_d2_p##P##b2(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {     \
+    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
+    const uint8_t * x = (const uint8_t *) vx;                                                          \
+    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
+        d2b2_dequantize_block(x + b*d2b2_block_size(P), y + b*QK_D2, P);                               \
+    }                                                                                                  \
+}                                                                                                      \
+void ggml_vec_dot_d2_p##P##b2_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, \
+        size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {                                \
+    assert(nrc == 1);                                                                                  \
+    GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);                               \
+    const uint8_t * x = (const uint8_t *) vx;                                                          \
+    const float   * y = (const float *) vy;                                                            \
+    float sum = 0.0f;                                                                                  \
+    for (int b = 0; b < n/QK_D2; ++b) {                                                                \
+        sum += d2b2_dot_block(x + b*d2b2_block_size(P), y + b*QK_D2, P);                               \
+    }                                                                                                  \
+    *s = sum;                                                                                          \
+}
+
+D2B2_DEFINE(8)
+D2B2_DEFINE(16)
+D2B2_DEFINE(32)
+
+// ---------------------------------------------------------------------------------------
+// int8 protected coefficients (D2-lite): the 3-bit tail of d2_p*, the protected part as int8
+// codes with their own fp16 scale
+
+static inline size_t d2i8_block_size(int p) {
+    return 4 + (size_t) p + (size_t) (QK_D2 - p)*3/8;
+}
+
+// the int8 code of v at 1/scale inv: clamp(round(v*inv), -127, 127); a NaN gets -127
+static inline int8_t d2i8_code(float v, float inv) {
+    return (int8_t) fminf(fmaxf(nearbyintf(v*inv), -127.0f), 127.0f);
+}
+
+static void d2i8_quantize_block(const float * x, uint8_t * y, int p) {
+    const int nt = QK_D2 - p;
+    d2_store_half(y, d2_tail_scale(x + p, nt));
+
+    float amax = 0.0f;
+    for (int i = 0; i < p; ++i) {
+        amax = fmaxf(amax, fabsf(x[i]));
+    }
+    d2_store_half(y + 2, amax/127.0f);
+    const float dp  = GGML_FP16_TO_FP32(d2_load_half(y + 2));
+    const float inv = dp > 0.0f ? 1.0f/dp : 0.0f;
+    int8_t * pq = (int8_t *) (y + 4);
+    for (int i = 0; i < p; ++i) {
+        pq[i] = d2i8_code(x[i], inv);
+    }
+    d2_pack_tail(x + p, nt, GGML_FP16_TO_FP32(d2_load_half(y)), y + 4 + p);
+}
+
+static void d2i8_dequantize_block(const uint8_t * x, float * y, int p) {
+    const float    dp = GGML_FP16_TO_FP32(d2_load_half(x + 2));
+    const int8_t * pq = (const int8_t *) (x + 4);
+    for (int i = 0; i < p; ++i) {
+        y[i] = (float) pq[i]*dp;
+    }
+    d2_unpack_tail(x + 4 + p, QK_D2 - p, GGML_FP16_TO_FP32(d2_load_half(x)), y + p);
+}
+
+static float d2i8_dot_block(const uint8_t * x, const float * y, int p) {
+    const int8_t * pq = (const int8_t *) (x + 4);
+    float sum_p = 0.0f;
+    for (int i = 0; i < p; ++i) {
+        sum_p += (float) pq[i]*y[i];
+    }
+    return GGML_FP16_TO_FP32(d2_load_half(x + 2))*sum_p +
+           GGML_FP16_TO_FP32(d2_load_half(x))*d2_dot_tail(x + 4 + p, QK_D2 - p, y + p);
+}
+
+#define D2I8_DEFINE(P)                                                                                 \
+void quantize_row_d2_p##P##i8_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {  \
+    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
+    uint8_t * y = (uint8_t *) vy;                                                                      \
+    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
+        d2i8_quantize_block(x + b*QK_D2, y + b*d2i8_block_size(P), P);                                 \
+    }                                                                                                  \
+}                                                                                                      \
+void dequantize_row_d2_p##P##i8(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {     \
+    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
+    const uint8_t * x = (const uint8_t *) vx;                                                          \
+    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
+        d2i8_dequantize_block(x + b*d2i8_block_size(P), y + b*QK_D2, P);                               \
+    }                                                                                                  \
+}                                                                                                      \
+void ggml_vec_dot_d2_p##P##i8_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, \
+        size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {                                \
+    assert(nrc == 1);                                                                                  \
+    GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);                               \
+    const uint8_t * x = (const uint8_t *) vx;                                                          \
+    const float   * y = (const float *) vy;                                                            \
+    float sum = 0.0f;                                                                                  \
+    for (int b = 0; b < n/QK_D2; ++b) {                                                                \
+        sum += d2i8_dot_block(x + b*d2i8_block_size(P), y + b*QK_D2, P);                               \
+    }                                                                                                  \
+    *s = sum;                                                                                          \
+}
+
+D2I8_DEFINE(8)
+D2I8_DEFINE(16)
+D2I8_DEFINE(32)
+
 bool ggml_d2_validate_row(enum ggml_type type, const void * data, size_t nbytes) {
-    const int p = ggml_d2_protected(type);
+    if (ggml_is_d2i8(type)) {
+        // two fp16 scales, then int8 and packed codes: only the scales can be non-finite
+        const size_t bsz = d2i8_block_size(ggml_d2i8_protected(type));
+        if (nbytes % bsz != 0) {
+            return false;
+        }
+        for (size_t b = 0; b < nbytes/bsz; ++b) {
+            const uint8_t * blk = (const uint8_t *) data + b*bsz;
+            if (!isfinite(GGML_FP16_TO_FP32(d2_load_half(blk))) || !isfinite(GGML_FP16_TO_FP32(d2_load_half(blk + 2)))) {
+                return false;
+            }
+        }
+        return true;
+    }
+    const int p = ggml_is_d2b2(type) ? ggml_d2b2_protected(type) : ggml_d2_protected(type);
     if (p == 0) {
         return false;
     }
-    const size_t bsz = d2_block_size(p);
+    const size_t bsz = ggml_is_d2b2(type) ? d2b2_block_size(p) : d2_block_size(p);
     if (nbytes % bsz != 0) {
         return false;
     }

@@ -34,7 +34,9 @@ struct llama_fraqtl_params llama_fraqtl_default_params(void) {
     p.v_sidecar = nullptr;
     p.k_protect = 16;
     p.v_protect = 32;
-    p.tail_bits = 3;
+    p.k_tail_bits = 3;
+    p.v_tail_bits = 3;
+    p.protect_bits = 16;
     p.n_sink    = 8;
     p.n_window  = 1024;
     p.basis     = LLAMA_FRAQTL_BASIS_SIDECAR;
@@ -47,18 +49,25 @@ struct llama_fraqtl_params llama_fraqtl_default_params(void) {
     throw std::runtime_error(msg);
 }
 
-// cache type for P protected directions per head of width hd; GGML_TYPE_COUNT if unsupported
-static ggml_type fraqtl_type_for(int32_t protect, int32_t hd) {
+// cache type for P protected directions per head of width hd, tail codes of `bits` bits and
+// protected coefficients of `pbits` bits; GGML_TYPE_COUNT if unsupported
+static ggml_type fraqtl_type_for(int32_t protect, int32_t hd, int32_t bits, int32_t pbits) {
     if (protect == hd) {
         return GGML_TYPE_F16;
     }
-    if (hd % 64 != 0 || protect % (hd/64) != 0) {
+    if (hd % 64 != 0 || protect % (hd/64) != 0 || (pbits == 8 && bits != 3)) {
         return GGML_TYPE_COUNT;
     }
+    static const ggml_type types[3][3] = { // [tail 3, tail 2, int8 protected][P 8, 16, 32]
+        { GGML_TYPE_D2_P8,   GGML_TYPE_D2_P16,   GGML_TYPE_D2_P32   },
+        { GGML_TYPE_D2_P8B2, GGML_TYPE_D2_P16B2, GGML_TYPE_D2_P32B2 },
+        { GGML_TYPE_D2_P8I8, GGML_TYPE_D2_P16I8, GGML_TYPE_D2_P32I8 },
+    };
+    const int family = pbits == 8 ? 2 : bits == 2 ? 1 : 0;
     switch (protect/(hd/64)) {
-        case 8:  return GGML_TYPE_D2_P8;
-        case 16: return GGML_TYPE_D2_P16;
-        case 32: return GGML_TYPE_D2_P32;
+        case 8:  return types[family][0];
+        case 16: return types[family][1];
+        case 32: return types[family][2];
         default: return GGML_TYPE_COUNT;
     }
 }
@@ -86,8 +95,12 @@ bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params
         snprintf(msg, sizeof(msg), "D2 supports one sequence per context (n_seq_max = %u)", params.n_seq_max);
         return fail(msg);
     }
-    if (fp.tail_bits != 3) {
-        snprintf(msg, sizeof(msg), "D2 tail_bits = %d is not supported (only 3)", fp.tail_bits);
+    if ((fp.k_tail_bits != 2 && fp.k_tail_bits != 3) || (fp.v_tail_bits != 2 && fp.v_tail_bits != 3)) {
+        snprintf(msg, sizeof(msg), "D2 tail bits K %d / V %d are not supported (2 or 3)", fp.k_tail_bits, fp.v_tail_bits);
+        return fail(msg);
+    }
+    if (fp.protect_bits != 16 && !(fp.protect_bits == 8 && fp.k_tail_bits == 3 && fp.v_tail_bits == 3)) {
+        snprintf(msg, sizeof(msg), "D2 protected coefficients of %d bits are not supported (16, or 8 with 3-bit tails)", fp.protect_bits);
         return fail(msg);
     }
     if (fp.n_sink < 0 || fp.n_window < 0) {
@@ -117,8 +130,8 @@ bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params
         return fail(msg);
     }
 
-    const ggml_type tk = fraqtl_type_for(fp.k_protect, hd_k);
-    const ggml_type tv = fraqtl_type_for(fp.v_protect, hd_v);
+    const ggml_type tk = fraqtl_type_for(fp.k_protect, hd_k, fp.k_tail_bits, fp.protect_bits);
+    const ggml_type tv = fraqtl_type_for(fp.v_protect, hd_v, fp.v_tail_bits, fp.protect_bits);
     if (tk == GGML_TYPE_COUNT || tv == GGML_TYPE_COUNT) {
         snprintf(msg, sizeof(msg),
                 "D2 protected directions K %d / V %d are not supported at head sizes %d / %d "
@@ -416,8 +429,8 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
     }
     d2->k_protect = fp.k_protect;
     d2->v_protect = fp.v_protect;
-    d2->type_k    = fraqtl_type_for(fp.k_protect, d2->hd_k);
-    d2->type_v    = fraqtl_type_for(fp.v_protect, d2->hd_v);
+    d2->type_k    = fraqtl_type_for(fp.k_protect, d2->hd_k, fp.k_tail_bits, fp.protect_bits);
+    d2->type_v    = fraqtl_type_for(fp.v_protect, d2->hd_v, fp.v_tail_bits, fp.protect_bits);
     d2->n_sink    = fp.n_sink;
     d2->n_window  = fp.n_window;
 

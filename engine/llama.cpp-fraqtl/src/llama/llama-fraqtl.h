@@ -27,11 +27,13 @@ struct llama_fraqtl_params {
     const char * v_sidecar;  // V basis, format v1 "FRAQ" (NULL: identity)
     int32_t      k_protect;  // fp16 directions per K head: 8, 16 or 32 per 64-block, or head_dim (all fp16)
     int32_t      v_protect;  // same for V
-    int32_t      tail_bits;  // bits per tail code (3)
+    int32_t      k_tail_bits; // bits per K tail code: 3 (d2_p*) or 2 (d2_p*b2, D2-lite)
+    int32_t      v_tail_bits; // same for V
     int32_t      n_sink;     // first tokens kept exact (8)
     int32_t      n_window;   // most recent tokens kept exact (1024)
     int32_t      basis;      // enum llama_fraqtl_basis
     uint32_t     seed;       // for LLAMA_FRAQTL_BASIS_RANDOM
+    int32_t      protect_bits; // bits per protected coefficient, K and V: 16 (fp16) or 8 (int8, d2_p*i8; 3-bit tails only)
 };
 
 LLAMA_API struct llama_fraqtl_params llama_fraqtl_default_params(void);
