@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from app.errors import EngineHungError
+from engine.errors import EngineCrashedError
 from app.samples import DEFAULT_SAMPLE
 from app.settings import Settings
 from app.ui import create_app
@@ -122,3 +123,44 @@ async def test_switching_documents_while_the_engine_loads_leaves_one_engine(mode
         await until(pilot, lambda: screen.state == "ready" and app.document.title == "second.md", steps=500)
         await pilot.pause(0.8)  # the first engine's start has long returned
         assert SlowToStartEngine.open_engines == {id(app.conversation.engine)}
+
+
+class CrashingPrefillEngine(FakeEngine):
+    """Dies (like a SIGKILLed engine process) in the middle of reading the document."""
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        self.released = threading.Event()
+
+    def answer(self, messages, max_tokens=256, sampling=GREEDY):
+        if max_tokens == 0:  # the document's prefill
+            yield PrefillProgress(0, 17, 0, 0.0, 0.0)
+            self.released.wait(60)
+            raise EngineCrashedError("f16", "killed by SIGKILL")
+        yield from super().answer(messages, max_tokens, sampling)
+
+    def close(self) -> None:
+        self.released.set()
+
+
+async def test_a_question_waiting_for_the_prefill_survives_an_engine_crash(model_path) -> None:
+    engines: list[CrashingPrefillEngine] = []
+
+    def factory(spec):
+        engines.append(CrashingPrefillEngine(spec))
+        return engines[-1]
+
+    app = create_app(Settings(n_ctx=8192, max_tokens=64), [DEFAULT_SAMPLE], model_path,
+                     factory=factory, sampler=FakeSampler(available=False), vram_refresh_s=0)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "prefilling")
+        question = "Which of the harbour's three cranes was built first, and who paid for it? " * 4
+        box = screen.query_one("#question")
+        box.value = question
+        await pilot.press("enter")
+        await until(pilot, lambda: box.value == "")  # taken, to be asked once the document is ready
+        engines[-1].released.set()
+        await until(pilot, lambda: screen.state == "failed", steps=300)
+        assert "killed by SIGKILL" in status(screen)
+        assert box.value == question.strip()  # back in the box, not lost with the engine

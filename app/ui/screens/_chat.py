@@ -448,7 +448,16 @@ class ChatScreen(Screen[None]):
             self.current_answer.add_class("failed")
             await self.current_answer.finish(None, [], note=message.message)
             self.current_answer = None
+        self.restore_pending_question()
         self.notify(message.message, title="Engine", severity="error", timeout=10, markup=False)
+
+    def restore_pending_question(self) -> None:
+        """A question waiting for the prefill goes back into an empty question box, not lost with the engine."""
+        question, self.pending_question = self.pending_question, None
+        box = self.query_one(QuestionInput)
+        if question and not box.value.strip():
+            box.value = question
+            box.cursor_position = len(question)
 
     async def check_engine_hung(self) -> None:
         """An engine that reports nothing for ``answer_timeout_s`` is given up on (F5 starts a new one)."""

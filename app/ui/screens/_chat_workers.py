@@ -76,14 +76,18 @@ def start_and_prefill(conversation: Conversation, n_ctx: int | None, previous: C
     if not fit.fits:
         return
     done: AnswerDone | None = None
-    for event in conversation.prefill():
-        if isinstance(event, PrefillProgress):
-            post(PrefillProgressed(event, "document"))
-        elif isinstance(event, AnswerDone):
-            done = event
-        elif isinstance(event, EngineFailed):
-            post(EngineFailedMessage(event.message, event.kind))
-            return
+    try:
+        for event in conversation.prefill():
+            if isinstance(event, PrefillProgress):
+                post(PrefillProgressed(event, "document"))
+            elif isinstance(event, AnswerDone):
+                done = event
+            elif isinstance(event, EngineFailed):
+                post(EngineFailedMessage(event.message, event.kind))
+                return
+    except EngineError as exc:  # raised rather than reported (e.g. the engine's pipe closed under it)
+        post(EngineFailedMessage(str(exc), type(exc).__name__))
+        return
     post(DocumentReady(done))
 
 
