@@ -141,6 +141,8 @@ class FakeGpuBackend:
     """llama_cpp as a CUDA build: a context must never be created after a refusal."""
 
     LLAMA_ROPE_SCALING_TYPE_YARN = 2
+    LLAMA_SPLIT_MODE_NONE = 0
+    LLAMA_SPLIT_MODE_LAYER = 1
     created = 0
 
     @staticmethod
@@ -156,6 +158,7 @@ def test_the_runtime_refuses_before_llama_cpp_creates_the_context(monkeypatch: p
     from engine import runtime
 
     monkeypatch.setattr(runtime, "load_llama_cpp", FakeGpuBackend)
+    monkeypatch.setattr(runtime.rpc, "has_local_gpu", lambda llama_cpp: True)  # a CUDA build's device list
     monkeypatch.setattr(runtime, "read_gguf", lambda path: INFO)
     monkeypatch.setattr(nvml, "free_memory", lambda: gpus(12.0))
     with pytest.raises(ContextMemoryError) as refused:
