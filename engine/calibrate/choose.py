@@ -12,7 +12,7 @@ is written into the manifest as ``recipe.recommended`` with every candidate's sc
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,7 @@ def held_out(stream: Sequence[int], skip: int, n_tokens: int) -> list[int]:
 
 
 def choose_recipe(model_path: Path, info: GgufInfo, k_path: Path, v_path: Path, tokens: Sequence[int],
-                  skipped: int, n_threads: int | None = None,
-                  on_recipe: Callable[[str, int, int], None] = lambda label, i, n: None) -> RecipeChoice:
+                  skipped: int, n_threads: int | None = None) -> RecipeChoice:
     """Score every equal-memory recipe on ``tokens`` (held out) and pick the lowest mean KLD."""
     from engine.d2 import D2Settings
     from engine.runtime import Runtime
@@ -97,11 +96,9 @@ def choose_recipe(model_path: Path, info: GgufInfo, k_path: Path, v_path: Path, 
         finally:
             rt.close()
 
-    on_recipe("f16", 0, len(candidates) + 1)
     ref = logprobs(ArmConfig.parse("f16"), None)
     scores: dict[str, float] = {}
-    for i, recipe in enumerate(candidates):
-        on_recipe(recipe.label, i + 1, len(candidates) + 1)
+    for recipe in candidates:
         scored = dataclasses.replace(recipe, window=min(recipe.window, SCORE_WINDOW))
         d2 = D2Settings(recipe=scored, k_sidecar=k_path, v_sidecar=v_path)
         scores[recipe.label] = float(kld(ref, logprobs(ArmConfig("d2", scored), d2)).mean())

@@ -136,11 +136,10 @@ def _token_stream(model: CaptureModel, files: Sequence[CorpusFile], need: int) -
     return stream
 
 
-def _plan_sequences(model: CaptureModel, files: Sequence[CorpusFile], budget: int, ctx: int) -> list[list[int]]:
-    """Token sequences of ``ctx`` tokens (BOS first where the model wants one) up to ``budget`` tokens."""
+def _plan_sequences(model: CaptureModel, stream: Sequence[int], budget: int, ctx: int) -> list[list[int]]:
+    """Token sequences of ``ctx`` tokens (BOS first where the model wants one) up to ``budget`` tokens of ``stream``."""
     bos = model.bos
     body = ctx - (1 if bos is not None else 0)
-    stream = _token_stream(model, files, budget)  # tokens beyond BOS we want in total (upper bound)
     sequences = []
     pos = 0
     total = 0
@@ -261,7 +260,9 @@ def calibrate(
     try:
         if by_query:
             model.capture.enable_queries(info.n_head)
-        sequences = _plan_sequences(model, files, config.tokens, ctx)
+        # one tokenization serves the calibration and the held-out text after it
+        stream = _token_stream(model, files, config.tokens + config.holdout)
+        sequences = _plan_sequences(model, stream, config.tokens, ctx)
         if not sequences:
             raise CorpusError(", ".join(str(f.path) for f in files), "it has fewer than 64 tokens")
         total = sum(len(s) for s in sequences)
@@ -308,7 +309,7 @@ def calibrate(
         holdout: list[int] = []
         calibrated = sum(len(s) - (1 if model.bos is not None else 0) for s in sequences)
         if config.holdout > 0:
-            held = held_out(_token_stream(model, files, calibrated + config.holdout), calibrated, config.holdout)
+            held = held_out(stream, calibrated, config.holdout)
             holdout = ([model.bos] if model.bos is not None and held else []) + held
         mq, nq = _queries(model.capture, saved_queries) if by_query else (None, 0)
         libllama = fraqtl_version()

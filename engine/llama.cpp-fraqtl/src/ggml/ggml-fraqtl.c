@@ -173,22 +173,24 @@ static float d2_dot_block(const uint8_t * x, const float * y, int p) {
     return sum_p + GGML_FP16_TO_FP32(d2_load_half(x))*d2_dot_tail(ph + 2*p, QK_D2 - p, y + p);
 }
 
-#define D2_DEFINE(P)                                                                                   \
-void quantize_row_d2_p##P##_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {    \
+// the row functions ggml calls for a block family FAM (d2, d2b2, d2i8: its FAM##_block_size and
+// FAM##_quantize/dequantize/dot_block) with P protected coefficients; SUF names the type (d2_p8SUF)
+#define D2_ROW_FUNCS(FAM, P, SUF)                                                                      \
+void quantize_row_d2_p##P##SUF##_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) { \
     GGML_ASSERT(k % QK_D2 == 0);                                                                       \
     uint8_t * y = (uint8_t *) vy;                                                                      \
     for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
-        d2_quantize_block(x + b*QK_D2, y + b*d2_block_size(P), P);                                     \
+        FAM##_quantize_block(x + b*QK_D2, y + b*FAM##_block_size(P), P);                               \
     }                                                                                                  \
 }                                                                                                      \
-void dequantize_row_d2_p##P(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {       \
+void dequantize_row_d2_p##P##SUF(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {  \
     GGML_ASSERT(k % QK_D2 == 0);                                                                       \
     const uint8_t * x = (const uint8_t *) vx;                                                          \
     for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
-        d2_dequantize_block(x + b*d2_block_size(P), y + b*QK_D2, P);                                   \
+        FAM##_dequantize_block(x + b*FAM##_block_size(P), y + b*QK_D2, P);                             \
     }                                                                                                  \
 }                                                                                                      \
-void ggml_vec_dot_d2_p##P##_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, \
+void ggml_vec_dot_d2_p##P##SUF##_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, \
         size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {                                \
     assert(nrc == 1);                                                                                  \
     GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);                               \
@@ -196,14 +198,14 @@ void ggml_vec_dot_d2_p##P##_f32(int n, float * GGML_RESTRICT s, size_t bs, const
     const float   * y = (const float *) vy;                                                            \
     float sum = 0.0f;                                                                                  \
     for (int b = 0; b < n/QK_D2; ++b) {                                                                \
-        sum += d2_dot_block(x + b*d2_block_size(P), y + b*QK_D2, P);                                   \
+        sum += FAM##_dot_block(x + b*FAM##_block_size(P), y + b*QK_D2, P);                             \
     }                                                                                                  \
     *s = sum;                                                                                          \
 }
 
-D2_DEFINE(8)
-D2_DEFINE(16)
-D2_DEFINE(32)
+D2_ROW_FUNCS(d2,  8, )
+D2_ROW_FUNCS(d2, 16, )
+D2_ROW_FUNCS(d2, 32, )
 
 // ---------------------------------------------------------------------------------------
 // 2-bit tails (D2-lite): levels (2c - 3)*d for c in [0, 3], four codes to a byte
@@ -326,37 +328,9 @@ static float d2b2_dot_block(const uint8_t * x, const float * y, int p) {
     return sum_p + d*sum_t;
 }
 
-#define D2B2_DEFINE(P)                                                                                 \
-void quantize_row_d2_p##P##b2_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {  \
-    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
-    uint8_t * y = (uint8_t *) vy;                                                                      \
-    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
-        d2b2_quantize_block(x + b*QK_D2, y + b*d2b2_block_size(P), P);                                 \
-    }                                                                                                  \
-}                                                                                                      \
-void dequantize_row_d2_p##P##b2(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {     \
-    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
-    const uint8_t * x = (const uint8_t *) vx;                                                          \
-    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
-        d2b2_dequantize_block(x + b*d2b2_block_size(P), y + b*QK_D2, P);                               \
-    }                                                                                                  \
-}                                                                                                      \
-void ggml_vec_dot_d2_p##P##b2_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, \
-        size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {                                \
-    assert(nrc == 1);                                                                                  \
-    GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);                               \
-    const uint8_t * x = (const uint8_t *) vx;                                                          \
-    const float   * y = (const float *) vy;                                                            \
-    float sum = 0.0f;                                                                                  \
-    for (int b = 0; b < n/QK_D2; ++b) {                                                                \
-        sum += d2b2_dot_block(x + b*d2b2_block_size(P), y + b*QK_D2, P);                               \
-    }                                                                                                  \
-    *s = sum;                                                                                          \
-}
-
-D2B2_DEFINE(8)
-D2B2_DEFINE(16)
-D2B2_DEFINE(32)
+D2_ROW_FUNCS(d2b2,  8, b2)
+D2_ROW_FUNCS(d2b2, 16, b2)
+D2_ROW_FUNCS(d2b2, 32, b2)
 
 // ---------------------------------------------------------------------------------------
 // int8 protected coefficients (D2-lite): the 3-bit tail of d2_p*, the protected part as int8
@@ -408,37 +382,9 @@ static float d2i8_dot_block(const uint8_t * x, const float * y, int p) {
            GGML_FP16_TO_FP32(d2_load_half(x))*d2_dot_tail(x + 4 + p, QK_D2 - p, y + p);
 }
 
-#define D2I8_DEFINE(P)                                                                                 \
-void quantize_row_d2_p##P##i8_ref(const float * GGML_RESTRICT x, void * GGML_RESTRICT vy, int64_t k) {  \
-    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
-    uint8_t * y = (uint8_t *) vy;                                                                      \
-    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
-        d2i8_quantize_block(x + b*QK_D2, y + b*d2i8_block_size(P), P);                                 \
-    }                                                                                                  \
-}                                                                                                      \
-void dequantize_row_d2_p##P##i8(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {     \
-    GGML_ASSERT(k % QK_D2 == 0);                                                                       \
-    const uint8_t * x = (const uint8_t *) vx;                                                          \
-    for (int64_t b = 0; b < k/QK_D2; ++b) {                                                            \
-        d2i8_dequantize_block(x + b*d2i8_block_size(P), y + b*QK_D2, P);                               \
-    }                                                                                                  \
-}                                                                                                      \
-void ggml_vec_dot_d2_p##P##i8_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, \
-        size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {                                \
-    assert(nrc == 1);                                                                                  \
-    GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by); GGML_UNUSED(nrc);                               \
-    const uint8_t * x = (const uint8_t *) vx;                                                          \
-    const float   * y = (const float *) vy;                                                            \
-    float sum = 0.0f;                                                                                  \
-    for (int b = 0; b < n/QK_D2; ++b) {                                                                \
-        sum += d2i8_dot_block(x + b*d2i8_block_size(P), y + b*QK_D2, P);                               \
-    }                                                                                                  \
-    *s = sum;                                                                                          \
-}
-
-D2I8_DEFINE(8)
-D2I8_DEFINE(16)
-D2I8_DEFINE(32)
+D2_ROW_FUNCS(d2i8,  8, i8)
+D2_ROW_FUNCS(d2i8, 16, i8)
+D2_ROW_FUNCS(d2i8, 32, i8)
 
 bool ggml_d2_validate_row(enum ggml_type type, const void * data, size_t nbytes) {
     if (ggml_is_d2i8(type)) {
