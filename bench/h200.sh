@@ -42,6 +42,18 @@ smol() {
   fi
 }
 
+# the wheel loads without preloading the system libstdc++ since libggml-cuda exports only its C
+# API; preload only where a model load without it fails (and say so)
+preload() {
+  smol
+  if python3 -c "from engine.runtime import Runtime; Runtime('$SMOL', 'f16', n_ctx=512)" > /tmp/preload.log 2>&1; then
+    echo "a model loads without LD_PRELOAD"
+  else
+    echo "MODEL LOAD FAILED WITHOUT LD_PRELOAD (rc $?): $(tail -2 /tmp/preload.log)"
+    export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
+  fi
+}
+
 case $phase in
 start)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
@@ -57,7 +69,7 @@ build)
   export CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90"
-  export CMAKE_BUILD_PARALLEL_LEVEL=16
+  export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
   if ! python3 -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel -C build-dir=/tmp/build "$tree" \
       > /tmp/build.log 2>&1; then
     tail -60 /tmp/build.log; touch /tmp/build.failed; exit 1
@@ -68,7 +80,7 @@ build)
   touch /tmp/build.done
   # the upstream reference from the same tree: llama-bench only
   (cmake -DLLAMA_BUILD_TOOLS=ON /tmp/build > /tmp/bench-build.log 2>&1 &&
-   cmake --build /tmp/build --target llama-bench -j 16 >> /tmp/bench-build.log 2>&1 &&
+   cmake --build /tmp/build --target llama-bench -j $(nproc) >> /tmp/bench-build.log 2>&1 &&
    echo "llama-bench built in $(( $(date +%s) - t0 )) s") || echo "llama-bench build failed"
   python3 -m bench.cli shape-model -o $SHAPE && echo "shape model done in $(( $(date +%s) - t0 )) s"
   touch /tmp/shape.done
@@ -77,8 +89,7 @@ gpu)
   wait_build; smol
   # which libstdc++ the image's python has mapped before llama.cpp loads (the preload question)
   python3 -c "import numpy, ctypes; print([l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l][:1])"
-  python3 -c "import llama_cpp; from engine.runtime import Runtime; rt = Runtime('$SMOL', 'f16', n_ctx=512); print('loads without LD_PRELOAD')" 2>&1 | tail -1
-  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
+  preload
   nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv
   FRAQTL_GPU_RESULTS=$OUT timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/functional/test_d2_cuda.py \
     2>&1 | tail -30
@@ -91,8 +102,7 @@ gpu)
 diag)
   # the GPU d2 path against its CPU reference, piece by piece: all rows exact (window >= chunk),
   # no exact rows at all (quantizer and dequantizer alone), and without CUDA op fusion
-  wait_build; smol
-  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
+  wait_build; smol; preload
   timeout 240 python3 -m bench.cli kld --model $SMOL --chunks 3 --timeout 60 --name kld-d2-cuda-diag --out /tmp/receipts \
     --arms f16,d2,d2@cpu,d2:k32v16s8w8192,d2:k32v16s8w8192@cpu,d2:k32v16s0w0,d2:k32v16s0w0@cpu 2>&1 | grep -v "━" | tail -3
   GGML_CUDA_DISABLE_FUSION=1 timeout 60 python3 -m bench.cli kld --model $SMOL --chunks 3 --timeout 60 \
@@ -104,8 +114,9 @@ kcheck)
   # the D2 kernels alone against a CPU reference, and the decode kernel's time; no llama.cpp build
   # (about 40 s). Our kernel sources come from the work tree, the rest from the exported source.
   # KVAR="D2_FA_STAGES=2 ..." also builds and times those variants of the kernel (in parallel).
-  rm -rf /tmp/src && mkdir -p /tmp/src && tar xzf .dev/src.tar.gz -C /tmp/src
-  cuda=$(ls -d /tmp/src/*)/vendor/llama.cpp/ggml/src/ggml-cuda
+  # (its own copy of the source: the build of phase start may be reading /tmp/src)
+  rm -rf /tmp/ksrc && mkdir -p /tmp/ksrc && tar xzf .dev/src.tar.gz -C /tmp/ksrc
+  cuda=$(ls -d /tmp/ksrc/*)/vendor/llama.cpp/ggml/src/ggml-cuda
   cp engine/llama.cpp-fraqtl/check/d2_kernels_check.cu engine/llama.cpp-fraqtl/src/ggml-cuda/ggml-fraqtl-cuda.* "$cuda/"
   for v in default ${KVAR:-}; do
     def=$([ "$v" = default ] || echo "-D$v")
@@ -132,9 +143,15 @@ prof)
     --section InstructionStats /tmp/d2prof time > $OUT/ncu.txt 2>&1
   grep -v "^    ---\|^ *$" $OUT/ncu.txt | head -120
   ;;
+kprof)
+  # per-kernel GPU time of a decoded token after a long prefill (bench/gpu_profile.py), f16 vs d2
+  wait_build; preload
+  for _ in $(seq 1 60); do [ -f /tmp/shape.done ] && break; sleep 5; done
+  timeout 300 python3 -m bench.gpu_profile --model $SHAPE --arms ${ARMS:-f16,d2} --ctx ${PCTX:-131072} 2>&1 \
+    | grep -v "^llama\|^load\|^print_info\|^\.\|^graph\|^sched\|^init\|^ggml\|^~" | tail -60
+  ;;
 long)
-  wait_build
-  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
+  wait_build; preload
   timeout 400 python3 -m bench.cli memory --model $SHAPE --arms f16,q8_0,q4_0,d2 --ctx 128k --decode 64 \
     --timeout 200 --name memory-mistral-shape-d2-cuda-h200-128k --out /tmp/receipts 2>&1 | grep -v "━" | tail -20
   lb=$(find /tmp/build -name llama-bench -type f -perm -u+x | head -1)
@@ -146,7 +163,7 @@ long)
 split)
   wait_build; smol
   for _ in $(seq 1 60); do [ -f /tmp/shape.done ] && break; sleep 5; done
-  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
+  preload
   nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv
   [ "$(nvidia-smi -L | grep -c '^GPU')" -ge 2 ] || { echo "phase split needs 2 GPUs (kind nvidia-h200-x2)"; exit 1; }
   timeout 570 python3 -m bench.cli split --model $SHAPE --arms ${ARMS:-f16,q8_0,d2} --ctx ${CTX:-128k} --gpus 2 \

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -41,7 +40,7 @@ _why = _cuda_ready()
 if _why:
     pytest.skip(_why, allow_module_level=True)
 
-from engine import metrics  # noqa: E402
+from bench import gpu_agree  # noqa: E402
 from engine.events import AnswerDone  # noqa: E402
 from engine.runtime import Runtime  # noqa: E402
 
@@ -55,31 +54,7 @@ def model() -> Path:
 
 @pytest.fixture(scope="module")
 def tokens(model: Path) -> list[int]:
-    corpus = Path(__file__).resolve().parents[2] / "engine" / "corpus"
-    text = "\n\n".join(p.read_text() for p in sorted(corpus.glob("*.txt")) if "LICENSE" not in p.name)
-    rt = Runtime(model, "f16", n_ctx=256)
-    try:
-        toks = rt.tokenize(text)
-    finally:
-        rt.close()
-    assert len(toks) >= N_PROMPT
-    return toks[:N_PROMPT]
-
-
-def _logits(model: Path, arm: str, toks: list[int]) -> np.ndarray:
-    rt = Runtime(model, arm, n_ctx=N_PROMPT + 256, n_batch=512, logits_all=True)
-    try:
-        head = N_PROMPT - N_DECODE
-        rt.llm.eval(toks[:head])
-        for t in toks[head:]:
-            rt.llm.eval([t])
-        return np.array(rt.llm.scores[:N_PROMPT], dtype=np.float64)
-    finally:
-        rt.close()
-
-
-def _kld(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
-    return metrics.kld(metrics.log_softmax(ref), metrics.log_softmax(other))
+    return gpu_agree.corpus_tokens(model, N_PROMPT)
 
 
 def _llama_log(model: Path, arm: str) -> str:
@@ -110,20 +85,23 @@ def test_d2_cache_and_attention_live_on_the_gpu(model: Path) -> None:
 
 
 def test_d2_on_the_gpu_agrees_with_the_cpu_reference(model: Path, tokens: list[int]) -> None:
-    f16 = _logits(model, "f16", tokens)
-    gpu = _logits(model, "d2", tokens)
-    cpu = _logits(model, "d2@cpu", tokens)
-    scored = slice(N_PROMPT // 2, N_PROMPT)  # second half: well past the sinks, half beyond the window
-    decode = slice(N_PROMPT - N_DECODE, N_PROMPT)
+    f16 = gpu_agree.arm_logits(model, "f16", tokens, N_DECODE)
+    gpu = gpu_agree.arm_logits(model, "d2", tokens, N_DECODE)
+    cpu = gpu_agree.arm_logits(model, "d2@cpu", tokens, N_DECODE)
+    f16_cpu = gpu_agree.arm_logits(model, "f16@cpu", tokens, N_DECODE)
+    both = gpu_agree.agreement(cpu, gpu, N_DECODE)
     result = {
         "model": model.name,
         "tokens": N_PROMPT,
         "decoded_one_by_one": N_DECODE,
-        "top1_agreement_gpu_vs_cpu": float((gpu[scored].argmax(1) == cpu[scored].argmax(1)).mean()),
-        "kld_cpu_vs_gpu": float(_kld(cpu[scored], gpu[scored]).mean()),
-        "kld_cpu_vs_gpu_decode": float(_kld(cpu[decode], gpu[decode]).mean()),
-        "kld_vs_f16_gpu": float(_kld(f16[scored], gpu[scored]).mean()),
-        "kld_vs_f16_cpu": float(_kld(f16[scored], cpu[scored]).mean()),
+        "top1_agreement_gpu_vs_cpu": both["top1"],
+        "kld_cpu_vs_gpu": both["kld"],
+        "kld_cpu_vs_gpu_prefill": both["kld_prefill"],
+        "kld_cpu_vs_gpu_decode": both["kld_decode"],
+        "kld_vs_f16_gpu": gpu_agree.agreement(f16, gpu, N_DECODE)["kld"],
+        "kld_vs_f16_cpu": gpu_agree.agreement(f16, cpu, N_DECODE)["kld"],
+        # the floor: the same comparison for the f16 cache (GPU against CPU, different rounding)
+        "f16_gpu_vs_cpu": gpu_agree.agreement(f16_cpu, f16, N_DECODE),
     }
     folder = os.environ.get("FRAQTL_GPU_RESULTS")
     if folder:

@@ -259,6 +259,8 @@ struct d2_fattn_args {
     int      sm_mask;
     int      sm_tiles;
     int      sm_warp;    // bytes of each warp's own area there: its f16 tile, then its Q fragments
+    int      k_pos;      // staged bytes per position (whole positions at a padded stride), or 0:
+    int      v_pos;      //   the tile's bytes copied as one range (d2_staging_stride)
 };
 
 // bytes of one head's row
@@ -292,9 +294,10 @@ static d2_fattn_geom d2_fattn_geom_of(const int hd, const int pk, const int pv, 
         g.wph   = wph;
         g.warps = n_head_kv*wph;
         g.tile  = 16*wph;
-        // each staged range starts up to 15 bytes early (16-byte copies) and is read a word past its end
-        const int kb = d2_pad16((int64_t) g.tile*n_head_kv*d2_seg_bytes(hd, pk) + 32);
-        const int vb = d2_pad16((int64_t) g.tile*n_head_kv*d2_seg_bytes(hd, pv) + 32);
+        // each staged range starts up to 15 bytes early (16-byte copies) and is read a word past its
+        // end; or its positions are 16 bytes apart more (d2_staging_stride)
+        const int kb = d2_pad16((int64_t) g.tile*(n_head_kv*d2_seg_bytes(hd, pk) + 16) + 32);
+        const int vb = d2_pad16((int64_t) g.tile*(n_head_kv*d2_seg_bytes(hd, pv) + 16) + 32);
         g.sm_v     = kb;
         g.sm_rows  = kb + vb;
         g.sm_mask  = g.sm_rows + d2_pad16(4*g.tile);
@@ -307,6 +310,19 @@ static d2_fattn_geom d2_fattn_geom_of(const int hd, const int pk, const int pv, 
         }
     }
     return g;
+}
+
+// Shared memory serves a warp's 32-bit loads in one pass only where its lanes hit distinct banks.
+// Lanes read 16 staged positions at once, so a position stride of an even number of 16-byte
+// units puts pairs of rows (or, at 0 mod 128 bytes, all of them) in the same banks: 832 bytes
+// (Mistral's V, 8 heads of 104) gives 8-way conflicts. Where a position's bytes are whole 16-byte
+// units (and the cache 16-byte aligned) they are staged one position at a time at an odd number
+// of units apart: at most 2-way. Elsewhere (SmolLM2's 117-byte positions) the tile is one range.
+static int d2_staging_stride(const void * base, const int64_t row_bytes) {
+    if (row_bytes % 16 != 0 || (uintptr_t) base % 16 != 0) {
+        return 0;
+    }
+    return (int) (row_bytes + ((row_bytes/16) % 2 == 0 ? 16 : 0));
 }
 
 // the head dim held in slot s of a row whose blocks keep P protected dims
@@ -516,22 +532,31 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     const int r0 = blockIdx.x*a.chunk_rows;
     const int r1 = min(r0 + a.chunk_rows, a.n_kv);
 
+    // n positions of K or V from src into dst: at stride pos (d2_staging_stride), or as one range
+    // from the 16 bytes that hold src's first
+    auto stage_rows = [&](uint8_t * dst, const uint8_t * src, const int n, const int64_t bytes, const int pos) {
+        if (pos) {
+            const int nw = blockDim.x/WARP_SIZE;
+            for (int r = warp; r < n; r += nw) {
+                for (int u = 16*lane; u < (int) bytes; u += 16*WARP_SIZE) {
+                    d2_cp16(dst + r*pos + u, src + r*bytes + u);
+                }
+            }
+        } else {
+            const uint8_t * al = (const uint8_t *) ((uintptr_t) src & ~(uintptr_t) 15);
+            const int nb = (int) (src - al) + n*(int) bytes;
+            for (int i = 16*threadIdx.x; i < nb; i += 16*blockDim.x) {
+                d2_cp16(dst + i, al + i);
+            }
+        }
+    };
+
     // the tile at t0 (K, V, row map, mask) into stage b
     auto stage = [&](const int t0, const int b) {
         uint8_t * s = smem + b*a.sm_stage;
         const int n = min(tile, r1 - t0);
-        const uint8_t * ks = a.k + t0*rk;
-        const uint8_t * vs = a.v + t0*rv;
-        const uint8_t * ka = (const uint8_t *) ((uintptr_t) ks & ~(uintptr_t) 15);
-        const uint8_t * va = (const uint8_t *) ((uintptr_t) vs & ~(uintptr_t) 15);
-        const int kn = (int) (ks - ka) + n*(int) rk;
-        const int vn = (int) (vs - va) + n*(int) rv;
-        for (int i = 16*threadIdx.x; i < kn; i += 16*blockDim.x) {
-            d2_cp16(s + i, ka + i);
-        }
-        for (int i = 16*threadIdx.x; i < vn; i += 16*blockDim.x) {
-            d2_cp16(s + a.sm_v + i, va + i);
-        }
+        stage_rows(s,          a.k + t0*rk, n, rk, a.k_pos);
+        stage_rows(s + a.sm_v, a.v + t0*rv, n, rv, a.v_pos);
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             if (a.rows) {
                 d2_cp4(s + a.sm_rows + 4*i, a.rows + t0 + i);
@@ -586,12 +611,14 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
         const int p0 = t0 + 16*j;
         if (p0 < r1) {
             const uint8_t * s    = smem + b*a.sm_stage;
-            const uint8_t * sk   = s        + ((uintptr_t) (a.k + t0*rk) & 15) + 16*j*rk + h*KSEG;
-            const uint8_t * sv   = s + a.sm_v + ((uintptr_t) (a.v + t0*rv) & 15) + 16*j*rv + h*VSEG;
+            const int       kpos = a.k_pos ? a.k_pos : (int) rk; // staged bytes per position
+            const int       vpos = a.v_pos ? a.v_pos : (int) rv;
+            const uint8_t * sk   = s        + (a.k_pos ? 0 : (uintptr_t) (a.k + t0*rk) & 15) + 16*j*kpos + h*KSEG;
+            const uint8_t * sv   = s + a.sm_v + (a.v_pos ? 0 : (uintptr_t) (a.v + t0*rv) & 15) + 16*j*vpos + h*VSEG;
             const int32_t * rmap = a.rows ? (const int32_t *) (s + a.sm_rows) + 16*j : nullptr;
             const half    * mrow = (const half *) (s + a.sm_mask) + 16*j;
 
-            d2_slice_to_f16<HD, PK>(sk, rk, rmap, a.ek, a.ek_s1, h, p0, r1, a.n_kv, ftile, lane);
+            d2_slice_to_f16<HD, PK>(sk, kpos, rmap, a.ek, a.ek_s1, h, p0, r1, a.n_kv, ftile, lane);
             __syncwarp();
 
             // scores of rows (8*nb + 2*tq + i) for query head gq
@@ -639,7 +666,7 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
             const uint32_t pa1 = d2_h2_u32(__floats2half2_rn(p[1][0], p[1][1]));
 
             __syncwarp(); // K is read: the tile takes V
-            d2_slice_to_f16<HD, PV>(sv, rv, rmap, a.ev, a.ev_s1, h, p0, r1, a.n_kv, ftile, lane);
+            d2_slice_to_f16<HD, PV>(sv, vpos, rmap, a.ev, a.ev_s1, h, p0, r1, a.n_kv, ftile, lane);
             __syncwarp();
 #pragma unroll
             for (int k = 0; k < NKS; ++k) {
@@ -917,7 +944,9 @@ static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, 
 }
 
 // one query token: the split-KV kernel, then the log-sum-exp merge of its partial results
-static void d2_fattn_decode_launch(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
+static void d2_fattn_decode_launch(d2_fattn_args a, const d2_fattn_shape & s, cudaStream_t stream) {
+    a.k_pos = d2_staging_stride(a.k, (int64_t) s.n_head_kv*d2_seg_bytes(s.hd, s.pk));
+    a.v_pos = d2_staging_stride(a.v, (int64_t) s.n_head_kv*d2_seg_bytes(s.hd, s.pv));
     switch (s.hd) {
         case  64: d2_launch_decode< 64>(a, s, stream); break;
         case 128: d2_launch_decode<128>(a, s, stream); break;
