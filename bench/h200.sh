@@ -127,7 +127,7 @@ kcheck)
   [ -x /tmp/d2check-default ] || exit 1
   [ -n "${KQUICK:-}" ] || /tmp/d2check-default | grep -v "head [1-9]"
   /tmp/d2check-default decode
-  for v in ${KVAR:-}; do echo "== variant $v"; /tmp/d2check-$v timing | grep time; done
+  for v in ${KVAR:-}; do echo "== variant $v"; /tmp/d2check-$v ${VMODE:-timing} | grep time; done
   exit 0
   ;;
 prof)
@@ -137,10 +137,11 @@ prof)
   cp engine/llama.cpp-fraqtl/check/d2_kernels_check.cu engine/llama.cpp-fraqtl/src/ggml-cuda/ggml-fraqtl-cuda.* "$cuda/"
   (cd "$cuda" && nvcc -std=c++17 -arch=sm_90 -use_fast_math -lineinfo -extended-lambda -I../../include -I.. -I. \
     d2_kernels_check.cu -Xlinker --unresolved-symbols=ignore-all -o /tmp/d2prof) || exit 1
-  /tmp/d2prof time
-  timeout 120 ncu --kernel-name regex:d2_fattn_decode --launch-count 1 --section SpeedOfLight \
+  /tmp/d2prof ${PMODE:-time}
+  timeout 200 ncu --kernel-name regex:d2_fattn_decode --launch-count 1 --section SpeedOfLight \
     --section WarpStateStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-    --section InstructionStats /tmp/d2prof time > $OUT/ncu.txt 2>&1
+    --section MemoryWorkloadAnalysis_Tables --section InstructionStats --section SourceCounters \
+    /tmp/d2prof ${PMODE:-time} > $OUT/ncu.txt 2>&1
   grep -v "^    ---\|^ *$" $OUT/ncu.txt | head -120
   ;;
 kprof)
@@ -149,6 +150,48 @@ kprof)
   for _ in $(seq 1 60); do [ -f /tmp/shape.done ] && break; sleep 5; done
   timeout 300 python3 -m bench.gpu_profile --model $SHAPE --arms ${ARMS:-f16,d2} --ctx ${PCTX:-131072} 2>&1 \
     | grep -v "^llama\|^load\|^print_info\|^\.\|^graph\|^sched\|^init\|^ggml\|^~" | tail -60
+  ;;
+mem)
+  # Mistral-shape memory/speed at $CTX (all four arms in one run), then llama-bench from the same build
+  wait_build; preload
+  for _ in $(seq 1 60); do [ -f /tmp/shape.done ] && break; sleep 5; done
+  timeout 420 python3 -m bench.cli memory --model $SHAPE --arms f16,q8_0,q4_0,d2 --ctx ${CTX:-32k,64k,128k} --decode 64 \
+    --timeout 200 --name ${NAME:-memory-mistral-shape-d2-h200} --out /tmp/receipts 2>&1 | grep -v "━" | tail -20
+  lb=$(find /tmp/build -name llama-bench -type f -perm -u+x | head -1)
+  if [ -n "$lb" ]; then
+    d=$(ls -d /tmp/receipts/*${NAME:-memory-mistral-shape-d2-h200} | tail -1)
+    timeout 150 "$lb" -m $SHAPE -fa 1 -ub 2048 -p 0 -n 64 -d ${LBD:-32768,131072} \
+      -ctk f16 -ctv f16 -o md 2>&1 | tee "$d/llama-bench.md" | tail -8
+    cp "$d/llama-bench.md" $OUT/
+  fi
+  ;;
+tests)
+  # the GPU tests: the D2 cache in VRAM with no CPU split, agreement with the CPU reference, an answer
+  wait_build; smol; preload
+  FRAQTL_GPU_RESULTS=$OUT timeout 300 python3 -m pytest -q -p no:cacheprovider tests/functional/test_d2_cuda.py \
+    2>&1 | grep -v "^E  .*llama_\|print_info\|load_tensors" | tail -30
+  ;;
+agree)
+  # D2 on the GPU against its CPU reference beside the f16 floor and an all-exact D2 (bench/gpu_agree.py)
+  wait_build; smol; preload
+  timeout 300 python3 -m bench.gpu_agree --out $OUT/agree.json \
+    --pairs f16@cpu/f16,d2@cpu/d2,f16/d2,f16/d2@cpu,d2:k32v16s8w8192@cpu/d2:k32v16s8w8192 2>&1 | grep " vs "
+  ;;
+ldiag)
+  # why a model load crashes without preloading the system libstdc++: which library's C++ symbols
+  # the loading libraries bound to, and a native backtrace
+  wait_build; smol
+  lib=$(python3 -c "import llama_cpp, os; print(os.path.dirname(llama_cpp.__file__))")/lib
+  ls $lib; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+  for f in $lib/*.so; do echo "== $f"; ldd $f | grep -i "stdc\|gcc_s"; done
+  python3 -c "import numpy; print([l.split()[-1] for l in open('/proc/self/maps') if 'stdc++' in l][:2])"
+  LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/ldb timeout 60 python3 -c \
+    "from engine.runtime import Runtime; Runtime('$SMOL', 'f16', n_ctx=512)" > /dev/null 2>&1
+  cat /tmp/ldb.* | grep "binding file" | grep -v "to /lib\|to /usr/lib" | grep "_ZNS\|_ZNK\|_ZSt\|_ZTV\|_ZTI\|_ZGV" \
+    | sed 's/.*binding file \([^ ]*\) \[0\] to \([^ ]*\) \[0\]: normal symbol .\(.*\).*/\1 -> \2 \3/' \
+    | awk '{split($1,a,"/"); split($2,b,"/"); print a[length(a)], "->", b[length(b)], $3}' | sort | uniq -c | sort -rn | head -25
+  [ -n "${GDB:-}" ] && timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 -c \
+    "from engine.runtime import Runtime; Runtime('$SMOL', 'f16', n_ctx=512)" 2>&1 | grep -v "^\[\|^warning\|^llama\|^print_info\|^load" | tail -25
   ;;
 long)
   wait_build; preload

@@ -318,8 +318,11 @@ static d2_fattn_geom d2_fattn_geom_of(const int hd, const int pk, const int pv, 
 // (Mistral's V, 8 heads of 104) gives 8-way conflicts. Where a position's bytes are whole 16-byte
 // units (and the cache 16-byte aligned) they are staged one position at a time at an odd number
 // of units apart: at most 2-way. Elsewhere (SmolLM2's 117-byte positions) the tile is one range.
+#ifndef D2_FA_PAD
+#define D2_FA_PAD 1 // 0: always one range (to time the difference)
+#endif
 static int d2_staging_stride(const void * base, const int64_t row_bytes) {
-    if (row_bytes % 16 != 0 || (uintptr_t) base % 16 != 0) {
+    if (!D2_FA_PAD || row_bytes % 16 != 0 || (uintptr_t) base % 16 != 0) {
         return 0;
     }
     return (int) (row_bytes + ((row_bytes/16) % 2 == 0 ? 16 : 0));
