@@ -108,6 +108,9 @@ class Runtime:
                 n_batch=n_batch,
                 n_ubatch=n_batch,
                 n_gpu_layers=0 if self.arm.on_cpu else n_gpu_layers,
+                # an @cpu arm is a CPU reference: llama.cpp would otherwise run a prompt's large
+                # batches on a GPU it finds (op offload), and the reference would be the GPU's
+                op_offload=not self.arm.on_cpu,
                 flash_attn=True,
                 logits_all=logits_all,
                 n_threads=n_threads or max(os.cpu_count() or 1, 1),

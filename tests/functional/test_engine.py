@@ -146,3 +146,14 @@ def test_rpc_devices_do_not_count_as_a_local_gpu() -> None:
     assert "cpu" in kinds
     if lc.llama_cpp.llama_supports_rpc() and not any(d.kind == "gpu" and not d.is_rpc for d in rpc.devices(lc)):
         assert lc.llama_cpp.llama_supports_gpu_offload() and not rpc.has_local_gpu(lc)
+
+
+def test_a_cpu_reference_arm_keeps_every_op_on_the_cpu(model: Path) -> None:
+    # on a CUDA build llama.cpp runs a prompt's large batches on the GPU even for CPU-resident
+    # layers (op offload): an @cpu arm measured that way compared the GPU with itself
+    for arm, offload in (("f16@cpu", False), ("f16", True)):
+        rt = Runtime(model, arm, n_ctx=256)
+        try:
+            assert rt.llm.context_params.op_offload is offload
+        finally:
+            rt.close()
