@@ -204,12 +204,14 @@ def split_estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, shares: Sequence[
     Each layer's weights, KV cache, and D2 bases and exact copies sit on its layer's device
     (llama-kv-cache.cpp puts a layer's cache on ``model.dev_layer(il)``; our D2 extras follow
     the cache's buffer type). The output norm and head sit on the output layer's device, a tied
-    head as a copy of the token embeddings. Compute: the device with the output layer has the
-    single-device buffer, the others the same without the logits; with two or more devices and
-    every layer offloaded llama.cpp pipelines ubatches and each device keeps
-    ``SCHED_MAX_COPIES`` copies of its inputs (the hidden state from the previous device, the
-    mask, positions and row indices, D2's slots and exact-row map) instead of one. That last term is a model of ggml-backend.cpp,
-    to be checked against llama.cpp's per-device buffers on a multi-GPU receipt.
+    head as a copy of the token embeddings. Compute: with two or more devices and every layer
+    offloaded llama.cpp pipelines ubatches: every device's buffer is the single-device one (the
+    logits included, on the devices without the head too) plus ``SCHED_MAX_COPIES - 1`` more copies
+    of its inputs (the hidden state from the previous device, the mask, positions and row
+    indices, D2's slots and exact-row map) and one more hidden state. Checked on two H200s
+    (receipt 2026-11-29-split-mistral-shape-2xh200: the Mistral shape at 128K, f16 / q8_0 / d2,
+    both devices' compute buffers within 16 MiB of this). Without pipelining (some layers on the
+    CPU) the devices without the head are taken to leave the logits out.
     """
     placed = layer_devices(info.n_layer, shares, n_gpu_layers)
     n_dev = len(shares)
@@ -236,9 +238,9 @@ def split_estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, shares: Sequence[
         layers = tuple(il for il in range(info.n_layer) if placed[il] == dev)
         share = len(layers) / info.n_layer if info.n_layer else 0.0
         has_output = output_dev == dev
-        compute = compute_bytes(info, n_ctx, n_ubatch, arm, with_output=has_output) if (layers or has_output) else 0
+        compute = compute_bytes(info, n_ctx, n_ubatch, arm, with_output=has_output or pipelined) if (layers or has_output) else 0
         if pipelined and compute:
-            compute += (SCHED_MAX_COPIES - 1) * inputs
+            compute += (SCHED_MAX_COPIES - 1) * inputs + n_ubatch * info.n_embd * 4
         out.append(DeviceEstimate(dev, layers, has_output, weights[dev], round(kv_all * share),
                                   round(exact_all * share), round(basis_all * share), compute))
     return tuple(out)

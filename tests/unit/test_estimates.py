@@ -145,19 +145,34 @@ def test_split_estimate_puts_each_layers_memory_on_its_device() -> None:
         assert gpu0.weights_bytes + gpu1.weights_bytes == one.weights_bytes - embd
 
 
-def test_split_compute_has_logits_only_on_the_output_device_and_pipeline_copies() -> None:
+def test_split_compute_is_the_one_device_buffer_plus_pipeline_copies_on_every_device() -> None:
     from engine.estimates import SCHED_MAX_COPIES, compute_bytes, split_estimate
 
     info = _with_tensors(mistral_shape())
     arm = ArmConfig.parse("f16")
     gpu0, gpu1 = split_estimate(info, arm, 32768, [1, 1], n_ubatch=512)
     inputs = 32768 * 512 * 2 + 512 * 4096 * 4 + 512 * 20  # mask, hidden state, positions and row indices
-    assert gpu1.compute_bytes == compute_bytes(info, 32768, 512, arm) + (SCHED_MAX_COPIES - 1) * inputs
-    assert gpu0.compute_bytes == compute_bytes(info, 32768, 512, arm, with_output=False) + (SCHED_MAX_COPIES - 1) * inputs
-    assert gpu0.compute_bytes < gpu1.compute_bytes
+    pipelined = compute_bytes(info, 32768, 512, arm) + (SCHED_MAX_COPIES - 1) * inputs + 512 * 4096 * 4
+    # measured on two H200s: both devices' compute buffers equal, the logits' share included
+    assert gpu0.compute_bytes == gpu1.compute_bytes == pipelined
     # one device: no pipelining, the single-device estimate exactly
     (only,) = split_estimate(info, arm, 32768, [1], n_ubatch=512)
     assert only.compute_bytes == compute_bytes(info, 32768, 512, arm)
+    # layers partly on the CPU: no pipelining, the logits only where the head is
+    gpu0, gpu1 = split_estimate(info, arm, 32768, [1, 1], n_ubatch=512, n_gpu_layers=20)
+    assert gpu0.compute_bytes == compute_bytes(info, 32768, 512, arm, with_output=False)
+
+
+def test_split_estimate_matches_the_two_h200_receipt() -> None:
+    # bench/receipts/2026-11-29-split-mistral-shape-2xh200: llama.cpp's CUDA<i> compute buffers
+    from engine.estimates import split_estimate
+
+    info = _with_tensors(mistral_shape())
+    measured = {"f16": (2608.16, 2608.19), "q8_0": (2816.47, 2816.5), "d2": (2610.22, 2610.25)}
+    for arm_name, buffers in measured.items():
+        devices = split_estimate(info, ArmConfig.parse(arm_name), 131072, [1, 1], n_ubatch=2048)
+        for device, mib in zip(devices, buffers):
+            assert device.compute_bytes / 2**20 == pytest.approx(mib, abs=20), (arm_name, device.device)
 
 
 def test_a_tied_head_is_copied_to_the_output_device() -> None:
