@@ -157,6 +157,51 @@ def test_vec_dot_equals_dot_of_dequantized(ggml_base: ctypes.CDLL, p: int) -> No
     assert out.value == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
+_SCALAR = """
+import ctypes, sys, numpy as np
+from pathlib import Path
+import llama_cpp
+lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+p, n = int(sys.argv[1]), int(sys.argv[2])
+data = sys.stdin.buffer.read()
+y = np.frombuffer(data[: 4 * n], dtype=np.float32).copy()
+blocks = ctypes.create_string_buffer(data[4 * n :], len(data) - 4 * n)
+deq = np.zeros(n, dtype=np.float32)
+getattr(lib, f"dequantize_row_d2_p{p}")(blocks, deq.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n))
+out = ctypes.c_float()
+dot = getattr(lib, f"ggml_vec_dot_d2_p{p}_f32")
+dot.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
+                ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+dot(n, ctypes.byref(out), 0, blocks, 0, y.ctypes.data, 0, 1)
+sys.stdout.buffer.write(deq.tobytes() + np.float32(out.value).tobytes())
+"""
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_the_simd_and_scalar_forms_agree(ggml_base: ctypes.CDLL, p: int) -> None:
+    # on an AVX2 machine the library decodes eight codes at once; FRAQTL_D2_NO_SIMD=1 keeps the
+    # scalar loop (both are what some user's CPU runs): same dequantized values, same dot product
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(30 + p)
+    n = 1024
+    x = (rng.standard_normal(n) * rng.choice([0.01, 1.0, 40.0], n)).astype(np.float32)
+    y = rng.standard_normal(n).astype(np.float32)
+    data = quantize(ggml_base, p, x)
+    results = []
+    for off in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", _SCALAR, str(p), str(n)], input=y.tobytes() + data,
+                             capture_output=True, check=True, env=dict(os.environ, FRAQTL_D2_NO_SIMD=off))
+        results.append((np.frombuffer(out.stdout[: 4 * n], dtype=np.float32), float(np.frombuffer(out.stdout[4 * n :], np.float32)[0])))
+    (simd_deq, simd_dot), (scalar_deq, scalar_dot) = results
+    assert np.array_equal(simd_deq, scalar_deq)
+    assert np.array_equal(simd_deq, dequantize(ggml_base, p, data, n))
+    assert simd_dot == pytest.approx(scalar_dot, rel=1e-5, abs=1e-4)
+    assert scalar_dot == pytest.approx(float(np.dot(scalar_deq.astype(np.float64), y)), rel=1e-4, abs=1e-3)
+
+
 # ---------------------------------------------------------------------------------------
 # D2-lite: 2-bit tails. Layout: fp16 scale d | P fp16 protected | 64-P codes c of 2 bits, four
 # to a byte (code j of a byte at bits 2j..2j+1); a tail value is (2c - 3)*d.
