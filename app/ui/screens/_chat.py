@@ -20,6 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.message_pump import MessagePump
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
@@ -32,11 +33,15 @@ from app.ui.chat_state import ChatState, Event, Phase
 from app.ui.messages import (
     AnswerCompleted,
     AnswerStreamed,
+    ChatCommandChosen,
     ContextChosen,
     DocumentFailed,
     DocumentLoaded,
     DocumentReady,
     EngineFailedMessage,
+    EngineReleased,
+    EngineReleaseRefused,
+    EngineReleaseRequested,
     EngineRestartRequested,
     EngineStarted,
     FitMeasured,
@@ -143,6 +148,8 @@ class ChatScreen(Screen[None]):
 
     def open_paths(self, paths: list[Path], session: Session | None = None) -> None:
         """Read ``paths`` as one document; ``session`` is the saved transcript to reopen with it."""
+        if self.refused_while_comparing(Event.OPENING, "open a document"):
+            return
         self.pending_session = session
         if self.chat.busy and self.conversation is not None:
             self.conversation.stop()
@@ -220,7 +227,9 @@ class ChatScreen(Screen[None]):
                 if turn.role == "user":
                     await log.add_question(turn.content)
                 else:
-                    await log.add_answer(turn.content, f"{turn.arm} · restored from the saved session")
+                    what = " · ".join(part for part in (turn.arm, turn.describe()) if part)
+                    answer = await log.add_answer(turn.content, f"{what} · restored from the saved session")
+                    answer.set_class(turn.unfinished, "failed")
         self.sub_title = document.title
         self.start_engine(n_ctx=n_ctx, previous=previous)
         for note in notes:
@@ -232,10 +241,11 @@ class ChatScreen(Screen[None]):
 
     # -------------------------------------------------------------- the engine
 
-    def start_engine(self, n_ctx: int | None = None, previous: Conversation | None = None) -> None:
+    def start_engine(self, n_ctx: int | None = None, previous: Conversation | None = None,
+                     event: Event = Event.ENGINE_STARTING) -> None:
         assert self.conversation is not None
         arm = self.fraqtl.settings.arm
-        if not self.advance(Event.ENGINE_STARTING, f"Loading the model with the {arm} cache…"):
+        if not self.advance(event, f"Loading the model with the {arm} cache…"):
             self.notify(f"The engine cannot restart while the chat is {self.chat.phase}; wait for it, or press "
                         "Esc first.", severity="warning", markup=False)
             return
@@ -266,7 +276,48 @@ class ChatScreen(Screen[None]):
             return
         if message.model_path is not None:
             self.conversation.use_model(message.model_path)
-        self.start_engine()
+        if self.chat.phase is not Phase.COMPARING:  # else it starts with them after the comparison
+            self.start_engine()
+
+    # -------------------------------------------------------------- the arm comparison borrows the memory
+
+    @on(EngineReleaseRequested)
+    def engine_release_requested(self, message: EngineReleaseRequested) -> None:
+        """Close the engine for the comparison (its memory would count in every arm's peak)."""
+        if self.chat.phase is Phase.COMPARING:
+            message.requester.post_message(EngineReleased())
+            return
+        conversation = self.conversation
+        if conversation is None or not self.advance(
+                Event.ENGINE_RELEASED, "The engine is closed while the arms are compared; it restarts after."):
+            message.requester.post_message(EngineReleaseRefused(
+                f"The chat is {self.chat.phase}; wait for it, or stop it with Esc in the chat, then run again."))
+            return
+        self.engine_epoch += 1  # whatever the closed engine still reports is dropped
+        self.close_engine(conversation, message.requester)
+
+    @work(thread=True, group="engine")
+    def close_engine(self, conversation: Conversation, requester: MessagePump) -> None:
+        conversation.close()  # here, in a thread: a busy engine process takes seconds to end
+        requester.post_message(EngineReleased())
+
+    def on_screen_resume(self) -> None:
+        """Back from the comparison: the engine it closed starts again (with any settings changed meanwhile)."""
+        if self.chat.phase is Phase.COMPARING:
+            self.start_engine(event=Event.ENGINE_RECLAIMED)
+
+    def refused_while_comparing(self, event: Event, what: str) -> bool:
+        """True (and the person is told) when ``event`` would start an engine beside the comparison's."""
+        if self.chat.phase is not Phase.COMPARING or self.chat.after(event) is not None:
+            return False
+        self.notify(f"The arms are being compared with the chat's engine closed; go back to the chat (Esc) "
+                    f"to {what}.", severity="warning", markup=False)
+        return True
+
+    @on(ChatCommandChosen)
+    async def chat_command_chosen(self, message: ChatCommandChosen) -> None:
+        """A command palette choice: the chat's own action runs it (and refuses what its phase cannot take)."""
+        await self.run_action(message.action)
 
     @on(EngineStarted)
     def engine_started(self, message: EngineStarted) -> None:
@@ -379,6 +430,9 @@ class ChatScreen(Screen[None]):
         if phase is Phase.ANSWERING:
             self.notify("An answer is still streaming; press Esc to stop it first.", severity="warning", markup=False)
             return
+        if phase is Phase.COMPARING:
+            self.refused_while_comparing(Event.ASKED, "ask it")
+            return
         if phase in (Phase.FAILED, Phase.REFUSED):
             self.notify("The engine is not ready: press F5 to restart it, or F4 to change the arm or context.",
                         severity="warning", markup=False)
@@ -448,8 +502,24 @@ class ChatScreen(Screen[None]):
             self.current_answer.add_class("failed")
             await self.current_answer.finish(None, [], note=message.message)
             self.current_answer = None
+        if self.conversation is not None and self.conversation.abandon_answer("failed", message.message):
+            self.save_session()  # a hung engine's answer: its worker never reports, so it is kept here
         self.restore_pending_question()
         self.notify(message.message, title="Engine", severity="error", timeout=10, markup=False)
+
+    def save_session(self) -> None:
+        assert self.conversation is not None
+        try:
+            self.conversation.session.save()
+        except OSError as exc:
+            self.notify(f"The session could not be saved ({exc}); free some disk space, then ask again to save it.",
+                        severity="error", timeout=15, markup=False)
+
+    def on_unmount(self) -> None:
+        """Quitting mid-answer keeps the question and the text so far in the session, marked interrupted."""
+        if self.conversation is not None and self.conversation.abandon_answer("interrupted",
+                                                                                "the app was closed mid-answer"):
+            self.save_session()
 
     def restore_pending_question(self) -> None:
         """A question waiting for the prefill goes back into an empty question box, not lost with the engine."""
@@ -482,6 +552,9 @@ class ChatScreen(Screen[None]):
             self.query_one(DocumentBar).set_status("Stopping…")
 
     def action_open(self) -> None:
+        if self.refused_while_comparing(Event.OPENING, "open a document"):
+            return
+
         def opened(paths: list[Path] | None) -> None:
             if paths:
                 self.open_paths(paths)
@@ -489,6 +562,9 @@ class ChatScreen(Screen[None]):
         self.app.push_screen(OpenDialog(), opened)
 
     def action_sessions(self) -> None:
+        if self.refused_while_comparing(Event.OPENING, "reopen a session"):
+            return
+
         def chosen(session: Session | None) -> None:
             if session is not None:
                 self.reopen(session)
@@ -498,6 +574,8 @@ class ChatScreen(Screen[None]):
     def action_restart_engine(self) -> None:
         if self.conversation is None:
             self.notify("Open a document first.", severity="warning", markup=False)
+            return
+        if self.refused_while_comparing(Event.ENGINE_STARTING, "restart the engine"):
             return
         if self.chat.phase is Phase.ANSWERING:
             self.notify("An answer is streaming; press Esc to stop it, then restart.", severity="warning", markup=False)
