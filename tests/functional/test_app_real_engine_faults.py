@@ -164,3 +164,33 @@ async def test_a_real_engine_stopped_mid_answer_is_hung_and_f5_kills_it_and_star
         for worker in started:
             if worker.alive:
                 os.kill(worker.pid, signal.SIGKILL)
+
+
+async def test_quitting_mid_answer_keeps_the_question_and_its_text_in_the_session(model_path, app_dirs,
+                                                                                 short_document):
+    question = "Tell me everything about the harbour in great detail."
+    started: list[EngineWorker] = []
+
+    def factory(spec):
+        started.append(EngineWorker(spec))
+        return started[-1]
+
+    app = create_app(small_settings(max_tokens=200), [short_document], model_path, factory=factory)
+    try:
+        async with app.run_test(size=(160, 36)) as pilot:
+            screen = app.chat_screen
+            await wait_for(pilot, lambda: screen.state == "ready", 120, "the document to be prefilled")
+            await ask(pilot, screen, question)
+            streaming = lambda: screen.current_answer is not None and screen.current_answer.text.strip()  # noqa: E731
+            await wait_for(pilot, lambda: streaming() or screen.state != "answering", SLOW, "the answer to stream")
+            assert streaming(), f"{screen.state}: {status_of(screen)}"
+            shown = screen.current_answer.text.strip()
+            session = app.conversation.session
+            await pilot.press("ctrl+q")
+        [(_, asked, _), (_, partial, finish)] = saved_turns(session)
+        assert asked == question and finish == "interrupted" and partial.startswith(shown)
+    finally:
+        for worker in started:
+            if worker.alive:
+                os.kill(worker.pid, signal.SIGKILL)
+    await reopen_shows_it_cut(model_path, session, question, "interrupted: the app was closed mid-answer")
