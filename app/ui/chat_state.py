@@ -27,7 +27,7 @@ class Phase(StrEnum):
     ANSWERING = "answering"
     REFUSED = "refused"  # the document does not fit the context: the overflow dialog offers ways out
     FAILED = "failed"  # the engine failed, crashed or hung, or its prefill was cancelled: F5 starts it again
-    COMPARING = "comparing"  # the engine is closed while the arm comparison runs its own; back in the chat it restarts
+    COMPARING = "comparing"  # the engine is closed while the arm comparison runs its own; restarts in the chat
 
 
 class Event(Enum):
@@ -102,8 +102,8 @@ class ChatState:
         """The state ``event`` leads to, or None when this phase cannot take it (the event is ignored)."""
         if not isinstance(event, Event):
             raise TypeError(f"not a chat Event: {event!r}")
-        if event is E.OPENING and self.phase is P.COMPARING:
-            return None  # a new document would start an engine beside the arms'
+        if (event is E.OPENING and self.phase is P.COMPARING) or (event is E.ENGINE_RELEASED and self.busy):
+            return None  # a new document would start an engine beside the arms'; a busy chat keeps its engine
         if event is E.OPENING:  # opening another document abandons a reading already under way
             resume = self.resume if self.phase is P.INGESTING else self.phase
             return dataclasses.replace(self, phase=P.INGESTING, resume=resume)
