@@ -111,7 +111,7 @@ class ChatScreen(ChatDocuments, ChatEngine, ChatAnswers, ChatActions, Screen[Non
         elif self.fraqtl.initial_paths:
             self.open_paths(self.fraqtl.initial_paths)
 
-    # -------------------------------------------------------------- helpers
+    # -------------------------------------------------------------- the state, and what reaches it
 
     def advance(self, event: Event, status: str | None = None) -> bool:
         """Move to the state ``event`` leads to and show ``status``; False (and nothing changes) when the
@@ -137,4 +137,7 @@ class ChatScreen(ChatDocuments, ChatEngine, ChatAnswers, ChatActions, Screen[Non
 
     async def on_chat_command_chosen(self, message: ChatCommandChosen) -> None:
         """A command palette choice: the chat's own action runs it (and refuses what its phase cannot take)."""
+        if not hasattr(self, f"action_{message.action}"):  # a plain name of this screen's actions, nothing else
+            self.log.warning(f"chat: no action {message.action!r}")
+            return
         await self.run_action(message.action)
