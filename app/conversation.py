@@ -136,9 +136,9 @@ class Conversation:
         return self.loaded
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        engine, self.engine = self.engine, None  # taken first: a second close (another thread) finds none
+        if engine is not None:
+            engine.close()
 
     def stop(self) -> None:
         if self.engine is not None:
