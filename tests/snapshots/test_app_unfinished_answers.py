@@ -73,8 +73,9 @@ async def ask_and_cut(pilot, app) -> None:
     await until(pilot, lambda: screen.state != "ready")
 
 
-async def reopened(model_path, session_id: str) -> tuple[list[str], list[AnswerView], list[dict]]:
-    """Reopen the saved session with a working engine: the questions, the answer views, what the model gets."""
+async def reopened(model_path, session_id: str) -> tuple[list[str], list[AnswerView], list[str], list[dict]]:
+    """Reopen the saved session with a working engine: the questions, the answer views and their stats lines,
+    and what the model is given with the next question."""
     app = make(model_path, "", session=Session.load(session_id))
     async with app.run_test(size=(120, 36)) as pilot:
         screen = app.chat_screen
@@ -82,9 +83,7 @@ async def reopened(model_path, session_id: str) -> tuple[list[str], list[AnswerV
         questions = [str(q.render()) for q in screen.query(QuestionView)]
         answers = list(screen.query(AnswerView))
         meta = [str(a.query_one(".answer-meta").render()) for a in answers]
-        for answer, text in zip(answers, meta):
-            answer.meta_text = text  # read after the app has gone
-        return questions, answers, app.conversation.messages_for("And when?")
+        return questions, answers, meta, app.conversation.messages_for("And when?")
 
 
 async def test_an_answer_the_engine_crashed_in_is_saved_with_its_text_and_reopens_marked(model_path) -> None:
@@ -97,11 +96,10 @@ async def test_an_answer_the_engine_crashed_in_is_saved_with_its_text_and_reopen
     assert [(t["role"], t["content"], t["finish"]) for t in turns] == [
         ("user", QUESTION, ""), ("assistant", "Marta Quell was", "failed")]
     assert turns[1]["note"] == "The engine process stopped (killed by SIGKILL)."
-    questions, answers, messages = await reopened(model_path, session_id)
+    questions, answers, meta, messages = await reopened(model_path, session_id)
     assert questions == [QUESTION] and [a.text for a in answers] == ["Marta Quell was"]
     assert answers[0].has_class("failed")
-    assert "failed: The engine process stopped (killed by SIGKILL). · restored from the saved session" in \
-        answers[0].meta_text
+    assert "failed: The engine process stopped (killed by SIGKILL). · restored from the saved session" in meta[0]
     assert [m["role"] for m in messages] == ["system", "user"]  # the cut exchange is not given to the model
 
 
@@ -129,6 +127,6 @@ async def test_quitting_mid_answer_keeps_the_question_and_the_text_so_far(model_
     assert [(t["role"], t["finish"]) for t in turns] == [("user", ""), ("assistant", "interrupted")]
     assert turns[0]["content"] == QUESTION and turns[1]["content"].startswith("Marta Quell was")
     assert turns[1]["note"] == "the app was closed mid-answer"
-    questions, answers, _ = await reopened(model_path, session.id)
+    questions, answers, meta, _ = await reopened(model_path, session.id)
     assert questions == [QUESTION] and answers[0].has_class("failed")
-    assert "interrupted: the app was closed mid-answer · restored from the saved session" in answers[0].meta_text
+    assert "interrupted: the app was closed mid-answer · restored from the saved session" in meta[0]
