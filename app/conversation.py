@@ -11,6 +11,7 @@ worker threads.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -18,8 +19,8 @@ from typing import Protocol
 from app.ingest import Document
 from app.sessions import Session, Turn
 from app.settings import Settings, max_context
-from engine.errors import ContextOverflowError
-from engine.events import AnswerDone, Event
+from engine.errors import ContextOverflowError, EngineError
+from engine.events import AnswerDone, EngineFailed, Event, Token
 from app.model_library import model_info
 from engine.gguf import GgufInfo
 from engine.rpc import parse_endpoints
@@ -82,6 +83,14 @@ class Fit:
         return ContextOverflowError(self.needed, self.n_ctx)
 
 
+@dataclasses.dataclass
+class _Asking:
+    """The question being answered and the answer's text so far."""
+
+    question: str
+    text: str = ""
+
+
 def system_message(document: Document) -> dict[str, str]:
     return {"role": "system", "content": f"{SYSTEM_PROMPT}\n\nDocument: {document.title}\n\n{document.text}"}
 
@@ -101,6 +110,8 @@ class Conversation:
         self.engine: Engine | None = None
         self.loaded: EngineLoaded | None = None
         self.fit: Fit | None = None
+        self._asking: _Asking | None = None  # settled once: by its answer, its failure, or abandon_answer()
+        self._asking_lock = threading.Lock()
 
     # -------------------------------------------------------------- engine
 
@@ -125,9 +136,9 @@ class Conversation:
         return self.loaded
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        engine, self.engine = self.engine, None  # taken first: a second close (another thread) finds none
+        if engine is not None:
+            engine.close()
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -136,7 +147,16 @@ class Conversation:
     # -------------------------------------------------------------- prompts
 
     def history(self) -> list[dict[str, str]]:
-        return [{"role": t.role, "content": t.content} for t in self.session.turns if t.content]
+        """The turns the model sees again: a failed or interrupted exchange stays in the transcript only."""
+        kept: list[dict[str, str]] = []
+        for turn in self.session.turns:
+            if turn.unfinished:
+                if kept and kept[-1]["role"] == "user":
+                    kept.pop()  # its question goes with it
+                continue
+            if turn.content:
+                kept.append({"role": turn.role, "content": turn.content})
+        return kept
 
     def messages_for(self, question: str) -> list[dict[str, str]]:
         return [system_message(self.document), *self.history(), {"role": "user", "content": question}]
@@ -156,16 +176,46 @@ class Conversation:
         yield from self.engine.answer([system_message(self.document)], max_tokens=0)
 
     def ask(self, question: str) -> Iterator[Event]:
-        """Answer ``question``; the turn is added to the transcript when the answer completes."""
+        """Answer ``question``; the turn is added to the transcript when the answer completes, or fails
+        (with the text it had and the engine's message: what the person asked is never lost)."""
         assert self.engine is not None, "start the engine first"
         messages = self.messages_for(question)
         n_ctx = self.engine.spec.n_ctx
         tokens = self.engine.count_chat_tokens(messages)
         if tokens + self.settings.max_tokens > n_ctx:
             raise ContextOverflowError(tokens + self.settings.max_tokens, n_ctx)
-        for event in self.engine.answer(messages, self.settings.max_tokens, self.settings.sampling()):
-            if isinstance(event, AnswerDone):
-                self.session.turns.append(Turn("user", question))
-                self.session.turns.append(Turn("assistant", event.text.strip(), self.engine.spec.arm,
-                                               event.n_evaluated, event.finish))
-            yield event
+        asking = _Asking(question)
+        arm = self.engine.spec.arm
+        with self._asking_lock:
+            self._asking = asking
+        try:
+            for event in self.engine.answer(messages, self.settings.max_tokens, self.settings.sampling()):
+                if isinstance(event, Token):
+                    asking.text += event.text
+                elif isinstance(event, AnswerDone):
+                    self._settle(asking, Turn("assistant", event.text.strip(), arm, event.n_evaluated, event.finish))
+                elif isinstance(event, EngineFailed):
+                    self._settle(asking, Turn("assistant", asking.text.strip(), arm, finish="failed",
+                                              note=event.message))
+                yield event
+        except EngineError as exc:
+            self._settle(asking, Turn("assistant", asking.text.strip(), arm, finish="failed", note=str(exc)))
+            raise
+
+    def abandon_answer(self, finish: str, note: str) -> bool:
+        """Record the answer in progress as cut (``finish`` "failed" or "interrupted"), with the text it has
+        so far; True if there was one. For an answer whose engine hung, or the app quitting mid-answer."""
+        asking = self._asking
+        if asking is None:
+            return False
+        arm = self.engine.spec.arm if self.engine is not None else self.settings.arm
+        return self._settle(asking, Turn("assistant", asking.text.strip(), arm, finish=finish, note=note))
+
+    def _settle(self, asking: _Asking, answer: Turn) -> bool:
+        """Add ``asking``'s question and ``answer`` to the transcript, once: later reports of it are ignored."""
+        with self._asking_lock:
+            if self._asking is not asking:
+                return False
+            self._asking = None
+            self.session.turns += [Turn("user", asking.question), answer]
+            return True

@@ -43,13 +43,33 @@ def _check(record: dict[str, object], types: dict[str, type | tuple[type, ...]],
             raise SessionFileError(str(path), f"{what}{name} is {type(value).__name__}")
 
 
+UNFINISHED = ("failed", "interrupted")  # an answer's finish when it never completed: kept, never sent to the model
+
+
 @dataclasses.dataclass
 class Turn:
     role: str  # "user" or "assistant"
-    content: str
+    content: str  # for an unfinished answer: the text it had when it was cut
     arm: str = ""
     n_evaluated: int = 0
-    finish: str = ""
+    finish: str = ""  # "stop", "length", "cancelled" (Esc), or one of UNFINISHED
+    note: str = ""  # why an unfinished answer was cut (the engine's error, the app quit)
+
+    @property
+    def unfinished(self) -> bool:
+        return self.role == "assistant" and self.finish in UNFINISHED
+
+    def describe(self) -> str:
+        """What became of an answer, in a few words ("" for one that simply finished)."""
+        if self.finish == "cancelled":
+            return "stopped"
+        if self.finish == "length":
+            return "cut at the answer limit"
+        if self.finish == "failed":
+            return f"failed: {self.note}" if self.note else "failed"
+        if self.finish == "interrupted":
+            return f"interrupted: {self.note}" if self.note else "interrupted"
+        return ""
 
 
 @dataclasses.dataclass
@@ -113,10 +133,8 @@ class Session:
             else:
                 lines += [turn.content, ""]
                 notes = [turn.arm] if turn.arm else []
-                if turn.finish == "cancelled":
-                    notes.append("stopped")
-                elif turn.finish == "length":
-                    notes.append("cut at the answer limit")
+                if turn.describe():
+                    notes.append(turn.describe())
                 if notes:
                     lines += [f"_{' · '.join(notes)}_", ""]
         return "\n".join(lines).rstrip() + "\n"
@@ -164,7 +182,7 @@ class Session:
         for i, raw in enumerate(record.get("turns", [])):
             if not (isinstance(raw, dict) and isinstance(raw.get("role"), str) and isinstance(raw.get("content"), str)):
                 raise SessionFileError(str(path), f"turn {i + 1} has no role and content")
-            _check(raw, {"arm": str, "n_evaluated": int, "finish": str}, f"turn {i + 1}'s ", path)
+            _check(raw, {"arm": str, "n_evaluated": int, "finish": str, "note": str}, f"turn {i + 1}'s ", path)
             turns.append(Turn(**{k: v for k, v in raw.items() if k in turn_fields}))
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", str(record.get("id", "x"))):
             raise SessionFileError(str(path), "its id is not a plain file name")  # it names the file saves go to

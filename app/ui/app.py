@@ -24,7 +24,7 @@ from app.sessions import Session
 from app.settings import Settings
 from app.model_library import RecentModels, is_bundled
 from app.ui.chat_state import ChatState, Phase
-from app.ui.messages import ContextChosen, EngineRestartRequested
+from app.ui.messages import ChatCommandChosen, ContextChosen, EngineRestartRequested
 from app.ui.screens import ChatScreen, CompareScreen, ModelsScreen, SettingsScreen
 from engine.models import resolve
 from engine.nvml import NvmlSampler
@@ -41,40 +41,46 @@ def engine_pids() -> list[int]:
 
 
 class FraqtlCommands(Provider):
-    """One command palette entry for each action."""
+    """One command palette entry for each action, run by the one who owns what it changes."""
 
-    COMMANDS = [
-        ("Open document", "Open a PDF, Markdown or text file", "open"),
-        ("Stop answer", "Stop the answer or prefill now running", "stop"),
-        ("Compare arms", "Answer one question with f16, q8_0 and d2 side by side", "compare"),
-        ("Sessions", "Reopen, rename or delete a saved document and transcript", "sessions"),
-        ("Settings", "Model, arm, recipe, context, YaRN, sidecar", "settings"),
-        ("Restart engine", "Start the engine process again (after a crash or a settings change)", "restart_engine"),
-        ("Toggle VRAM panel", "Show or hide the GPU memory panel", "toggle_vram"),
-        ("Models", "Open a GGUF, see what it is, calibrate D2 sidecars for it (F7)", "models"),
-        ("Document view", "Read the text the model reads, page by page (F6)", "document"),
-        ("Export transcript", "Save the questions and answers as Markdown", "export"),
-        ("Save screenshot", "Save an SVG screenshot of this screen", "screenshot"),
+    COMMANDS = [  # (name, help, action, owner: "chat" for the chat screen, "app" for the app)
+        ("Open document", "Open a PDF, Markdown or text file", "open", "chat"),
+        ("Stop answer", "Stop the answer, prefill or comparison now running", "stop", "chat"),
+        ("Compare arms", "Answer one question with f16, q8_0 and d2 side by side", "compare", "app"),
+        ("Sessions", "Reopen, rename or delete a saved document and transcript", "sessions", "chat"),
+        ("Settings", "Model, arm, recipe, context, YaRN, sidecar", "settings", "app"),
+        ("Restart engine", "Start the engine process again (after a crash or a settings change)", "restart_engine",
+         "chat"),
+        ("Toggle VRAM panel", "Show or hide the GPU memory panel", "toggle_vram", "chat"),
+        ("Models", "Open a GGUF, see what it is, calibrate D2 sidecars for it (F7)", "models", "app"),
+        ("Document view", "Read the text the model reads, page by page (F6)", "document", "chat"),
+        ("Export transcript", "Save the questions and answers as Markdown", "export", "chat"),
+        ("Save screenshot", "Save an SVG screenshot of this screen", "screenshot", "app"),
     ]
 
-    def _run(self, action: str) -> None:
-        screen = self.app.screen
-        target = getattr(screen, f"action_{action}", None) or getattr(self.app, f"action_{action}", None)
-        if target is None and isinstance(self.app, FraqtlApp):
-            target = getattr(self.app.chat_screen, f"action_{action}", None)
-        if target is not None:
-            target()
+    async def _run(self, action: str, owner: str) -> None:
+        """A screen in front of the chat runs a command it has itself (Stop stops the comparison's arms);
+        otherwise the app runs its own, and the chat screen is posted the chat's: it runs them, or says why not."""
+        app = self.app
+        chat = app.chat_screen if isinstance(app, FraqtlApp) else None
+        front = app.screen
+        if front is not chat and hasattr(front, f"action_{action}"):
+            await front.run_action(action)
+        elif owner == "app" or chat is None:
+            await app.run_action(action)
+        else:
+            chat.post_message(ChatCommandChosen(action))
 
     async def discover(self) -> Hits:
-        for name, help_text, action in self.COMMANDS:
-            yield DiscoveryHit(name, partial(self._run, action), help=help_text)
+        for name, help_text, action, owner in self.COMMANDS:
+            yield DiscoveryHit(name, partial(self._run, action, owner), help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for name, help_text, action in self.COMMANDS:
+        for name, help_text, action, owner in self.COMMANDS:
             score = matcher.match(name)
             if score > 0:
-                yield Hit(score, matcher.highlight(name), partial(self._run, action), help=help_text)
+                yield Hit(score, matcher.highlight(name), partial(self._run, action, owner), help=help_text)
 
 
 class FraqtlApp(App[None]):

@@ -27,6 +27,7 @@ class Phase(StrEnum):
     ANSWERING = "answering"
     REFUSED = "refused"  # the document does not fit the context: the overflow dialog offers ways out
     FAILED = "failed"  # the engine failed, crashed or hung, or its prefill was cancelled: F5 starts it again
+    COMPARING = "comparing"  # the engine is closed while the arm comparison runs its own; restarts in the chat
 
 
 class Event(Enum):
@@ -46,6 +47,8 @@ class Event(Enum):
     ANSWERED = auto()
     QUESTION_REFUSED = auto()  # the question did not fit the context; the engine lives on
     ENGINE_FAILED = auto()  # raised, crashed, or hung
+    ENGINE_RELEASED = auto()  # closed for the arm comparison: nothing starts it again but ENGINE_RECLAIMED
+    ENGINE_RECLAIMED = auto()  # the chat is shown again after the comparison: its engine restarts
 
 
 P, E = Phase, Event
@@ -70,6 +73,8 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (P.ANSWERING, E.ANSWERED): P.READY,
     **{(phase, E.QUESTION_REFUSED): P.READY for phase in _ENGINE_RUNNING},
     **{(phase, E.ENGINE_FAILED): P.FAILED for phase in _ENGINE_RUNNING},
+    **{(phase, E.ENGINE_RELEASED): P.COMPARING for phase in (P.READY, P.REFUSED, P.FAILED)},
+    (P.COMPARING, E.ENGINE_RECLAIMED): P.LOADING,
 }
 # what the engine reports while another document is being read moves the phase that reading returns to
 _READING_EVENTS = (E.OPENING, E.INGEST_PROGRESSED, E.READ_FAILED, E.DOCUMENT_READ)
@@ -97,6 +102,8 @@ class ChatState:
         """The state ``event`` leads to, or None when this phase cannot take it (the event is ignored)."""
         if not isinstance(event, Event):
             raise TypeError(f"not a chat Event: {event!r}")
+        if (event is E.OPENING and self.phase is P.COMPARING) or (event is E.ENGINE_RELEASED and self.busy):
+            return None  # a new document would start an engine beside the arms'; a busy chat keeps its engine
         if event is E.OPENING:  # opening another document abandons a reading already under way
             resume = self.resume if self.phase is P.INGESTING else self.phase
             return dataclasses.replace(self, phase=P.INGESTING, resume=resume)

@@ -1,4 +1,5 @@
-"""Messages the UI's workers post to it, named in the past tense for what happened."""
+"""The UI's messages: what its workers report, named in the past tense for what happened, and what one
+part of the UI asks of the owner of the state it would change (``...Requested``, ``...Chosen``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textual.message import Message
+from textual.message_pump import MessagePump
 
 from app.citations import Citation
 from app.compare import ArmResult
@@ -141,3 +143,38 @@ class ContextChosen(Message):
     """
 
     n_ctx: int
+
+
+@dataclass
+class EngineReleaseRequested(Message):
+    """The arm comparison asks the chat to close its engine, so that each arm's peak VRAM is its own.
+
+    Posted to the chat screen, which owns the engine: it closes it (in a worker) and answers the
+    ``requester`` with :class:`EngineReleased`, or :class:`EngineReleaseRefused` while it is busy. The chat
+    starts its engine again itself when it is shown again.
+    """
+
+    requester: MessagePump
+
+
+@dataclass
+class EngineReleased(Message):
+    """The chat's engine is closed (posted to the screen that asked for it)."""
+
+
+@dataclass
+class EngineReleaseRefused(Message):
+    """The chat could not close its engine now; ``reason`` says why, in a sentence."""
+
+    reason: str
+
+
+@dataclass
+class ChatCommandChosen(Message):
+    """The person chose one of the chat's commands in the command palette (``action``: its action name).
+
+    Posted to the chat screen, which runs it or says why not (while the arms are compared, nothing
+    that starts the chat's engine runs).
+    """
+
+    action: str

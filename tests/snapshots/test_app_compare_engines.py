@@ -8,6 +8,7 @@ import time
 from app.samples import DEFAULT_SAMPLE
 from app.settings import Settings
 from app.ui import create_app
+from app.ui.chat_state import Phase
 from app.ui.screens import CompareScreen
 from app.ui.widgets import ArmPanel
 from app_fakes import FakeEngine, FakeSampler
@@ -22,6 +23,7 @@ class CountedEngine(FakeEngine):
     open_engines: set[int] = set()
     seen_at_start: list[tuple[str, int]] = []
     slow = False
+    words = 400  # a slow answer's length: 20 ms a word
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
@@ -45,17 +47,19 @@ class CountedEngine(FakeEngine):
             return
         self.stopped.clear()
         yield PrefillProgress(17, 17, 0, 800.0, 0.0)
-        for i in range(400):
+        for i in range(CountedEngine.words):
             if self.stopped.is_set():
                 yield AnswerDone("word " * i, 17, 17, i, 800.0, 20.0, "cancelled", tuple(range(i)))
                 return
             time.sleep(0.02)
             yield Token(" word", i)
-        yield AnswerDone("word " * 400, 17, 17, 400, 800.0, 20.0, "length", tuple(range(400)))
+        n = CountedEngine.words
+        yield AnswerDone("word " * n, 17, 17, n, 800.0, 20.0, "length", tuple(range(n)))
 
 
 def make(model_path):
     CountedEngine.open_engines, CountedEngine.seen_at_start, CountedEngine.slow = set(), [], False
+    CountedEngine.words = 400
     return create_app(Settings(n_ctx=8192, max_tokens=400), [DEFAULT_SAMPLE], model_path, factory=CountedEngine,
                       sampler=FakeSampler(available=False), vram_refresh_s=0)
 
@@ -126,3 +130,61 @@ async def test_a_full_disk_costs_the_report_not_the_app(model_path, monkeypatch)
         await pilot.pause(0.1)
         assert compare.report_path is None and app.is_running
         assert said and "(No space left on device); free some disk space and press Ctrl+S again." in said[0]
+
+
+async def palette(pilot, command: str) -> None:
+    await pilot.press("ctrl+p")
+    await pilot.pause(0.2)
+    await pilot.press(*command)
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+    await pilot.pause(0.2)
+
+
+async def start_slow_comparison(pilot, app):
+    chat = app.chat_screen
+    await until(pilot, lambda: chat.state == "ready")
+    CountedEngine.slow, CountedEngine.words = True, 6000  # each arm would take 2 minutes
+    await pilot.press("f2")
+    await until(pilot, lambda: isinstance(app.screen, CompareScreen))
+    compare = app.screen
+    compare.query_one("#compare-question").value = "Tell me everything."
+    await pilot.click("#compare-run")
+    await until(pilot, lambda: compare.query_one("#arm-f16", ArmPanel).result.status == "answering", steps=500)
+    return compare
+
+
+async def test_the_chat_closes_its_own_engine_for_the_arms_and_nothing_restarts_it_meanwhile(model_path,
+                                                                                           monkeypatch) -> None:
+    app = make(model_path)
+    async with app.run_test(size=(140, 40)) as pilot:
+        chat = app.chat_screen
+        compare = await start_slow_comparison(pilot, app)
+        assert chat.state is Phase.COMPARING and app.conversation.engine is None
+        said: list[str] = []
+        monkeypatch.setattr(chat, "notify", lambda message, **kwargs: said.append(message))
+        # the palette's "Restart engine" over the running arms (it used to start the chat's engine beside them)
+        await palette(pilot, "restart engine")
+        await pilot.pause(0.3)
+        assert app.conversation.engine is None and chat.state is Phase.COMPARING
+        assert said == ["The arms are being compared with the chat's engine closed; go back to the chat (Esc) to "
+                        "restart the engine."]
+        await palette(pilot, "open document")
+        assert app.screen is compare and len(said) == 2  # no file dialog over the comparison
+        await pilot.press("escape")  # stops the arms
+        await until(pilot, lambda: bool(compare.results), steps=500)
+        CountedEngine.slow = False
+        await pilot.press("escape")  # back to the chat, which starts its engine again
+        await until(pilot, lambda: app.screen is chat and chat.state == "ready", steps=500)
+        assert app.conversation.engine is not None and len(CountedEngine.open_engines) == 1
+
+
+async def test_stop_in_the_command_palette_stops_the_comparison_in_front(model_path) -> None:
+    app = make(model_path)
+    async with app.run_test(size=(140, 40)) as pilot:
+        compare = await start_slow_comparison(pilot, app)
+        await palette(pilot, "stop answer")  # it used to reach the chat's Stop, behind the comparison
+        await until(pilot, lambda: bool(compare.results), steps=500)
+        assert [(r.arm, r.status, r.reason) for r in compare.results] == [
+            ("f16", "stopped", "stopped with Esc"), ("q8_0", "stopped", "not run"), ("d2", "stopped", "not run")]
+        assert app.screen is compare

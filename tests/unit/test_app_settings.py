@@ -224,3 +224,36 @@ def test_rpc_servers_come_from_the_file_or_the_environment_and_a_bad_one_is_name
     assert Conversation.spec(holder).rpc_servers == ("10.0.0.2:50052", "gpu-box:7000")  # type: ignore[arg-type]
     assert Conversation.spec(SimpleNamespace(settings=Settings(), model_path=Path("m.gguf"),  # type: ignore[arg-type]
                                              info=holder.info)).rpc_servers == ()
+
+
+def test_an_unfinished_answer_round_trips_exports_and_is_not_sent_to_the_model(dirs: Path) -> None:
+    session = Session("/docs/a.md", "a", "0" * 64, turns=[
+        Turn("user", "Who?"), Turn("assistant", "Marta.", "f16", 12, "stop"),
+        Turn("user", "When?"), Turn("assistant", "In 18", "f16", finish="failed", note="The engine stopped."),
+        Turn("user", "Why?"), Turn("assistant", "", "d2", finish="interrupted", note="the app was closed mid-answer")])
+    session.save()
+    loaded = Session.load(session.id)
+    assert loaded.turns == session.turns
+    assert [t.unfinished for t in loaded.turns] == [False, False, False, True, False, True]
+    text = loaded.to_markdown()
+    assert "_f16 · failed: The engine stopped._" in text
+    assert "_d2 · interrupted: the app was closed mid-answer_" in text
+    assert "> When?" in text and "In 18" in text
+    raw = json.loads(session.path.read_text())
+    raw["turns"][3]["note"] = 3
+    session.path.write_text(json.dumps(raw))
+    with pytest.raises(SessionFileError, match="turn 4's note is int"):
+        Session.load(session.id)
+
+
+def test_the_model_is_not_given_a_cut_exchange_again() -> None:
+    from app.conversation import Conversation
+
+    conversation = Conversation.__new__(Conversation)  # only the transcript is used: no model, no engine
+    conversation.session = Session("/docs/a.md", "a", "0" * 64, turns=[
+        Turn("user", "Who?"), Turn("assistant", "Marta.", "f16", finish="stop"),
+        Turn("user", "When?"), Turn("assistant", "In 18", "f16", finish="failed"),
+        Turn("user", "Where?"), Turn("assistant", "Velmora.", "f16", finish="cancelled")])
+    assert conversation.history() == [
+        {"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Marta."},
+        {"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Velmora."}]

@@ -123,3 +123,16 @@ def test_the_app_compares_phases_as_enum_members_never_as_strings() -> None:
     # a Phase equals its string, so `state == "answring"` would be silently False: the app must name members
     found = [hit for path in sorted((ROOT / "app").rglob("*.py")) for hit in _string_phase_comparisons(path)]
     assert found == []
+
+
+def test_the_comparison_holds_the_engine_until_the_chat_reclaims_it() -> None:
+    ready = run(*OPENED)
+    comparing = run(Event.ENGINE_RELEASED, start=ready)
+    assert comparing.phase is Phase.COMPARING and not comparing.busy  # the comparison may run again
+    # nothing that would start an engine beside the arms': a new document, F5, a question
+    for event in (Event.OPENING, Event.ENGINE_STARTING, Event.ASKED, Event.ENGINE_RELEASED):
+        assert comparing.after(event) is None, event
+    assert run(Event.ENGINE_RECLAIMED, start=comparing).phase is Phase.LOADING
+    for busy in (run(*OPENED[:-1]), run(*OPENED, Event.ASKED), run(Event.OPENING, start=ready)):
+        assert busy.after(Event.ENGINE_RELEASED) is None, busy.phase  # a busy chat keeps its engine
+    assert run(Event.ENGINE_RELEASED, start=run(*OPENED[:4], Event.OVERFLOWS)).phase is Phase.COMPARING

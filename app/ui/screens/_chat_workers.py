@@ -92,9 +92,17 @@ def start_and_prefill(conversation: Conversation, n_ctx: int | None, previous: C
 
 
 def stream_answer(conversation: Conversation, question: str, post: Post, warn: Callable[[str], None]) -> None:
-    """Answer ``question``, posting its text in batches, then save the session and check the citations."""
+    """Answer ``question``, posting its text in batches, then check the citations; the session is saved
+    whatever the outcome (a failed answer is kept in it with its partial text)."""
     buffer = ""
     last_post = time.monotonic()
+
+    def save() -> None:
+        try:
+            conversation.session.save()
+        except OSError as exc:
+            warn(f"The session could not be saved ({exc}).")
+
     try:
         for event in conversation.ask(question):
             if isinstance(event, Token):
@@ -109,12 +117,16 @@ def stream_answer(conversation: Conversation, question: str, post: Post, warn: C
                     post(AnswerStreamed(buffer))
                     buffer = ""
                 citations = check_citations(event.text, conversation.document)
-                try:
-                    conversation.session.save()
-                except OSError as exc:
-                    warn(f"The session could not be saved ({exc}).")
+                save()
                 post(AnswerCompleted(event, citations))
             elif isinstance(event, EngineFailed):
+                if buffer:  # shown as it was saved
+                    post(AnswerStreamed(buffer))
+                save()
                 post(EngineFailedMessage(event.message, event.kind))
     except EngineError as exc:
+        if buffer:
+            post(AnswerStreamed(buffer))
+        if conversation.session.turns and conversation.session.turns[-1].unfinished:
+            save()  # (a question refused for its length was never asked: nothing new to save)
         post(EngineFailedMessage(str(exc), type(exc).__name__))

@@ -1,4 +1,9 @@
-"""The arm comparison view: one question, each arm in its own engine process, side by side."""
+"""The arm comparison view: one question, each arm in its own engine process, side by side.
+
+The chat's engine would count in every arm's peak VRAM: this screen asks the chat, which owns it, to
+close it (:class:`~app.ui.messages.EngineReleaseRequested`) and runs the arms once it is closed; the
+chat starts it again when it is shown again. This screen never closes or starts the chat's engine.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,13 @@ from textual.widgets import Button, Footer, Header, Input, Static
 
 from engine.files import write_atomic
 from app.compare import ArmResult, compare_arms, report_markdown, run_comparison
-from app.ui.messages import ArmUpdated, ComparisonCompleted, EngineRestartRequested
+from app.ui.messages import (
+    ArmUpdated,
+    ComparisonCompleted,
+    EngineReleased,
+    EngineReleaseRefused,
+    EngineReleaseRequested,
+)
 from app.ui.widgets import ArmPanel
 from engine import locations
 
@@ -44,7 +55,7 @@ class CompareScreen(Screen[None]):
         self.report_path = None
         self.running = False
         self._cancel = False
-        self.chat_engine_closed = False  # the chat's engine was closed so that peaks are one arm's
+        self.chat_engine_released = False  # the chat closed its engine for the arms (it restarts it after)
 
     @property
     def fraqtl(self) -> FraqtlApp:
@@ -93,16 +104,26 @@ class CompareScreen(Screen[None]):
         self.query_one("#compare-save", Button).disabled = True
         for panel in self.query(ArmPanel):
             await panel.show(ArmResult(panel.arm))
-        self.run_arms(question)
+        if self.chat_engine_released:
+            self.run_arms(question)
+        else:  # the arms run when the chat has closed its engine (EngineReleased)
+            self.fraqtl.chat_screen.post_message(EngineReleaseRequested(self))
+
+    @on(EngineReleased)
+    def engine_released(self) -> None:
+        self.chat_engine_released = True
+        if self.running:  # stopped meanwhile: the arms are reported as not run
+            self.run_arms(self.question)
+
+    @on(EngineReleaseRefused)
+    def engine_release_refused(self, message: EngineReleaseRefused) -> None:
+        self.running = False
+        self.notify(message.reason, severity="warning", markup=False)
 
     @work(thread=True, exclusive=True, group="compare")
     def run_arms(self, question: str) -> None:
         app = self.fraqtl
         assert app.document is not None
-        chat = app.conversation
-        if chat is not None and chat.engine is not None:
-            chat.close()  # its memory would count in every arm's peak
-            self.chat_engine_closed = True
         results = run_comparison(
             app.document, question, app.settings, app.model_path, self.arms, factory=app.factory,
             sampler=app.sampler if app.sampler.available else None,
@@ -145,11 +166,18 @@ class CompareScreen(Screen[None]):
         self.report_path = path
         self.notify(f"Saved the report to {path}.", markup=False)
 
+    def stop_arms(self) -> bool:
+        """Stop the arm that is running, and the ones after it; False when none runs."""
+        if not self.running:
+            return False
+        self._cancel = True
+        self.notify("Stopping the comparison…", markup=False)
+        return True
+
+    def action_stop(self) -> None:
+        if not self.stop_arms():
+            self.notify("No comparison is running.", markup=False)
+
     def action_back(self) -> None:
-        if self.running:  # Esc first stops the arm that is running, and the ones after it
-            self._cancel = True
-            self.notify("Stopping the comparison…", markup=False)
-            return
-        self.app.pop_screen()
-        if self.chat_engine_closed:
-            self.fraqtl.chat_screen.post_message(EngineRestartRequested())
+        if not self.stop_arms():  # Esc first stops a running comparison, then leaves
+            self.app.pop_screen()  # the chat restarts the engine it closed for the arms
