@@ -184,16 +184,8 @@ def sidecar_lines(arm: str, record: dict[str, Any]) -> list[str]:
         return [f"- bases ({arm}): **{record.get('basis')} orthonormal control** (seed {record.get('seed')}), "
                 "not calibrated sidecars"]
     lines = [f"- sidecars ({arm}): from the {record.get('source', 'unknown folder')}"]
-    formats = record.get("formats") or {}
-    lines += [f"  - `{path}` sha256 `{digest}`" + _format_note(formats.get(path))
-              for path, digest in (record.get("files") or {}).items()]
+    lines += [f"  - `{path}` sha256 `{digest}`" for path, digest in (record.get("files") or {}).items()]
     return lines
-
-
-def _format_note(version: int | None) -> str:
-    if version is None:
-        return ""
-    return f", format v{version}" + (" (no eigenvalues: tails not whitened)" if version < 2 else " (tails whitened)")
 
 
 def write(directory: Path, receipt: dict[str, Any], markdown: str) -> Path:

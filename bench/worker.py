@@ -51,7 +51,7 @@ def sidecar_record(settings: Any) -> dict[str, Any]:
     if settings is None:
         return {}
     from engine.files import sha256_file
-    from engine.sidecar import sidecar_origin, sidecar_version
+    from engine.sidecar import sidecar_origin
 
     record: dict[str, Any] = {"basis": settings.basis, "recipe": settings.recipe.label}
     if settings.basis != "sidecar":
@@ -61,8 +61,6 @@ def sidecar_record(settings: Any) -> dict[str, Any]:
     paths = [Path(p) for p in (settings.k_sidecar, settings.v_sidecar) if p]
     record["control"] = False
     record["files"] = {str(p): sha256_file(p) for p in paths}
-    # format v1 files carry no eigenvalues: their tails are not whitened
-    record["formats"] = {str(p): sidecar_version(p) for p in paths}
     record["source"] = sidecar_origin(paths[0]) if paths else "none (identity bases)"
     return record
 

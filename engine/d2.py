@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,6 @@ from engine.gguf import GgufInfo
 
 BASIS_SIDECAR = 0
 BASIS_RANDOM = 1
-
-log = logging.getLogger("fraqtl-chat.engine")
 
 
 class LlamaFraqtlParams(ctypes.Structure):
@@ -91,28 +88,19 @@ class D2Settings:
     k_protect: int | None = None
     v_protect: int | None = None
 
-    def check_files(self, info: GgufInfo) -> list[str]:
+    def check_files(self, info: GgufInfo) -> None:
         """Read and validate the sidecar files (size, dims, finite, ranks, orthonormal) before llama.cpp does.
 
         Raises SidecarFormatError (SidecarNotOrthonormalError names the layer and head) or
-        SidecarMismatchError; a control basis has no files to check. Returns (and logs) a
-        warning for each format-v1 file: it loads, but without eigenvalues its tail is not
-        whitened, which costs accuracy.
+        SidecarMismatchError; a control basis has no files to check.
         """
         if self.basis != "sidecar":
-            return []
+            return
         from engine.sidecar import read_sidecar
 
-        warnings = []
         for path, kind in ((self.k_sidecar, "k"), (self.v_sidecar, "v")):
-            if path and read_sidecar(path, kind, info).version < 2:  # type: ignore[arg-type]
-                warnings.append(
-                    f"Sidecar {path} is format v1 (no eigenvalues): D2 keeps its {kind.upper()} tail unwhitened, "
-                    f"which costs accuracy. Recalibrate with `fraqtl-calibrate {info.path}` to write format v2."
-                )
-        for text in warnings:
-            log.warning("%s", text)
-        return warnings
+            if path:
+                read_sidecar(path, kind, info)  # type: ignore[arg-type]
 
     def c_params(self, info: GgufInfo) -> LlamaFraqtlParams:
         if self.basis not in ("sidecar", "identity", "random"):

@@ -1,6 +1,6 @@
-"""D2 sidecar files, formats v1 and v2: the per-(layer, KV head) orthonormal bases U of K and V.
+"""D2 sidecar files, format v1: the per-(layer, KV head) orthonormal bases U of K and V.
 
-Reads the published files (v1) unchanged and writes ours in the same layout (little-endian):
+Reads the published files unchanged and writes ours in the same layout (little-endian):
 
 * V basis (``sidecar_real_u_*.bin``): 8 × int32 header ``0x46524151`` ("FRAQ"), version 1,
   n_layers, n_kv_heads, head_dim, protect (informational), 0, 0; then fp16 U[layer][head][d][c].
@@ -8,10 +8,7 @@ Reads the published files (v1) unchanged and writes ours in the same layout (lit
   n_kv_heads, head_dim, 0, 0, 0; then int32 rank[layer·head]; then fp16 U[layer][head][d][c].
 
 U is row-major with d (input dimension) first and c (eigen index, by decreasing variance)
-second, so coefficients are ``x @ U`` and the reconstruction is ``c @ U.T``. Version 2 (what
-``fraqtl-calibrate`` writes) has version 2 in the header and appends float32
-``eigenvalues[layer][head][c]``, the per-token second moment along each column, which the D2
-cache uses to whiten the quantized tail; v1 files load with unwhitened tails. Our sidecars also
+second, so coefficients are ``x @ U`` and the reconstruction is ``c @ U.T``. Our sidecars also
 carry a JSON manifest (:data:`MANIFEST_NAME`) beside them; :func:`find_sidecars` finds a
 model's pair by its sha256. Every defect raises :class:`SidecarFormatError` or
 :class:`SidecarMismatchError` naming the file. This module never loads a model and never
@@ -37,8 +34,7 @@ from engine.gguf import GgufInfo
 
 V_MAGIC = 0x46524151  # "FRAQ"
 K_MAGIC = 0x4B514152  # "RAQK"
-FORMAT_VERSION = 2  # what we write when there are eigenvalues; v1 (none) is read too
-VERSIONS = (1, 2)
+FORMAT_VERSION = 1
 HEADER = struct.Struct("<8i")
 MIN_RANK = 8
 #: largest head_dim we accept; guards against allocating gigabytes for a garbage header
@@ -58,8 +54,6 @@ class SidecarFile:
     ``basis`` is float32 ``[n_layers, n_kv_heads, head_dim, head_dim]`` (U[d][c]);
     ``ranks`` is int32 ``[n_layers, n_kv_heads]`` for K files, ``None`` for V files.
     ``protect`` is the V header's informational protected rank (0 for K files).
-    ``eigenvalues`` is float32 ``[n_layers, n_kv_heads, head_dim]``, per token and in column
-    order (format v2), or ``None`` (v1: the cache does not whiten the tail).
     """
 
     kind: Kind
@@ -67,7 +61,6 @@ class SidecarFile:
     ranks: np.ndarray | None = None
     protect: int = 0
     path: Path | None = None
-    eigenvalues: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         basis = np.array(self.basis, dtype=np.float32, order="C", copy=True)
@@ -85,17 +78,6 @@ class SidecarFile:
             object.__setattr__(self, "ranks", ranks)
         elif self.ranks is not None:
             raise ValueError("a V sidecar has no ranks (its header carries `protect`)")
-        if self.eigenvalues is not None:
-            w = np.array(self.eigenvalues, dtype=np.float32, copy=True).reshape(basis.shape[:3])
-            if not (np.isfinite(w).all() and (w >= 0).all()):
-                raise ValueError("eigenvalues must be finite and >= 0")
-            w.setflags(write=False)
-            object.__setattr__(self, "eigenvalues", w)
-
-    @property
-    def version(self) -> int:
-        """The file format: 2 with eigenvalues, 1 without."""
-        return 1 if self.eigenvalues is None else 2
 
     @property
     def n_layers(self) -> int:
@@ -115,7 +97,7 @@ class SidecarFile:
 
     @property
     def n_bytes(self) -> int:
-        return file_size(self.kind, self.n_layers, self.n_kv_heads, self.head_dim, self.version)
+        return file_size(self.kind, self.n_layers, self.n_kv_heads, self.head_dim)
 
     def rank(self, layer: int, head: int) -> int:
         """Protected directions of (layer, head): the K rank, or V's header ``protect``."""
@@ -155,11 +137,10 @@ class SidecarFile:
                 raise SidecarMismatchError(where, field, expected, found)
 
 
-def file_size(kind: Kind, n_layers: int, n_kv_heads: int, head_dim: int, version: int = 1) -> int:
-    """Exact size in bytes of a sidecar of this format version with these dims."""
+def file_size(kind: Kind, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
+    """Exact size in bytes of a v1 sidecar with these dims."""
     ranks = 4 * n_layers * n_kv_heads if kind == "k" else 0
-    eigenvalues = 4 * n_layers * n_kv_heads * head_dim if version >= 2 else 0
-    return HEADER.size + ranks + 2 * n_layers * n_kv_heads * head_dim * head_dim + eigenvalues
+    return HEADER.size + ranks + 2 * n_layers * n_kv_heads * head_dim * head_dim
 
 
 def _kind_name(kind: Kind) -> str:
@@ -172,7 +153,7 @@ def read_sidecar(
     model: GgufInfo | None = None,
     check_orthonormal: bool = True,
 ) -> SidecarFile:
-    """Read and validate a v1 or v2 sidecar; ``kind`` and ``model``, when given, must match.
+    """Read and validate a v1 sidecar; ``kind`` and ``model``, when given, must match.
 
     The header is read and checked against the file's size (and the model's dims) before any
     of the payload is read, so a large wrong file costs 32 bytes of reading, not its size.
@@ -184,10 +165,10 @@ def read_sidecar(
             head = fh.read(HEADER.size)
             if len(head) < HEADER.size:
                 raise SidecarFormatError(str(p), f"short file: {len(head)} bytes, the header alone needs {HEADER.size}")
-            found_kind, version, n_layers, n_heads, head_dim, f5 = _parse_header(p, head, kind)
+            found_kind, n_layers, n_heads, head_dim, f5 = _parse_header(p, head, kind)
             if model is not None:
                 _check_dims(p, found_kind, n_layers, n_heads, head_dim, model)
-            expected = file_size(found_kind, n_layers, n_heads, head_dim, version)
+            expected = file_size(found_kind, n_layers, n_heads, head_dim)
             if size < expected:
                 raise SidecarFormatError(
                     str(p), f"truncated (short file: {size} bytes, {n_layers}×{n_heads}×{head_dim}² needs {expected})"
@@ -212,19 +193,7 @@ def read_sidecar(
             raise SidecarFormatError(
                 str(p), f"rank {int(ranks[layer, head])} of layer {layer} head {head} is outside [{MIN_RANK}, {head_dim}]"
             )
-    basis16 = np.frombuffer(payload, dtype="<f2", count=n_layers * n_heads * head_dim * head_dim,
-                            offset=offset).reshape(n_layers, n_heads, head_dim, head_dim)
-    offset += basis16.nbytes
-    eigenvalues = None
-    if version >= 2:
-        eigenvalues = np.frombuffer(payload, dtype="<f4", offset=offset).reshape(n_layers, n_heads, head_dim)
-        bad = np.argwhere(~(np.isfinite(eigenvalues) & (eigenvalues >= 0)))
-        if bad.size:
-            layer, head, col = (int(i) for i in bad[0])
-            raise SidecarFormatError(
-                str(p), f"eigenvalue {float(eigenvalues[layer, head, col])} of layer {layer} head {head} column {col} "
-                "is not a finite value >= 0"
-            )
+    basis16 = np.frombuffer(payload, dtype="<f2", offset=offset).reshape(n_layers, n_heads, head_dim, head_dim)
     finite = np.isfinite(basis16).all(axis=(2, 3))
     if not finite.all():
         layer, head = (int(i) for i in np.argwhere(~finite)[0])
@@ -236,28 +205,14 @@ def read_sidecar(
         ranks=None if ranks is None else ranks.copy(),
         protect=int(f5) if found_kind == "v" else 0,
         path=p,
-        eigenvalues=None if eigenvalues is None else eigenvalues.copy(),
     )
     if check_orthonormal:
         sidecar.check_orthonormal()
     return sidecar
 
 
-def sidecar_version(path: str | Path) -> int:
-    """The format version in a sidecar's header (1 or 2); raises SidecarFormatError like read_sidecar."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            head = fh.read(HEADER.size)
-    except OSError as exc:
-        raise SidecarFormatError(str(p), f"cannot be read ({exc.strerror or exc})") from exc
-    if len(head) < HEADER.size:
-        raise SidecarFormatError(str(p), f"short file: {len(head)} bytes, the header alone needs {HEADER.size}")
-    return _parse_header(p, head, None)[1]
-
-
-def _parse_header(p: Path, head: bytes, kind: Kind | None) -> tuple[Kind, int, int, int, int, int]:
-    """(kind, version, n_layers, n_kv_heads, head_dim, field 5) from a header, each checked."""
+def _parse_header(p: Path, head: bytes, kind: Kind | None) -> tuple[Kind, int, int, int, int]:
+    """(kind, n_layers, n_kv_heads, head_dim, field 5) from a header, each checked."""
     magic, version, n_layers, n_heads, head_dim, f5, _f6, _f7 = HEADER.unpack_from(head)
     magic &= 0xFFFFFFFF
     if magic == K_MAGIC:
@@ -270,16 +225,13 @@ def _parse_header(p: Path, head: bytes, kind: Kind | None) -> tuple[Kind, int, i
         )
     if kind is not None and found_kind != kind:
         raise SidecarFormatError(str(p), f"it is a {_kind_name(found_kind)} basis where a {_kind_name(kind)} basis is needed")
-    if version not in VERSIONS:
-        raise SidecarFormatError(
-            str(p), f"format version {version}, this fraqtl reads versions {' and '.join(map(str, VERSIONS))}"
-            + (" (a newer fraqtl wrote it: update fraqtl-chat)" if version > max(VERSIONS) else "")
-        )
+    if version != FORMAT_VERSION:
+        raise SidecarFormatError(str(p), f"format version {version}, only version {FORMAT_VERSION} is supported")
     for field, value, high in (("n_layers", n_layers, 4096), ("n_kv_heads", n_heads, 4096),
                                ("head_dim", head_dim, MAX_HEAD_DIM)):
         if not 0 < value <= high:
             raise SidecarFormatError(str(p), f"header {field} is {value}, expected 1..{high}")
-    return found_kind, version, n_layers, n_heads, head_dim, f5
+    return found_kind, n_layers, n_heads, head_dim, f5
 
 
 def _check_dims(p: Path, kind: Kind, n_layers: int, n_heads: int, head_dim: int, model: GgufInfo) -> None:
@@ -291,25 +243,24 @@ def _check_dims(p: Path, kind: Kind, n_layers: int, n_heads: int, head_dim: int,
 
 
 def sidecar_bytes(sidecar: SidecarFile) -> bytes:
-    """The file image of ``sidecar``: v2 when it has eigenvalues, else v1."""
+    """The v1 file image of ``sidecar``."""
     with np.errstate(over="ignore"):
         basis16 = sidecar.basis.astype("<f2")
     if not np.isfinite(basis16).all():
         raise ValueError("the basis has values that are not finite in fp16")
-    tail = b"" if sidecar.eigenvalues is None else sidecar.eigenvalues.astype("<f4").tobytes()
     if sidecar.kind == "k":
         assert sidecar.ranks is not None
         if sidecar.ranks.min() < MIN_RANK or sidecar.ranks.max() > sidecar.head_dim:
             raise ValueError(f"K ranks must lie in [{MIN_RANK}, {sidecar.head_dim}]")
-        header = HEADER.pack(K_MAGIC, sidecar.version, sidecar.n_layers, sidecar.n_kv_heads, sidecar.head_dim, 0, 0, 0)
-        return header + sidecar.ranks.astype("<i4").tobytes() + basis16.tobytes() + tail
-    header = HEADER.pack(V_MAGIC, sidecar.version, sidecar.n_layers, sidecar.n_kv_heads, sidecar.head_dim,
+        header = HEADER.pack(K_MAGIC, FORMAT_VERSION, sidecar.n_layers, sidecar.n_kv_heads, sidecar.head_dim, 0, 0, 0)
+        return header + sidecar.ranks.astype("<i4").tobytes() + basis16.tobytes()
+    header = HEADER.pack(V_MAGIC, FORMAT_VERSION, sidecar.n_layers, sidecar.n_kv_heads, sidecar.head_dim,
                          sidecar.protect, 0, 0)
-    return header + basis16.tobytes() + tail
+    return header + basis16.tobytes()
 
 
 def write_sidecar(sidecar: SidecarFile, path: str | Path) -> Path:
-    """Write ``sidecar`` (format v2 with eigenvalues, else v1) atomically; returns the path."""
+    """Write ``sidecar`` in format v1, atomically; returns the path."""
     p = Path(path)
     write_atomic(p, sidecar_bytes(sidecar), mode=0o644)  # sidecars are meant to be shared
     return p

@@ -5,9 +5,8 @@ libllama's calibration capture (``llama_fraqtl_calib_*``) folds post-RoPE K and 
 (layer, KV head) into float64 uncentered second moments, so no activation is ever kept.
 Sequences are as long as the context (post-RoPE statistics depend on position); above the
 trained context YaRN scales RoPE by ``n_ctx / n_ctx_train``. The moments are eigendecomposed
-(eigenvalues decreasing) into the bases U of the K and V sidecars (format v2, see
-:mod:`engine.sidecar`: U plus each column's eigenvalue, which the cache whitens the tail
-with), written with a JSON manifest.
+(eigenvalues decreasing) into the bases U of the K and V sidecars (format v1, see
+:mod:`engine.sidecar`), written with a JSON manifest.
 
 K rank rule (``--k-rank auto``): per (layer, head) the smallest R that is a multiple of 8,
 at least 8 and at most head_dim, whose top-R eigenvalues hold at least ``--k-energy``

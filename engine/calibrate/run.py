@@ -327,10 +327,8 @@ def calibrate(
         check_moments("k", uk.astype(np.float16))
         check_moments("v", uv.astype(np.float16))
     ranks = choose_ranks(wk, config.k_rank, config.k_energy)
-    # the eigenvalues travel in the sidecars (format v2): the cache whitens the quantized tail with them
-    f32_max = float(np.finfo(np.float32).max)
-    k_side = SidecarFile("k", uk.astype(np.float32), ranks=ranks, eigenvalues=np.clip(wk, 0.0, f32_max))
-    v_side = SidecarFile("v", uv.astype(np.float32), protect=v_protect, eigenvalues=np.clip(wv, 0.0, f32_max))
+    k_side = SidecarFile("k", uk.astype(np.float32), ranks=ranks)
+    v_side = SidecarFile("v", uv.astype(np.float32), protect=v_protect)
     stem = config.stem or model_stem(model_path)
     k_name, v_name = default_file_names(stem)
     k_path = write_sidecar(k_side, out_dir / k_name)

@@ -3,8 +3,7 @@
 Controls prove the rotation algebra (identity and signed-permutation bases with every
 direction in fp16 reproduce the f16 arm; a dense random basis stays within fp16 rounding),
 the allocation equals the recipe's formula, prefix reuse and seq_rm keep the exact
-sink/window copies right, the tail whitening of format-v2 sidecars leaves exact rows exact and
-changes the compressed ones, and bad sidecars are clear errors, never an abort.
+sink/window copies right, and bad sidecars are clear errors, never an abort.
 """
 
 from __future__ import annotations
@@ -208,43 +207,6 @@ def test_window_covering_every_token_equals_all_exact_attention(model: Path, tok
     assert np.mean(exact.argmax(1) == ref.argmax(1)) > 0.95 > np.mean(lossy.argmax(1) == ref.argmax(1))
 
 
-def whitening_pair(model: Path, tmp_path: Path) -> tuple[D2Settings, D2Settings]:
-    """The same random bases as format v1 (unwhitened) and v2 with eigenvalues that span 1e4
-    (tail scales up to the cap): (v1 settings, v2 settings) at K protect 32, V protect 16."""
-    info = read_gguf(model)
-    shape = (info.n_layer, info.n_head_kv)
-    rng = np.random.default_rng(3)
-    w = (10.0 ** rng.uniform(-4, 0, size=(*shape, 64))).astype(np.float32)
-    out = []
-    for tag, eig in (("v1", None), ("v2", w)):
-        k = sc.write_sidecar(sc.SidecarFile("k", sc.random_orthonormal(*shape, 64, seed=1),
-                                            ranks=np.full(shape, 32, np.int32), eigenvalues=eig),
-                             tmp_path / f"{tag}.fraqtl-k-eigenbasis.bin")
-        v = sc.write_sidecar(sc.SidecarFile("v", sc.random_orthonormal(*shape, 64, seed=2), protect=16, eigenvalues=eig),
-                             tmp_path / f"sidecar_real_u_{tag}.bin")
-        out.append(D2Settings(recipe=Recipe(sinks=8, window=2048), k_sidecar=k, v_sidecar=v, k_protect=32, v_protect=16))
-    return out[0], out[1]
-
-
-def test_whitened_tail_leaves_scores_and_outputs_exact(model: Path, tokens: list[int], tmp_path: Path) -> None:
-    # K is stored as D·R·k, q rotated with D^-1·R and the output with R^T·D^-1: where nothing is
-    # quantized (a window over every token) the whitened cache must give the unwhitened logits.
-    # A q rotated with D·R (or an output without D^-1) scales tail terms by up to 32² here.
-    v1, v2 = whitening_pair(model, tmp_path)
-    plain = run_logits(model, tokens, "d2", v1)
-    white = run_logits(model, tokens, "d2", v2)
-    assert kld(plain, white) < 0.01
-    assert np.mean(plain.argmax(1) == white.argmax(1)) > 0.95
-
-
-def test_whitening_changes_the_compressed_rows(model: Path, tokens: list[int], tmp_path: Path) -> None:
-    # with no exact copies every row is read from its 3-bit tail: whitening must change what is stored
-    v1, v2 = (dataclasses.replace(s, recipe=NO_EXACT) for s in whitening_pair(model, tmp_path))
-    plain = run_logits(model, tokens, "d2", v1)
-    white = run_logits(model, tokens, "d2", v2)
-    assert kld(plain, white) > 1e-3
-
-
 def test_follow_up_question_reuses_the_document(model: Path) -> None:
     # the shipped calibrated sidecars, with a small window so that the document is compressed
     document = ("The research station Kestrel Point lies on the island of Varn. Its director is Maren Oduya. "
@@ -341,10 +303,6 @@ def test_the_cpp_sidecar_reader_refuses_bad_files_itself(model: Path, tmp_path: 
         write_bad(tmp_path, "dims.bin", raw[:8] + np.int32(info.n_layer + 1).tobytes() + raw[12:]): "the model has",
         write_bad(tmp_path, "rank.bin", raw[:32] + np.int32(65).tobytes() + raw[36:]): "is outside [8, 64]",
         write_bad(tmp_path, "nan.bin", raw[:32 + n_ranks] + nan + raw[34 + n_ranks:]): "non-finite value at layer 0",
-        # format v2: the eigenvalues after the bases, each finite and >= 0
-        write_bad(tmp_path, "eig.bin", raw[:4] + np.int32(2).tobytes() + raw[8:]
-                  + np.full(info.n_layer * info.n_head_kv * 64, -1.0, "<f4").tobytes()): "eigenvalue -1 of layer 0 head 0",
-        write_bad(tmp_path, "v2short.bin", raw[:4] + np.int32(2).tobytes() + raw[8:]): "(truncated)",
     }
     for path, words in cases.items():
         with pytest.raises(ArmUnavailableError) as err:

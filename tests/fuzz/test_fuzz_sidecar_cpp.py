@@ -2,8 +2,7 @@
 
 ``sidecar_reader_fuzz.cpp`` drives ``llama-fraqtl-sidecar.h``, the checks
 ``llama-fraqtl-kv.cpp`` runs on every sidecar it loads, from the seeds in ``sidecar_corpus/``
-(valid K and V files, formats v1 and v2, of a 2-layer, 1-head, head_dim-64 model and broken
-variants). A short
+(valid K and V files of a 2-layer, 1-head, head_dim-64 model and broken variants). A short
 bounded run here (FRAQTL_FUZZ_SECONDS, 10 s by default); skipped with the reason where clang
 or its libFuzzer runtime is missing (`apt-get install -y clang`).
 """
@@ -46,8 +45,7 @@ def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_seed_corpus_covers_every_rejection_and_both_kinds() -> None:
     seeds = sorted(p.name for p in (HERE / "sidecar_corpus").iterdir())
-    assert {"k-valid", "v-valid", "k-truncated", "v-trailing", "k-bad-rank", "v-nan", "v-wrong-dims",
-            "k-valid-v2", "v2-nan-eigenvalue"} <= set(seeds)
+    assert {"k-valid", "v-valid", "k-truncated", "v-trailing", "k-bad-rank", "v-nan", "v-wrong-dims"} <= set(seeds)
 
 
 def test_libfuzzer_finds_no_crash_in_the_cpp_sidecar_reader(fuzzer: Path, tmp_path: Path) -> None:

@@ -151,16 +151,9 @@ bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params
 // ---------------------------------------------------------------------------------------
 // bases
 
-// a sidecar's bases U[layer][head][d][c] (f32) and, from a v2 file, the eigenvalue of each
-// column lambda[layer][head][c] (empty for v1)
-struct fraqtl_sidecar {
-    std::vector<float> u;
-    std::vector<float> lambda;
-};
-
-// reads a sidecar in format v1 or v2; the checks live in llama-fraqtl-sidecar.h, where the fuzz
-// harness drives them
-static fraqtl_sidecar fraqtl_read_sidecar(const char * path, uint32_t magic_want, bool has_ranks,
+// reads a sidecar in format v1 into U[layer][head][d][c] (f32); the checks live in
+// llama-fraqtl-sidecar.h, where the fuzz harness drives them
+static std::vector<float> fraqtl_read_sidecar(const char * path, uint32_t magic_want, bool has_ranks,
         int32_t n_layer, int32_t n_head_kv, int32_t hd) {
     char msg[768];
     FILE * f = fopen(path, "rb");
@@ -199,21 +192,13 @@ static fraqtl_sidecar fraqtl_read_sidecar(const char * path, uint32_t magic_want
         fraqtl_fail(err.what());
     }
     const uint8_t * u16 = data.data() + layout.u_offset;
-    fraqtl_sidecar out;
-    out.u.resize(layout.n_mat*hd*hd);
-    for (size_t i = 0; i < out.u.size(); ++i) {
+    std::vector<float> u(layout.n_mat*hd*hd);
+    for (size_t i = 0; i < u.size(); ++i) {
         ggml_fp16_t h;
         memcpy(&h, u16 + i*sizeof(h), sizeof(h));
-        out.u[i] = ggml_fp16_to_fp32(h);
+        u[i] = ggml_fp16_to_fp32(h);
     }
-    out.lambda.resize(layout.n_lambda);
-    if (layout.n_lambda > 0) {
-        memcpy(out.lambda.data(), data.data() + layout.lambda_offset, layout.n_lambda*sizeof(float));
-    } else {
-        LLAMA_LOG_WARN("%s: sidecar %s is format v1 (no eigenvalues): its D2 tails are not whitened, which costs "
-                "accuracy; recalibrate with fraqtl-calibrate to write format v2\n", __func__, path);
-    }
-    return out;
+    return u;
 }
 
 // Sidecars store U in fp16, whose rounding leaves U^T U a few 1e-3 away from I (no measurable
@@ -342,35 +327,6 @@ static std::vector<int32_t> fraqtl_block_order(int32_t hd, int32_t protect) {
     return perm;
 }
 
-// Tail whitening: the tail coefficients of a 64-block share one quantization step, sized by the
-// largest; a column of small variance would mostly round to 0. Scaling tail column c by
-// s_c = sqrt(lambda_ref/lambda_c) (lambda_ref: the block's largest tail eigenvalue; capped) gives
-// every tail column the same variance before quantization; q is rotated with the inverse scales,
-// so scores are unchanged: (D^-1 R q).(D R k) = q.k. Protected columns and files without
-// eigenvalues keep s = 1. Returns s per coefficient j in block order (perm).
-std::vector<float> llama_fraqtl_tail_scales(const float * lambda, const std::vector<int32_t> & perm,
-        int32_t hd, int32_t protect) {
-    std::vector<float> s(hd, 1.0f);
-    if (!lambda || protect >= hd) {
-        return s;
-    }
-    const int32_t p = protect/(hd/64);
-    for (int32_t b = 0; b < hd/64; ++b) {
-        double ref = 0.0;
-        for (int32_t i = p; i < 64; ++i) {
-            ref = std::max(ref, (double) lambda[perm[b*64 + i]]);
-        }
-        if (!(ref > 0.0)) {
-            continue;
-        }
-        for (int32_t i = p; i < 64; ++i) {
-            const double lam = lambda[perm[b*64 + i]];
-            s[b*64 + i] = (float) std::min(LLAMA_FRAQTL_MAX_TAIL_SCALE, lam > 0.0 ? std::sqrt(ref/lam) : INFINITY);
-        }
-    }
-    return s;
-}
-
 namespace {
 // what flash attention reads besides the D2 cache: the exact copies after this ubatch's
 // writes and the row map
@@ -489,27 +445,23 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
     d2->slot_pos.assign(d2->n_exact, -1);
 
     const int32_t n_mat = n_layer*d2->n_head_kv;
-    fraqtl_sidecar sk;
-    fraqtl_sidecar sv;
+    std::vector<float> uk;
+    std::vector<float> uv;
     if (fp.basis == LLAMA_FRAQTL_BASIS_RANDOM) {
-        sk.u = fraqtl_random(n_mat, d2->hd_k, fp.seed);
-        sv.u = fraqtl_random(n_mat, d2->hd_v, fp.seed + 1);
+        uk = fraqtl_random(n_mat, d2->hd_k, fp.seed);
+        uv = fraqtl_random(n_mat, d2->hd_v, fp.seed + 1);
     } else {
+        uk = fp.k_sidecar ? fraqtl_read_sidecar(fp.k_sidecar, 0x4B514152u, true,  n_layer, d2->n_head_kv, d2->hd_k)
+                          : fraqtl_identity(n_mat, d2->hd_k);
+        uv = fp.v_sidecar ? fraqtl_read_sidecar(fp.v_sidecar, 0x46524151u, false, n_layer, d2->n_head_kv, d2->hd_v)
+                          : fraqtl_identity(n_mat, d2->hd_v);
         if (fp.k_sidecar) {
-            sk = fraqtl_read_sidecar(fp.k_sidecar, 0x4B514152u, true, n_layer, d2->n_head_kv, d2->hd_k);
-            fraqtl_orthonormalize(sk.u, n_mat, d2->n_head_kv, d2->hd_k, fp.k_sidecar);
-        } else {
-            sk.u = fraqtl_identity(n_mat, d2->hd_k);
+            fraqtl_orthonormalize(uk, n_mat, d2->n_head_kv, d2->hd_k, fp.k_sidecar);
         }
         if (fp.v_sidecar) {
-            sv = fraqtl_read_sidecar(fp.v_sidecar, 0x46524151u, false, n_layer, d2->n_head_kv, d2->hd_v);
-            fraqtl_orthonormalize(sv.u, n_mat, d2->n_head_kv, d2->hd_v, fp.v_sidecar);
-        } else {
-            sv.u = fraqtl_identity(n_mat, d2->hd_v);
+            fraqtl_orthonormalize(uv, n_mat, d2->n_head_kv, d2->hd_v, fp.v_sidecar);
         }
     }
-    d2->k_whitened = !sk.lambda.empty() && d2->k_protect < d2->hd_k;
-    d2->v_whitened = !sv.lambda.empty() && d2->v_protect < d2->hd_v;
     const auto perm_k = fraqtl_block_order(d2->hd_k, d2->k_protect);
     const auto perm_v = fraqtl_block_order(d2->hd_v, d2->v_protect);
 
@@ -517,7 +469,6 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
     std::map<ggml_backend_buffer_type_t, ggml_context *> ctx_map;
     std::vector<ggml_context_ptr> owned;
     d2->rot_k.assign(n_layer, nullptr);
-    d2->rot_q.assign(n_layer, nullptr);
     d2->rot_v.assign(n_layer, nullptr);
     d2->unrot_v.assign(n_layer, nullptr);
     d2->exact_k.assign(n_layer, nullptr);
@@ -546,11 +497,6 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         d2->rot_k[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hk, hk, nh);
         d2->rot_v[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
         d2->unrot_v[il] = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
-        // q takes K's rotation unless K's tail is whitened (then the inverse scales)
-        d2->rot_q[il]   = d2->k_whitened ? ggml_new_tensor_3d(c, GGML_TYPE_F32, hk, hk, nh) : d2->rot_k[il];
-        if (d2->k_whitened) {
-            ggml_format_name(d2->rot_q[il], "fraqtl_rot_q_l%d", il);
-        }
         ggml_format_name(d2->rot_k[il],   "fraqtl_rot_k_l%d", il);
         ggml_format_name(d2->rot_v[il],   "fraqtl_rot_v_l%d", il);
         ggml_format_name(d2->unrot_v[il], "fraqtl_unrot_v_l%d", il);
@@ -601,30 +547,21 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         if (!d2->rot_k[il]) {
             continue;
         }
-        // passes: 0 rot_k (D R), 1 rot_v (D R), 2 unrot_v (R^T D^-1), 3 rot_q (D^-1 R, whitened K only)
-        for (int pass = 0; pass < 4; ++pass) {
-            const bool is_k = pass == 0 || pass == 3;
-            if (pass == 3 && !d2->k_whitened) {
-                break;
-            }
+        // passes: 0 rot_k, 1 rot_v, 2 unrot_v
+        for (int pass = 0; pass < 3; ++pass) {
+            const bool is_k = pass == 0;
             const int32_t hd = is_k ? d2->hd_k : d2->hd_v;
-            const auto & side = is_k ? sk : sv;
+            const auto & u    = is_k ? uk : uv;
             const auto & perm = is_k ? perm_k : perm_v;
-            const bool whiten = is_k ? d2->k_whitened : d2->v_whitened;
-            ggml_tensor * t = pass == 0 ? d2->rot_k[il] : pass == 1 ? d2->rot_v[il] : pass == 2 ? d2->unrot_v[il] : d2->rot_q[il];
-            const bool inverse = pass >= 2; // the scale divides
+            ggml_tensor * t = pass == 0 ? d2->rot_k[il] : pass == 1 ? d2->rot_v[il] : d2->unrot_v[il];
             tmp.assign((size_t) d2->n_head_kv*hd*hd, 0.0f);
             for (int32_t h = 0; h < d2->n_head_kv; ++h) {
-                const size_t m = (size_t) il*d2->n_head_kv + h;
-                const float * uh = side.u.data() + m*hd*hd; // U[d][c]
-                const auto s = llama_fraqtl_tail_scales(whiten ? side.lambda.data() + m*hd : nullptr, perm, hd,
-                        is_k ? d2->k_protect : d2->v_protect);
+                const float * uh = u.data() + ((size_t) il*d2->n_head_kv + h)*hd*hd; // U[d][c]
                 float * th = tmp.data() + (size_t) h*hd*hd;
                 for (int32_t j = 0; j < hd; ++j) {
-                    const float sj = inverse ? 1.0f/s[j] : s[j];
                     for (int32_t d = 0; d < hd; ++d) {
-                        const float val = uh[(size_t) d*hd + perm[j]]*sj;
-                        if (pass != 2) {
+                        const float val = uh[(size_t) d*hd + perm[j]];
+                        if (pass < 2) {
                             th[(size_t) j*hd + d] = val; // row j of the rotation: coefficient j
                         } else {
                             th[(size_t) d*hd + j] = val; // row d of the inverse: output dim d
@@ -640,9 +577,8 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         }
     }
 
-    LLAMA_LOG_INFO("%s: D2 bases %s (tails whitened: K %s, V %s), exact copies %d sinks + %d window: %.2f MiB, bases %.2f MiB\n", __func__,
+    LLAMA_LOG_INFO("%s: D2 bases %s, exact copies %d sinks + %d window: %.2f MiB, bases %.2f MiB\n", __func__,
             fp.basis == LLAMA_FRAQTL_BASIS_RANDOM ? "random" : (fp.k_sidecar || fp.v_sidecar ? "from sidecars" : "identity"),
-            d2->k_whitened ? "yes" : "no", d2->v_whitened ? "yes" : "no",
             d2->n_sink, d2->n_window, d2->exact_bytes/1024.0/1024.0, d2->basis_bytes/1024.0/1024.0);
     LLAMA_LOG_INFO("%s: D2 cache in %s memory (%d of %d layers on a device)\n", __func__,
             n_dev > 0 ? "device" : "host", n_dev, n_layer);
@@ -772,7 +708,7 @@ static ggml_tensor * fraqtl_rotate(ggml_context * ctx, ggml_tensor * x, ggml_ten
 
 void llama_fraqtl_rotate_qkv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32_t il,
         ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v) {
-    *q = fraqtl_rotate(ctx, *q, d2->rot_q[il]);
+    *q = fraqtl_rotate(ctx, *q, d2->rot_k[il]);
     *k = fraqtl_rotate(ctx, *k, d2->rot_k[il]);
     *v = fraqtl_rotate(ctx, *v, d2->rot_v[il]);
 }

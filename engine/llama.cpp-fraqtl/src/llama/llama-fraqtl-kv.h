@@ -34,15 +34,11 @@ struct llama_fraqtl_kv {
     int32_t   n_exact   = 0; // n_sink + n_window; slot n_exact is the scratch slot
     ggml_type type_k    = GGML_TYPE_F16;
     ggml_type type_v    = GGML_TYPE_F16;
-    bool      k_whitened = false; // tail columns scaled by the sidecar's eigenvalues (format v2)
-    bool      v_whitened = false;
 
     // indexed by model layer; nullptr where the layer has no KV cache
-    // rotations into the bases, tail rows scaled by the whitening D (llama_fraqtl_tail_scales)
-    std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: k -> D·R·k
-    std::vector<ggml_tensor *> rot_q;   // q -> D^-1·R·q, so scores are q·k; rot_k itself when D = I
-    std::vector<ggml_tensor *> rot_v;   // [hd_v, hd_v, n_head_kv] f32: v -> D_v·R_v·v
-    std::vector<ggml_tensor *> unrot_v; // [hd_v, hd_v, n_head_kv] f32: coefficients -> R_v^T·D_v^-1·x
+    std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: q or k -> coefficients
+    std::vector<ggml_tensor *> rot_v;   // [hd_v, hd_v, n_head_kv] f32
+    std::vector<ggml_tensor *> unrot_v; // [hd_v, hd_v, n_head_kv] f32: coefficients -> x
     std::vector<ggml_tensor *> exact_k; // [hd_k*n_head_kv, n_exact + 1] f16, rotated; last row: scratch
     std::vector<ggml_tensor *> exact_v; // [hd_v*n_head_kv, n_exact + 1] f16, rotated
 
@@ -62,14 +58,6 @@ struct llama_fraqtl_kv {
 
 // ---------------------------------------------------------------------------------------
 // context creation (llama-context.cpp)
-
-// largest whitening scale of a tail column (columns of near-zero variance would blow up)
-#define LLAMA_FRAQTL_MAX_TAIL_SCALE 32.0
-
-// the whitening scale of each coefficient j of a head (block order perm, as fraqtl_block_order
-// makes it) from its columns' eigenvalues lambda[c]; all 1 for lambda == nullptr or protect == hd
-std::vector<float> llama_fraqtl_tail_scales(const float * lambda, const std::vector<int32_t> & perm,
-        int32_t hd, int32_t protect);
 
 // checks the model and the parameters, sets the cache types and enables flash attention;
 // false (with llama_fraqtl_last_error set) if D2 cannot run on this model

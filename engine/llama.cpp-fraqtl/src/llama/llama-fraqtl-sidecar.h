@@ -1,9 +1,7 @@
-// fraqtl: the D2 sidecar formats v1 and v2, checked from bytes - no file, no llama, no ggml - so
-// that the fuzz harness (tests/fuzz/sidecar_reader_fuzz.cpp) drives exactly the code the KV cache runs.
-// Format (little-endian): 8 x int32 header {magic, version, n_layer, n_head_kv, head_dim, ...},
-// int32 rank[layer*head] for K files only, then fp16 U[layer][head][d][c]; version 2 appends
-// float32 lambda[layer][head][c], the per-token second moment along each column (the eigenvalue),
-// which the cache uses to whiten the quantized tail. Version 1 (the published files) has none.
+// fraqtl: the D2 sidecar format v1, checked from bytes - no file, no llama, no ggml - so that the
+// fuzz harness (tests/fuzz/sidecar_reader_fuzz.cpp) drives exactly the code the KV cache runs.
+// Format (little-endian): 8 x int32 header {magic, version 1, n_layer, n_head_kv, head_dim, ...},
+// int32 rank[layer*head] for K files only, then fp16 U[layer][head][d][c].
 #pragma once
 
 #include <cstddef>
@@ -18,8 +16,6 @@ struct llama_fraqtl_sidecar_layout {
     size_t n_mat;    // layers x KV heads
     size_t n_ranks;  // n_mat for K files, 0 for V files
     size_t u_offset; // where the fp16 bases start
-    size_t n_lambda; // n_mat*hd eigenvalues in a v2 file, 0 in a v1 file
-    size_t lambda_offset;
     size_t size;     // the exact file size the model implies
 };
 
@@ -40,8 +36,8 @@ inline llama_fraqtl_sidecar_layout llama_fraqtl_sidecar_check_header(const char 
                 (uint32_t) hdr[0], magic_want, has_ranks ? "a K" : "a V");
         throw std::runtime_error(msg);
     }
-    if (hdr[1] != 1 && hdr[1] != 2) {
-        snprintf(msg, sizeof(msg), "sidecar %s: version %d, expected 1 or 2 (a newer fraqtl wrote it: update fraqtl-chat)", path, hdr[1]);
+    if (hdr[1] != 1) {
+        snprintf(msg, sizeof(msg), "sidecar %s: version %d, expected 1", path, hdr[1]);
         throw std::runtime_error(msg);
     }
     if (hdr[2] != n_layer || hdr[3] != n_head_kv || hdr[4] != hd) {
@@ -53,9 +49,7 @@ inline llama_fraqtl_sidecar_layout llama_fraqtl_sidecar_check_header(const char 
     l.n_mat    = (size_t) n_layer*n_head_kv;
     l.n_ranks  = has_ranks ? l.n_mat : 0;
     l.u_offset = LLAMA_FRAQTL_SIDECAR_HEADER + l.n_ranks*sizeof(int32_t);
-    l.n_lambda      = hdr[1] >= 2 ? l.n_mat*hd : 0;
-    l.lambda_offset = l.u_offset + l.n_mat*hd*hd*sizeof(uint16_t);
-    l.size          = l.lambda_offset + l.n_lambda*sizeof(float);
+    l.size     = l.u_offset + l.n_mat*hd*hd*sizeof(uint16_t);
     if (file_size < 0 || (size_t) file_size != l.size) {
         snprintf(msg, sizeof(msg), "sidecar %s: %ld bytes, expected exactly %zu (%s)", path, file_size, l.size,
                 file_size >= 0 && (size_t) file_size < l.size ? "truncated" : "trailing bytes");
@@ -64,8 +58,7 @@ inline llama_fraqtl_sidecar_layout llama_fraqtl_sidecar_check_header(const char 
     return l;
 }
 
-// checks a whole file image of l.size bytes: every rank in [8, hd], every fp16 value finite, every
-// eigenvalue finite and >= 0. Throws.
+// checks a whole file image of l.size bytes: every rank in [8, hd], every fp16 value finite. Throws.
 inline void llama_fraqtl_sidecar_check_payload(const char * path, const uint8_t * data,
         const llama_fraqtl_sidecar_layout & l, int32_t n_head_kv, int32_t hd) {
     char msg[768];
@@ -85,15 +78,6 @@ inline void llama_fraqtl_sidecar_check_payload(const char * path, const uint8_t 
         if ((h & 0x7C00u) == 0x7C00u) { // exponent all ones: inf or NaN
             snprintf(msg, sizeof(msg), "sidecar %s: non-finite value at layer %zu head %zu", path,
                     i/((size_t) hd*hd)/n_head_kv, i/((size_t) hd*hd)%n_head_kv);
-            throw std::runtime_error(msg);
-        }
-    }
-    for (size_t i = 0; i < l.n_lambda; ++i) {
-        float x;
-        memcpy(&x, data + l.lambda_offset + i*sizeof(x), sizeof(x));
-        if (!(x >= 0.0f && x <= 3.0e38f)) { // NaN, inf and negatives fail
-            snprintf(msg, sizeof(msg), "sidecar %s: eigenvalue %g of layer %zu head %zu is not a finite value >= 0",
-                    path, x, i/hd/n_head_kv, i/hd%n_head_kv);
             throw std::runtime_error(msg);
         }
     }
