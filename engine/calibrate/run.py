@@ -35,6 +35,7 @@ from engine.calibrate.spectrum import (
     RANK_STEP,
     check_moments,
     choose_ranks,
+    kauto_budget,
     eigenbasis,
     query_order,
 )
@@ -94,6 +95,10 @@ class CalibrationProgress:
     tok_s: float
     eta_s: float
     resumed_tokens: int = 0
+    # "capture" while the moments are gathered; "choose" once, when the held-out tokens
+    # (``holdout_tokens`` of them) start scoring the recipes
+    phase: str = "capture"
+    holdout_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -227,7 +232,7 @@ def calibrate(
     info = read_gguf(model_path)
     if info.n_layer <= 0 or info.n_head_kv <= 0:
         raise EngineError(f"{model_path} has no attention layers the capture understands (arch {info.arch}).")
-    if config.k_rank != "auto":
+    if config.k_rank not in ("auto", "budget"):
         k = int(config.k_rank)
         if not MIN_RANK <= k <= info.head_dim_k or k % RANK_STEP:
             raise EngineError(f"--k-rank {k} must be a multiple of 8 between 8 and head_dim {info.head_dim_k}.")
@@ -326,7 +331,7 @@ def calibrate(
     with np.errstate(over="ignore"):  # moments that overflow in fp16 after the eigensolver
         check_moments("k", uk.astype(np.float16))
         check_moments("v", uv.astype(np.float16))
-    ranks = choose_ranks(wk, config.k_rank, config.k_energy)
+    ranks = choose_ranks(wk, config.k_rank, config.k_energy, kauto_budget(info.head_dim_k, info.head_dim_v))
     k_side = SidecarFile("k", uk.astype(np.float32), ranks=ranks)
     v_side = SidecarFile("v", uv.astype(np.float32), protect=v_protect)
     stem = config.stem or model_stem(model_path)
@@ -345,6 +350,8 @@ def calibrate(
         # the sidecars are written first: a failed scoring keeps them and leaves the locked recipe
         write_manifest(out_dir / MANIFEST_NAME, manifest)
         if holdout:
+            on_progress(CalibrationProgress(tokens_done, tokens_done, len(sequences), len(sequences), 0.0, 0.0,
+                                            resumed, phase="choose", holdout_tokens=len(holdout)))
             choice = choose_recipe(model_path, info, k_path, v_path, holdout, calibrated, n_threads)
             manifest["recipe"].update(choice.manifest_fields())
         else:
