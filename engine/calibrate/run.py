@@ -35,6 +35,7 @@ from engine.calibrate.spectrum import (
     RANK_STEP,
     check_moments,
     choose_ranks,
+    budget_target,
     kauto_budget,
     eigenbasis,
     query_order,
@@ -331,7 +332,10 @@ def calibrate(
     with np.errstate(over="ignore"):  # moments that overflow in fp16 after the eigensolver
         check_moments("k", uk.astype(np.float16))
         check_moments("v", uv.astype(np.float16))
-    ranks = choose_ranks(wk, config.k_rank, config.k_energy, kauto_budget(info.head_dim_k, info.head_dim_v))
+    k_energy = config.k_energy
+    if config.k_rank == "budget":  # the energy rule at the highest target that fits kautov16 in the locked bytes
+        k_energy = budget_target(wk, kauto_budget(info.head_dim_k, info.head_dim_v))
+    ranks = choose_ranks(wk, "auto" if config.k_rank == "budget" else config.k_rank, k_energy)
     k_side = SidecarFile("k", uk.astype(np.float32), ranks=ranks)
     v_side = SidecarFile("v", uv.astype(np.float32), protect=v_protect)
     stem = config.stem or model_stem(model_path)
@@ -341,7 +345,7 @@ def calibrate(
     manifest = build_manifest(
         info=info, model_path=model_path, model_sha=model_sha, k_path=k_path, v_path=v_path, files=files,
         digest=digest, tokens=tokens_done, n_sequences=len(sequences), ctx=ctx, n_batch=n_batch, rope=rope,
-        k_rank=config.k_rank, k_energy=config.k_energy, k_order=config.k_order, v_protect=v_protect, ranks=ranks,
+        k_rank=config.k_rank, k_energy=k_energy, k_order=config.k_order, v_protect=v_protect, ranks=ranks,
         wk=wk, wv=wv,
         seconds=seconds, tok_s=(tokens_done - resumed) / max(seconds, 1e-9), n_threads=n_threads,
         resumed=resumed, libllama=libllama,

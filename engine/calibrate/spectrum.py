@@ -80,12 +80,13 @@ def energy_rank(eigenvalues: np.ndarray, target: float, step: int = RANK_STEP, m
 def choose_ranks(eigenvalues: np.ndarray, k_rank: int | str, target: float = DEFAULT_K_ENERGY,
                  budget: float | None = None) -> np.ndarray:
     """int32 ranks [layers, heads]: fixed ``k_rank``, the energy rule when it is 'auto', or for
-    'budget' one block type per layer within ``budget`` K bytes per head (:func:`budget_ranks`)."""
+    'budget' the energy rule at the highest target whose kauto cache fits ``budget`` K bytes per
+    head (:func:`budget_target`)."""
     lead = eigenvalues.shape[:-1]
     if k_rank == "budget":
         if budget is None:
             raise EngineError("the 'budget' K rank rule needs a byte budget.")
-        return budget_ranks(eigenvalues, budget)
+        return choose_ranks(eigenvalues, "auto", budget_target(eigenvalues, budget))
     if k_rank != "auto":
         return np.full(lead, int(k_rank), dtype=np.int32)
     flat = eigenvalues.reshape(-1, eigenvalues.shape[-1])
@@ -116,37 +117,6 @@ def query_order(eigenvalues: np.ndarray, basis: np.ndarray, q_moments: np.ndarra
             np.ascontiguousarray(np.take_along_axis(basis, order[..., None, :], axis=-1)))
 
 
-def budget_layers(shares: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
-    """Per layer, the index of the option to keep, maximising the summed share within ``budget``.
-
-    ``shares [layers, options]`` is what each option keeps of a layer (non-decreasing along the
-    options, e.g. K energy in the top 8, 16, 32 directions), ``costs [options]`` its bytes (increasing);
-    ``budget`` bounds the summed cost over layers. Greedy by added share per added byte, starting
-    from every layer's cheapest option (which must fit). The layer rule kauto needs: llama.cpp gives
-    each layer one K type, so a rank budget is spent per layer, not per head.
-    """
-    shares = np.asarray(shares, dtype=np.float64)
-    costs = np.asarray(costs, dtype=np.float64)
-    n_layer, n_opt = shares.shape
-    pick = np.zeros(n_layer, dtype=np.int64)
-    spent = costs[0] * n_layer
-    if spent > budget + 1e-9:
-        raise EngineError(f"the budget of {budget:g} bytes is below every layer's smallest option ({spent:g}).")
-    while True:
-        best, best_rate = None, 0.0
-        for il in range(n_layer):
-            for nxt in range(pick[il] + 1, n_opt):
-                extra = costs[nxt] - costs[pick[il]]
-                gain = shares[il, nxt] - shares[il, pick[il]]
-                if spent + extra <= budget + 1e-9 and gain / extra > best_rate:
-                    best, best_rate = (il, nxt), gain / extra
-        if best is None:
-            return pick
-        il, nxt = best
-        spent += costs[nxt] - costs[pick[il]]
-        pick[il] = nxt
-
-
 #: kauto's V rank (at head_dim 128) when the K ranks are fitted to the locked recipe's bytes
 BUDGET_V_RANK = 16
 
@@ -160,16 +130,21 @@ def kauto_budget(head_dim_k: int, head_dim_v: int) -> float:
     return LOCKED.head_bytes(head_dim_k, "k") + LOCKED.head_bytes(head_dim_v, "v") - v.head_bytes(head_dim_v, "v")
 
 
-def budget_ranks(eigenvalues: np.ndarray, budget: float) -> np.ndarray:
-    """int32 ranks [layers, heads]: per layer the protected count of one K block type (every head of
-    the layer the same), chosen by :func:`budget_layers` so that the layers' mean K bytes per head
-    stay within ``budget``; a layer's share of an option is its heads' mean energy share."""
+def budget_target(eigenvalues: np.ndarray, budget: float, step: float = 0.005) -> float:
+    """The highest energy target (a multiple of ``step``) whose energy-rule ranks make kauto's K cache
+    fit ``budget`` bytes per token and head, averaged over layers.
+
+    kauto stores every head of a layer with the block type of the layer's largest rank (one K tensor
+    per layer in llama.cpp), so the cost of a target is that of each layer's largest head rank,
+    rounded up to a block type. Raises EngineError when even the smallest ranks cost more.
+    """
     from engine.arms import LOCKED, kauto_protect
 
     w = np.asarray(eigenvalues, dtype=np.float64)
-    n_layer, n_head, d = w.shape
-    options = sorted({kauto_protect(r, d) for r in (8 * max(d // 64, 1), 16 * max(d // 64, 1), 32 * max(d // 64, 1), d)})
-    shares = np.stack([energy_share(w, r).mean(axis=-1) for r in options], axis=-1)
-    costs = np.array([LOCKED.block_bytes(d, r, "k") for r in options])
-    pick = budget_layers(shares, costs, budget * n_layer)
-    return np.repeat(np.array(options, dtype=np.int32)[pick][:, None], n_head, axis=1)
+    d = w.shape[-1]
+    for target in np.round(np.arange(1.0, 0.0, -step), 6):
+        ranks = choose_ranks(w, "auto", float(target))
+        cost = np.mean([LOCKED.block_bytes(d, kauto_protect(int(layer.max()), d), "k") for layer in ranks])
+        if cost <= budget + 1e-9:
+            return float(target)
+    raise EngineError(f"no K ranks fit {budget:g} bytes per head: even {MIN_RANK} directions per head cost more.")

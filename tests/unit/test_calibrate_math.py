@@ -196,30 +196,24 @@ def test_query_order_protects_the_directions_the_scores_depend_on() -> None:
     assert np.array_equal(wi, w) and np.array_equal(ui, u)
 
 
-def test_budget_layers_spends_the_bytes_where_they_keep_most() -> None:
-    from engine.calibrate.spectrum import budget_layers
-
-    costs = np.array([39.0, 52.0, 78.0])
-    # layer 1 gains a lot from its second option, layer 0 little: the budget goes to layer 1
-    shares = np.array([[0.80, 0.81, 0.82], [0.40, 0.80, 0.95]])
-    np.testing.assert_array_equal(budget_layers(shares, costs, 39 + 78), [0, 2])
-    np.testing.assert_array_equal(budget_layers(shares, costs, 2 * 39), [0, 0])
-    np.testing.assert_array_equal(budget_layers(shares, costs, 1e9), [2, 2])
-    with pytest.raises(EngineError, match="below every layer"):
-        budget_layers(shares, costs, 50)
-
-
 def test_budget_ranks_fit_kauto_into_the_locked_recipes_bytes() -> None:
     from engine.arms import ArmConfig, Recipe
-    from engine.calibrate.spectrum import kauto_budget
+    from engine.calibrate.spectrum import budget_target, kauto_budget
 
     moments, _ = synthetic_moments(4, 2, 64, 400)
     w, _ = cal.eigenbasis(moments, 400)
-    ranks = cal.choose_ranks(w, "budget", budget=kauto_budget(64, 64))
-    assert ranks.shape == (4, 2) and (ranks == ranks[:, :1]).all()  # one block type per layer
-    kauto = Recipe.parse("kautov16").with_k_ranks(ranks.tolist(), 64)
-    size = ArmConfig("d2", kauto).kv_bytes_per_token(4, 2, 64, 64)
-    assert size <= ArmConfig.parse("d2").kv_bytes_per_token(4, 2, 64, 64)
+    budget = kauto_budget(64, 64)
+    assert budget == 52  # 91 B of k16v32 at head_dim 64 minus V's d2_p8 39 B
+    ranks = cal.choose_ranks(w, "budget", budget=budget)
+    target = budget_target(w, budget)
+    np.testing.assert_array_equal(ranks, cal.choose_ranks(w, "auto", target))  # per-head energy ranks kept
+    def size(r: np.ndarray) -> float:
+        kauto = Recipe.parse("kautov16").with_k_ranks(r.tolist(), 64)
+        return ArmConfig("d2", kauto).kv_bytes_per_token(4, 2, 64, 64)
+    locked = ArmConfig.parse("d2").kv_bytes_per_token(4, 2, 64, 64)
+    assert size(ranks) <= locked < size(cal.choose_ranks(w, "auto", target + 0.005))  # the highest that fits
+    with pytest.raises(EngineError, match="no K ranks fit"):
+        budget_target(w, 38)
     with pytest.raises(EngineError, match="needs a byte budget"):
         cal.choose_ranks(w, "budget")
 
