@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine import sidecar as sc
@@ -143,3 +144,23 @@ def test_kauto_without_sidecar_files_is_a_clear_error(tmp_path: Path) -> None:
         D2Settings(recipe=Recipe.parse("kautov16"), basis="identity").c_params(info)
     with pytest.raises(ArmUnavailableError, match="K sidecar's ranks"):
         resolve_k_layers(Recipe.parse("kautov16"), info, None)
+
+
+def test_plain_d2_takes_a_recommended_kauto_only_when_it_costs_no_more(tmp_path: Path) -> None:
+    from engine.d2 import recipe_for
+    from engine.gguf import GgufInfo
+
+    info = GgufInfo(Path("m.gguf"), 3, {"general.architecture": "llama", "llama.block_count": 2,
+                                         "llama.attention.head_count": 3, "llama.attention.head_count_kv": 3,
+                                         "llama.embedding_length": 192}, (), 0)
+    manifest = {"recipe": {"recommended": "kautov16"}}
+    plain = ArmConfig.parse("d2")
+    for ranks, expected in (([[16, 8, 8], [8, 8, 8]], (16, 8)), ([[24, 8, 8], [16, 8, 8]], None)):
+        k = sc.control_sidecar("k", 2, 3, 64, 8)
+        k = sc.SidecarFile("k", k.basis, ranks=np.array(ranks, dtype=np.int32))
+        path = sc.write_sidecar(k, tmp_path / f"{ranks[0][0]}.fraqtl-k-eigenbasis.bin")
+        recipe = recipe_for(info, plain, manifest, path)
+        if expected is None:  # d2_p32 + d2_p16 K: 26 B a token and head over the locked recipe
+            assert recipe == LOCKED
+        else:
+            assert recipe.k_auto and recipe.k_layers == expected and recipe.window == LOCKED.window
