@@ -171,6 +171,20 @@ def _sha_of(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
+def _known_sha(path: Path) -> str | None:
+    """The model's sha256 when it costs nothing: a packaged model's, or one hashed before."""
+    from engine.models import REGISTRY, packaged_path
+
+    try:
+        for packaged in REGISTRY.values():
+            if Path(path).resolve() == packaged_path(packaged).resolve():
+                return packaged.sha256
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _SHA_CACHE.get((str(path), st.st_size, st.st_mtime_ns))
+
+
 def recipe_for(info: GgufInfo, arm: ArmConfig, manifest: dict[str, Any], k_sidecar: Path | None = None) -> Recipe:
     """The arm's recipe; for plain "d2", the manifest's recommended one when it costs no more.
 
@@ -214,10 +228,17 @@ def memory_arm(info: GgufInfo, arm: ArmConfig, model_sha256: str | None = None) 
 
     Upstream arms and fixed recipes come back unchanged without touching a file; a kauto arm or a
     plain d2 arm reads the model's sidecars (found by sha256). Plain d2 without sidecars keeps the
-    locked recipe (its context will not open, but its estimate stays what the recipe costs).
+    locked recipe (its context will not open, but its estimate stays what the recipe costs), and so
+    does plain d2 on a model whose sha256 this process has not computed yet: hashing a large GGUF
+    takes seconds (the VRAM panel estimates on the UI thread), and a recommendation is never larger
+    than the locked recipe, so that estimate is an upper bound until the engine has hashed it.
     """
     if arm.recipe is None or (not arm.recipe.k_auto and not arm.model_default) or arm.recipe.k_layers:
         return arm
+    if not arm.recipe.k_auto and model_sha256 is None:
+        model_sha256 = _known_sha(info.path)
+        if model_sha256 is None:
+            return arm
     try:
         settings = settings_for(info, arm, model_sha256)
     except (ArmUnavailableError, OSError):

@@ -164,3 +164,26 @@ def test_plain_d2_takes_a_recommended_kauto_only_when_it_costs_no_more(tmp_path:
             assert recipe == LOCKED
         else:
             assert recipe.k_auto and recipe.k_layers == expected and recipe.window == LOCKED.window
+
+
+def test_kauto_protect_value_matches_the_c_header() -> None:
+    from engine.d2 import PROTECT_AUTO
+
+    header = (Path(__file__).resolve().parents[2] / "engine" / "llama.cpp-fraqtl" / "src" / "llama"
+              / "llama-fraqtl.h").read_text()
+    assert f"#define LLAMA_FRAQTL_PROTECT_AUTO ({PROTECT_AUTO})" in header
+
+
+def test_plain_d2_estimates_never_hash_a_model_on_the_ui_thread(tmp_path: Path, monkeypatch) -> None:
+    from engine import d2, models
+    from engine.gguf import GgufInfo
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError("hashed the model")
+
+    monkeypatch.setattr(models, "model_sha256", no_hashing)
+    gguf = tmp_path / "big.gguf"
+    gguf.write_bytes(b"GGUF")
+    info = GgufInfo(gguf, 3, {"general.architecture": "llama"}, (), 0)
+    plain = ArmConfig.parse("d2")
+    assert d2.memory_arm(info, plain) is plain  # unknown sha: the locked recipe, an upper bound
