@@ -96,9 +96,9 @@ class CalibrationProgress:
     tok_s: float
     eta_s: float
     resumed_tokens: int = 0
-    # "capture" while the moments are gathered; "choose" once, when the held-out tokens
-    # (``holdout_tokens`` of them) start scoring the recipes
-    phase: str = "capture"
+    # sent once the moments are gathered, when the held-out tokens (``holdout_tokens`` of them)
+    # start scoring the recipes
+    choosing_recipe: bool = False
     holdout_tokens: int = 0
 
 
@@ -355,7 +355,7 @@ def calibrate(
         write_manifest(out_dir / MANIFEST_NAME, manifest)
         if holdout:
             on_progress(CalibrationProgress(tokens_done, tokens_done, len(sequences), len(sequences), 0.0, 0.0,
-                                            resumed, phase="choose", holdout_tokens=len(holdout)))
+                                            resumed, choosing_recipe=True, holdout_tokens=len(holdout)))
             choice = choose_recipe(model_path, info, k_path, v_path, holdout, calibrated, n_threads)
             manifest["recipe"].update(choice.manifest_fields())
         else:

@@ -28,7 +28,8 @@ class FakeCalibration:
 
     def events(self):
         yield CalibrationProgress(256, 256, 1, 1, 100.0, 0.0)
-        yield CalibrationProgress(256, 256, 1, 1, 0.0, 0.0, phase="choose", holdout_tokens=self.config.holdout)
+        yield CalibrationProgress(256, 256, 1, 1, 0.0, 0.0, choosing_recipe=True,
+                                  holdout_tokens=self.config.holdout)
         yield FakeCalibration.done
 
     def stop(self) -> None:

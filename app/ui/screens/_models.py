@@ -292,7 +292,7 @@ class ModelsScreen(ModalScreen[Path | None]):
     def calibration_progressed(self, message: CalibrationProgressed) -> None:
         p = message.progress
         self.query_one("#calibrate-bar", ProgressBar).update(total=p.tokens_total, progress=p.tokens_done)
-        if p.phase == "choose":
+        if p.choosing_recipe:
             self.query_one("#calibrate-status", Static).update(Text(
                 f"Sidecars written from {p.tokens_done:,} tokens; choosing the recipe: scoring each candidate "
                 f"against the f16 cache on {p.holdout_tokens:,} held-out tokens…"))
