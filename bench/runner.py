@@ -199,8 +199,6 @@ def run_arms(
 def base_row(outcome: ArmOutcome, n_ctx: int, info: Any) -> dict[str, Any]:
     """The fields every row carries: arm, context, status, memory figures, markers."""
     from engine.arms import ArmConfig
-    from engine.estimates import kv_bytes as kv_estimate
-
     arm = ArmConfig.parse(outcome.arm)
     measured = int(outcome.result.get("kv_bytes") or 0) or kv_bytes_from_buffers(outcome.buffers_mib)
     from bench.receipt import METRICS
@@ -217,11 +215,33 @@ def base_row(outcome: ArmOutcome, n_ctx: int, info: Any) -> dict[str, Any]:
         "peak_vram_mib": round(outcome.peak_vram_mib, 1) if outcome.peak_vram_mib is not None else None,
         "telemetry": outcome.telemetry,
         "kv_bytes": measured if outcome.ok else None,
-        "kv_bytes_estimate": kv_estimate(info, arm, n_ctx),
-        "kv_bits_per_element": round(arm.bits_per_element(info.head_dim_k, info.head_dim_v), 4),
+        "kv_bytes_estimate": _kv_estimate(info, arm, n_ctx),
+        "kv_bits_per_element": _bits_per_element(info, arm),
         "peak_rss_mib": round(outcome.result.get("peak_rss_mib", 0.0), 1) or None,
         "wall_s": round(outcome.wall_s, 2),
         "buffers_mib": outcome.buffers_mib,
         "markers": outcome.markers,
     })
     return row
+
+
+def _bits_per_element(info: Any, arm: Any) -> float | None:
+    """Allocated bits per cached element; kauto's from its sidecar's ranks (None without sidecars)."""
+    from engine.d2 import memory_arm
+    from engine.errors import EngineError
+
+    try:
+        return round(memory_arm(info, arm).bits_per_element(info.head_dim_k, info.head_dim_v), 4)
+    except EngineError:
+        return None
+
+
+def _kv_estimate(info: Any, arm: Any, n_ctx: int) -> int | None:
+    """The estimate of the K and V tensors; None for a kauto arm whose model has no sidecars."""
+    from engine.errors import EngineError
+    from engine.estimates import kv_bytes
+
+    try:
+        return kv_bytes(info, arm, n_ctx)
+    except EngineError:
+        return None

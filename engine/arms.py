@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 from engine.errors import EngineError
 
@@ -22,6 +23,7 @@ GGML_TYPE_Q8_0 = 8
 #: bytes per block and block size of the upstream cache types
 _UPSTREAM = {"f16": (2, 1, GGML_TYPE_F16), "q8_0": (34, 32, GGML_TYPE_Q8_0), "q4_0": (18, 32, GGML_TYPE_Q4_0)}
 UPSTREAM_ARMS = tuple(_UPSTREAM)
+LOCKED_K_RANK = 16
 ALL_ARMS = ("f16", "q8_0", "q4_0", "d2", "d2:lite")
 
 
@@ -42,24 +44,31 @@ class Recipe:
     sinks: int = 8
     window: int = 1024
     protect_bits: int = 16
+    # "kauto": every layer's K takes the smallest block type covering the K sidecar's ranks of its
+    # heads (k_rank is then unused); ``k_layers`` holds those protected directions per layer at the
+    # model's head_dim once read from the sidecar (:func:`engine.d2.resolve_k_layers`)
+    k_auto: bool = False
+    k_layers: tuple[int, ...] = ()
 
     # a "b" after the V rank sets V's tail bits, and K's too unless K has its own (k16v32b2: both 2);
     # "i8" stores the protected coefficients as int8 (d2_p*i8) instead of fp16
-    _PATTERN = re.compile(r"^k(\d+)(?:b(\d))?v(\d+)(?:b(\d))?(i8)?(?:s(\d+))?(?:w(\d+))?$")
+    _PATTERN = re.compile(r"^k(\d+|auto)(?:b(\d))?v(\d+)(?:b(\d))?(i8)?(?:s(\d+))?(?:w(\d+))?$")
 
     @classmethod
     def parse(cls, text: str) -> Recipe:
         match = cls._PATTERN.match(text.strip().lower())
         if not match:
             raise EngineError(
-                f"'{text}' is not a D2 recipe; write it like k16v32 (ranks at head_dim 128), "
+                f"'{text}' is not a D2 recipe; write it like k16v32 (ranks at head_dim 128; kauto: K per layer "
+                "from the K sidecar's ranks), "
                 "optionally followed by b3 (tail bits; k16b3v16b2 gives K and V their own), i8 (int8 "
                 "protected coefficients), s8 (sinks), "
                 "w1024 (window); or use the arm d2:lite."
             )
         k, kb, v, vb, i8, s, w = match.groups()
-        recipe = cls(int(k), int(v), int(kb or vb or 3), int(vb or 3), int(s if s is not None else 8),
-                     int(w if w is not None else 1024), 8 if i8 else 16)
+        auto = k == "auto"
+        recipe = cls(LOCKED_K_RANK if auto else int(k), int(v), int(kb or vb or 3), int(vb or 3),
+                     int(s if s is not None else 8), int(w if w is not None else 1024), 8 if i8 else 16, k_auto=auto)
         recipe.validate()
         return recipe
 
@@ -77,10 +86,11 @@ class Recipe:
 
     @property
     def label(self) -> str:
+        k = "auto" if self.k_auto else self.k_rank
         if self.k_bits == self.v_bits:
-            base = f"k{self.k_rank}v{self.v_rank}" + (f"b{self.v_bits}" if self.v_bits != 3 else "")
+            base = f"k{k}v{self.v_rank}" + (f"b{self.v_bits}" if self.v_bits != 3 else "")
         else:
-            base = f"k{self.k_rank}b{self.k_bits}v{self.v_rank}b{self.v_bits}"
+            base = f"k{k}b{self.k_bits}v{self.v_rank}b{self.v_bits}"
         if self.protect_bits == 8:
             base += "i8"
         if (self.sinks, self.window) != (8, 1024):
@@ -89,22 +99,56 @@ class Recipe:
 
     def protected(self, head_dim: int, which: str) -> int:
         """Protected directions per head at this head_dim (at least 8 per 64-block share)."""
+        if which == "k" and self.k_auto:
+            raise EngineError("kauto has no single K rank: each layer's comes from the K sidecar (k_layers).")
         rank = self.k_rank if which == "k" else self.v_rank
         blocks = max(head_dim // 64, 1)
         per_block = max(8, (rank * head_dim // 128) // blocks // 8 * 8)
         return min(per_block * blocks, head_dim)
 
     def head_bytes(self, head_dim: int, which: str) -> float:
-        """Compressed bytes per token per KV head: fp16 protected + packed tail + fp16 scales."""
-        r = self.protected(head_dim, which)
+        """Compressed bytes per token per KV head: fp16 protected + packed tail + fp16 scales.
+
+        For kauto's K, the mean over layers of each layer's block type (exact times the layer count).
+        """
+        if which == "k" and self.k_auto:
+            if not self.k_layers:
+                raise EngineError("kauto's memory depends on the K sidecar's ranks: resolve the recipe with "
+                                  "engine.d2.resolve_k_layers (or pick the model's sidecars) first.")
+            return sum(self.block_bytes(head_dim, r, "k") for r in self.k_layers) / len(self.k_layers)
+        return self.block_bytes(head_dim, self.protected(head_dim, which), which)
+
+    def block_bytes(self, head_dim: int, protect: int, which: str) -> float:
+        """Bytes per token of one KV head stored with ``protect`` protected directions."""
+        if protect >= head_dim:
+            return head_dim * 2  # the whole head in f16: an f16 tensor, no scales
         blocks = max(head_dim // 64, 1)
         bits = self.k_bits if which == "k" else self.v_bits
         # int8 protected coefficients carry a second fp16 scale per block
         scales = 2 * blocks * (2 if self.protect_bits == 8 else 1)
-        return r * self.protect_bits / 8 + (head_dim - r) * bits / 8 + scales
+        return protect * self.protect_bits / 8 + (head_dim - protect) * bits / 8 + scales
+
+    def with_k_ranks(self, ranks: Sequence[Sequence[int]], head_dim: int) -> Recipe:
+        """This kauto recipe with each layer's K protection read from the K sidecar's ranks [layer][head]."""
+        return dataclasses.replace(self, k_layers=tuple(kauto_protect(max(layer), head_dim) for layer in ranks))
 
 
-LOCKED = Recipe()
+def kauto_protect(rank: int, head_dim: int) -> int:
+    """Protected K directions of a kauto layer whose largest head rank is ``rank``.
+
+    One K tensor per layer in llama.cpp means one block type per layer, so every head of a layer
+    is stored with the layer's largest rank, rounded up to a block type's share (8, 16 or 32 per
+    64 coefficients), or the whole head in f16 above that. Mirrors
+    ``llama_fraqtl_k_protect_layers`` (llama-fraqtl-kv.cpp).
+    """
+    blocks = max(head_dim // 64, 1)
+    for per_block in (8, 16, 32):
+        if per_block * blocks >= rank:
+            return per_block * blocks
+    return head_dim
+
+
+LOCKED = Recipe(k_rank=LOCKED_K_RANK)
 #: D2-lite, at most q4_0's 4.5 bits per element: SmolLM2's recommended ranks (K 32, V 16 at
 #: head_dim 128) with int8 protected coefficients and 3-bit tails, K d2_p16i8 + V d2_p8i8 blocks:
 #: (38 + 33) B per 128 elements = 4.44 bits (scales included)

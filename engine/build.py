@@ -347,8 +347,8 @@ def copy_our_sources(tree: Path) -> None:
 def sync_tree(fresh: Path, stable: Path) -> int:
     """Make ``stable`` equal ``fresh``, rewriting only files whose bytes differ.
 
-    Unchanged files keep their mtime, so the kept CMake build folder recompiles only what
-    really changed. Returns the number of files written or removed.
+    Unchanged files keep their mtime and rewritten ones get the current time, so the kept CMake
+    build folder recompiles exactly what changed. Returns the number of files written or removed.
     """
     changed = 0
     fresh_files = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file() or p.is_symlink()}
@@ -369,6 +369,10 @@ def sync_tree(fresh: Path, stable: Path) -> int:
         if dst.exists() or dst.is_symlink():
             dst.unlink()
         shutil.copy2(src, dst, follow_symlinks=False)
+        if not dst.is_symlink():
+            # copy2 keeps the source's mtime, which can predate objects compiled from the file's
+            # previous bytes (a source edited while a build ran): a rewritten file is new to ninja
+            os.utime(dst)
         changed += 1
     return changed
 

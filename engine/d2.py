@@ -20,6 +20,8 @@ from engine.gguf import GgufInfo
 
 BASIS_SIDECAR = 0
 BASIS_RANDOM = 1
+#: k_protect for kauto: libllama gives each layer's K the type its sidecar ranks need
+PROTECT_AUTO = -1
 
 
 class LlamaFraqtlParams(ctypes.Structure):
@@ -106,10 +108,14 @@ class D2Settings:
         if self.basis not in ("sidecar", "identity", "random"):
             raise ArmUnavailableError("d2", f"unknown basis '{self.basis}' (sidecar, identity or random)")
         sidecar = self.basis == "sidecar"
+        if self.recipe.k_auto and not self.k_protect and not (sidecar and self.k_sidecar):
+            raise ArmUnavailableError(f"d2:{self.recipe.label}", "kauto takes each layer's K type from the K sidecar's "
+                                      "ranks; choose a K sidecar file (or a fixed K rank like k16).")
+        k_protect = self.k_protect or (PROTECT_AUTO if self.recipe.k_auto else self.recipe.protected(info.head_dim_k, "k"))
         return LlamaFraqtlParams(
             k_sidecar=str(self.k_sidecar).encode() if sidecar and self.k_sidecar else None,
             v_sidecar=str(self.v_sidecar).encode() if sidecar and self.v_sidecar else None,
-            k_protect=self.k_protect or self.recipe.protected(info.head_dim_k, "k"),
+            k_protect=k_protect,
             v_protect=self.v_protect or self.recipe.protected(info.head_dim_v, "v"),
             k_tail_bits=self.recipe.k_bits,
             v_tail_bits=self.recipe.v_bits,
@@ -132,9 +138,7 @@ def settings_for(info: GgufInfo, arm: ArmConfig, model_sha256: str | None = None
         from engine import sidecar
     except ImportError as exc:  # pragma: no cover - shipped with the engine
         raise ArmUnavailableError(arm.label, f"the sidecar reader is missing ({exc}).") from exc
-    from engine.models import model_sha256 as sha_of
-
-    sha = model_sha256 or sha_of(info.path)
+    sha = model_sha256 or _sha_of(info.path)
     found = sidecar.find_sidecars(sha, name=arm.calibration)
     if not found and arm.calibration:
         known = ", ".join(sidecar.calibration_names(sha)) or "none"
@@ -149,24 +153,99 @@ def settings_for(info: GgufInfo, arm: ArmConfig, model_sha256: str | None = None
             f"no calibrated sidecar for {info.name}; run `fraqtl-calibrate {info.path}` or choose sidecar files in Settings.",
         )
     k_path, v_path, manifest = found
-    return D2Settings(recipe=recipe_for(info, arm, manifest.data), k_sidecar=Path(k_path), v_sidecar=Path(v_path))
+    return D2Settings(recipe=recipe_for(info, arm, manifest.data, Path(k_path)), k_sidecar=Path(k_path),
+                      v_sidecar=Path(v_path))
 
 
-def recipe_for(info: GgufInfo, arm: ArmConfig, manifest: dict[str, Any]) -> Recipe:
-    """The arm's recipe; for plain "d2", the manifest's recommended one when it costs the same."""
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _sha_of(path: Path) -> str:
+    """The model's sha256, hashed once per (path, size, mtime): estimates ask for it often."""
+    from engine.models import model_sha256
+
+    st = Path(path).stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = model_sha256(Path(path))
+    return _SHA_CACHE[key]
+
+
+def _known_sha(path: Path) -> str | None:
+    """The model's sha256 when it costs nothing: a packaged model's, or one hashed before."""
+    from engine.models import REGISTRY, packaged_path
+
+    try:
+        for packaged in REGISTRY.values():
+            if Path(path).resolve() == packaged_path(packaged).resolve():
+                return packaged.sha256
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _SHA_CACHE.get((str(path), st.st_size, st.st_mtime_ns))
+
+
+def recipe_for(info: GgufInfo, arm: ArmConfig, manifest: dict[str, Any], k_sidecar: Path | None = None) -> Recipe:
+    """The arm's recipe; for plain "d2", the manifest's recommended one when it costs no more.
+
+    A kauto recipe comes back with each layer's K protection read from ``k_sidecar``'s ranks.
+    """
     assert arm.recipe is not None
     text = (manifest.get("recipe") or {}).get("recommended") if arm.model_default else None
     if not text:
-        return arm.recipe
+        return resolve_k_layers(arm.recipe, info, k_sidecar)
     try:
         rec = Recipe.parse(str(text))
+        rec = dataclasses.replace(rec, sinks=arm.recipe.sinks, window=arm.recipe.window)
+        if not rec.k_auto:
+            rec = dataclasses.replace(rec, k_bits=arm.recipe.k_bits, v_bits=arm.recipe.v_bits)
+        rec = resolve_k_layers(rec, info, k_sidecar)
     except Exception:
-        return arm.recipe  # a manifest we cannot read keeps the locked recipe
-    rec = dataclasses.replace(rec, sinks=arm.recipe.sinks, window=arm.recipe.window, k_bits=arm.recipe.k_bits,
-                              v_bits=arm.recipe.v_bits)
-    same_memory = arm.kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v) == ArmConfig(
-        "d2", rec).kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v)
-    return rec if same_memory else arm.recipe
+        return arm.recipe  # a manifest (or sidecar) we cannot read keeps the locked recipe
+    def size(r: Recipe) -> float:
+        return ArmConfig("d2", r).kv_bytes_per_token(info.n_layer, info.n_head_kv, info.head_dim_k, info.head_dim_v)
+    # a fixed recipe must cost exactly the locked recipe's bytes; kauto's depend on the ranks: no more
+    fits = size(rec) <= size(arm.recipe) if rec.k_auto else size(rec) == size(arm.recipe)
+    return rec if fits else arm.recipe
+
+
+def resolve_k_layers(recipe: Recipe, info: GgufInfo, k_sidecar: Path | None) -> Recipe:
+    """A kauto recipe with each layer's K protection from the K sidecar's ranks; others unchanged."""
+    if not recipe.k_auto or recipe.k_layers:
+        return recipe
+    if k_sidecar is None:
+        raise ArmUnavailableError(f"d2:{recipe.label}", "kauto takes each layer's K type from the K sidecar's ranks, "
+                                  f"and {info.name} has no K sidecar; run `fraqtl-calibrate {info.path}`.")
+    from engine.sidecar import read_sidecar
+
+    ranks = read_sidecar(k_sidecar, "k", info).ranks
+    assert ranks is not None
+    return recipe.with_k_ranks(ranks.tolist(), info.head_dim_k)
+
+
+def memory_arm(info: GgufInfo, arm: ArmConfig, model_sha256: str | None = None) -> ArmConfig:
+    """The arm with the recipe its context will allocate: kauto's K per layer, plain d2's recommendation.
+
+    Upstream arms and fixed recipes come back unchanged without touching a file; a kauto arm or a
+    plain d2 arm reads the model's sidecars (found by sha256). Plain d2 without sidecars keeps the
+    locked recipe (its context will not open, but its estimate stays what the recipe costs), and so
+    does plain d2 on a model whose sha256 this process has not computed yet: hashing a large GGUF
+    takes seconds (the VRAM panel estimates on the UI thread), and a recommendation is never larger
+    than the locked recipe, so that estimate is an upper bound until the engine has hashed it.
+    """
+    if arm.recipe is None or (not arm.recipe.k_auto and not arm.model_default) or arm.recipe.k_layers:
+        return arm
+    if not arm.recipe.k_auto and model_sha256 is None:
+        model_sha256 = _known_sha(info.path)
+        if model_sha256 is None:
+            return arm
+    try:
+        settings = settings_for(info, arm, model_sha256)
+    except (ArmUnavailableError, OSError):
+        if arm.recipe.k_auto:
+            raise
+        return arm
+    return dataclasses.replace(arm, recipe=settings.recipe)
 
 
 def bind(llama_cpp: Any) -> Any:

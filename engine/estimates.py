@@ -1,7 +1,8 @@
 """Memory estimates for an arm at n tokens: weights + KV cache + compute buffers.
 
 KV bytes come from GGUF metadata (n_layer, n_head_kv, key/value length) and the arm's
-bytes per element; llama.cpp pads the cache size to 256 cells, and so do we. Compute
+bytes per element (for a kauto recipe, each layer's K type from the K sidecar's ranks, the only
+file read here); llama.cpp pads the cache size to 256 cells, and so do we. Compute
 buffers are an approximation of llama.cpp's graph allocation for one ubatch. This module
 never loads a model and never imports the app.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.arms import ArmConfig
+from engine.d2 import memory_arm
 from engine.gguf import GgufInfo
 
 KV_PAD = 256
@@ -46,6 +48,8 @@ def padded_ctx(n_ctx: int) -> int:
 
 
 def kv_bytes(info: GgufInfo, arm: ArmConfig, n_ctx: int) -> int:
+    """K and V cache tensors; a kauto arm (and plain d2 recommending one) reads its sidecar's ranks."""
+    arm = memory_arm(info, arm)
     per_token = arm.kv_bytes_per_token(info.n_layer, info.n_head_kv, info.head_dim_k, info.head_dim_v)
     return int(round(per_token * padded_ctx(n_ctx)))
 

@@ -11,6 +11,7 @@ the app, the benchmarks and the tests all drive.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -92,11 +93,16 @@ class Runtime:
                 yarn_orig_ctx=self.info.n_ctx_train,
             )
         self.d2_settings: D2Settings | None = None
+        self.memory_arm = self.arm
         self._d2_c: ctypes.Structure | None = None  # kept alive while llama.cpp may read it
         if self.arm.is_d2:
             self.d2_settings = d2 if d2 is not None else d2_module.settings_for(self.info, self.arm)
             self._check_sidecars()
             self._d2_c = self.d2_settings.c_params(self.info)
+            # what the context allocates: kauto's K per layer from this context's own K sidecar
+            k_file = self.d2_settings.k_sidecar if self.d2_settings.basis == "sidecar" else None
+            self.memory_arm = dataclasses.replace(
+                self.arm, recipe=d2_module.resolve_k_layers(self.d2_settings.recipe, self.info, k_file))
             kwargs["fraqtl_params"] = ctypes.cast(ctypes.pointer(self._d2_c), ctypes.c_void_p)
         else:
             kwargs.update(type_k=self.arm.ggml_type, type_v=self.arm.ggml_type)
@@ -122,7 +128,7 @@ class Runtime:
         except ValueError as exc:
             detail = self._last_fraqtl_error()
             if not detail and "llama_context" in str(exc):  # llama.cpp logs why; most often memory ran out
-                raise ContextMemoryError(self.arm.label, n_ctx, context_bytes(self.info, self.arm, n_ctx, n_batch),
+                raise ContextMemoryError(self.arm.label, n_ctx, context_bytes(self.info, self.memory_arm, n_ctx, n_batch),
                                          None, str(exc)) from exc
             raise ArmUnavailableError(self.arm.label, detail or str(exc)) from exc
         self._vocab = self.llama_cpp.llama_model_get_vocab(self.llm.model)
@@ -164,7 +170,7 @@ class Runtime:
         if self.rpc_servers:
             return  # the servers hold the layers they take and refuse what does not fit
         # llama_supports_gpu_offload() is true on every build with the RPC backend: ask for a local GPU
-        check_context_memory(self.info, self.arm, self.n_ctx, self.n_batch,
+        check_context_memory(self.info, self.memory_arm, self.n_ctx, self.n_batch,
                              gpu_build=rpc.has_local_gpu(self.llama_cpp),
                              n_gpu_layers=0 if self.arm.on_cpu else n_gpu_layers)
 

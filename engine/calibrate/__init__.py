@@ -11,6 +11,8 @@ trained context YaRN scales RoPE by ``n_ctx / n_ctx_train``. The moments are eig
 K rank rule (``--k-rank auto``): per (layer, head) the smallest R that is a multiple of 8,
 at least 8 and at most head_dim, whose top-R eigenvalues hold at least ``--k-energy``
 (default 0.80) of the head's energy (trace of its second moment). ``--k-rank N`` fixes R.
+``--k-rank budget`` applies the same rule at the highest target at which ``d2:kautov16`` (each
+layer's K cache the block type of its largest head rank) costs no more than the locked recipe.
 
 K order (``--k-order query``, the default): the engine keeps a K head's first directions exact,
 so the K basis is ordered by each direction's share of the attention scores' second moment,
@@ -51,6 +53,8 @@ from engine.calibrate.spectrum import (
     DEFAULT_K_ENERGY,
     RANK_STEP,
     K_ORDERS,
+    budget_target,
+    kauto_budget,
     NonFiniteMomentsError,
     check_moments,
     choose_ranks,
@@ -66,5 +70,5 @@ __all__ = [
     "DEFAULT_BATCH", "DEFAULT_TOKENS", "STATE_NAME", "STATE_VERSION", "CalibrationConfig",
     "CalibrationInterrupted", "CalibrationProgress", "CalibrationResult", "calibrate", "default_ctx",
     "model_stem", "DEFAULT_K_ENERGY", "RANK_STEP", "NonFiniteMomentsError", "check_moments", "choose_ranks",
-    "eigenbasis", "energy_rank", "energy_share", "K_ORDERS", "query_order",
+    "eigenbasis", "energy_rank", "energy_share", "K_ORDERS", "query_order", "budget_target", "kauto_budget",
 ]

@@ -2,7 +2,8 @@
 text the calibration never read.
 
 Each candidate trades protected K directions against V ones at the model's head size (only the
-ones whose cache is exactly as large as the locked recipe's), reads a held-out stretch of the
+ones whose cache is exactly as large as the locked recipe's; kauto recipes, K per layer from the K
+sidecar's ranks, when they cost no more), reads a held-out stretch of the
 calibration corpus (the tokens after those the moments came from) with the new sidecars, and is
 scored by the mean KL divergence of its next-token distributions from the f16 cache's. The lowest
 is written into the manifest as ``recipe.recommended`` with every candidate's score, so plain
@@ -24,6 +25,8 @@ from engine.metrics import kld, log_softmax
 
 #: K ranks tried (at head_dim 128); V takes the rest of the locked recipe's protected directions
 K_RANKS = (8, 16, 24, 32, 40)
+#: V ranks tried beside kauto's K (at head_dim 128)
+KAUTO_V_RANKS = (16, 32)
 DEFAULT_HOLDOUT = 2048
 #: the exact recent-token window while scoring: short, so that most of what the second half of the
 #: held-out text attends to is compressed, as in a long document
@@ -36,15 +39,18 @@ class RecipeChoice:
     scores: dict[str, float]  # recipe label -> mean KLD vs f16 on the held-out tokens
     n_tokens: int
     skipped: int  # corpus tokens before the held-out stretch (the calibration's)
+    # kauto recipes not scored because the sidecar's ranks make them cost more: label -> why
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def manifest_fields(self) -> dict[str, Any]:
         ranked = ", ".join(f"{k} {v:.5f}" for k, v in sorted(self.scores.items(), key=lambda kv: kv[1]))
-        return {
+        refused = {"refused": dict(self.refused)} if self.refused else {}
+        return {**refused,
             "recommended": self.recommended.label,
             "recommended_why": (
                 f"lowest mean KLD vs the f16 cache over the second half of {self.n_tokens:,} held-out corpus tokens "
                 f"(after the {self.skipped:,} calibrated on; exact window {SCORE_WINDOW} while scoring) among the "
-                f"recipes with the locked {LOCKED.label}'s bytes: {ranked}"
+                f"recipes with the locked {LOCKED.label}'s bytes (kauto: no more): {ranked}"
             ),
             "candidates": {k: round(v, 6) for k, v in self.scores.items()},
         }
@@ -70,6 +76,29 @@ def equal_memory_recipes(info: GgufInfo, base: Recipe = LOCKED) -> list[Recipe]:
     return list(found.values())
 
 
+def kauto_recipes(info: GgufInfo, ranks: Sequence[Sequence[int]], base: Recipe = LOCKED,
+                  ) -> tuple[list[Recipe], dict[str, str]]:
+    """kauto recipes (K per layer from the K sidecar's ``ranks``) that cost no more than ``base``, and
+    why the others were left out. V takes :data:`KAUTO_V_RANKS` (at head_dim 128)."""
+    def size(r: Recipe) -> float:
+        return ArmConfig("d2", r).kv_bytes_per_token(info.n_layer, info.n_head_kv, info.head_dim_k, info.head_dim_v)
+
+    allowed: list[Recipe] = []
+    refused: dict[str, str] = {}
+    seen: set[int] = set()
+    for v in KAUTO_V_RANKS:
+        rec = dataclasses.replace(base, k_auto=True, v_rank=v).with_k_ranks(ranks, info.head_dim_k)
+        if rec.protected(info.head_dim_v, "v") in seen:
+            continue
+        seen.add(rec.protected(info.head_dim_v, "v"))
+        if size(rec) <= size(base):
+            allowed.append(rec)
+        else:
+            refused[rec.label] = (f"{size(rec) / size(base) - 1:+.1%} bytes over {base.label} with this sidecar's "
+                                  "K ranks (one block type per layer, its largest head rank)")
+    return allowed, refused
+
+
 def held_out(stream: Sequence[int], skip: int, n_tokens: int) -> list[int]:
     """``n_tokens`` of the corpus token stream after the first ``skip`` (empty when it is too short)."""
     piece = list(stream[skip : skip + n_tokens])
@@ -82,7 +111,12 @@ def choose_recipe(model_path: Path, info: GgufInfo, k_path: Path, v_path: Path, 
     from engine.d2 import D2Settings
     from engine.runtime import Runtime
 
-    candidates = equal_memory_recipes(info)
+    from engine.sidecar import read_sidecar
+
+    ranks = read_sidecar(k_path, "k", info).ranks
+    assert ranks is not None
+    auto, refused = kauto_recipes(info, ranks.tolist())
+    candidates = equal_memory_recipes(info) + auto
     n_ctx = len(tokens) + 16
     score_from = len(tokens) // 2  # positions that see mostly compressed rows
 
@@ -103,4 +137,4 @@ def choose_recipe(model_path: Path, info: GgufInfo, k_path: Path, v_path: Path, 
         d2 = D2Settings(recipe=scored, k_sidecar=k_path, v_sidecar=v_path)
         scores[recipe.label] = float(kld(ref, logprobs(ArmConfig("d2", scored), d2)).mean())
     best = min(candidates, key=lambda r: (scores[r.label], r != LOCKED))  # ties keep the locked recipe
-    return RecipeChoice(best, scores, len(tokens), skipped)
+    return RecipeChoice(best, scores, len(tokens), skipped, refused)

@@ -30,12 +30,12 @@ from engine.sidecar import write_manifest
 
 
 def _parse_rank(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
+    if text in ("auto", "budget"):
+        return text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not 'auto' or a number") from None
+        raise argparse.ArgumentTypeError(f"'{text}' is not 'auto', 'budget' or a number") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=None,
                    help="sequence length (default: min(trained context, --tokens)); above the trained context YaRN is used")
     p.add_argument("--k-rank", type=_parse_rank, default="auto",
-                   help="K protected rank per head: 'auto' (energy rule, see --k-energy) or a multiple of 8")
+                   help="K protected rank per head: 'auto' (energy rule, see --k-energy), 'budget' (the energy "
+                        "rule at the highest target at which d2:kautov16 costs no more than the locked recipe) "
+                        "or a multiple of 8")
     p.add_argument("--k-energy", type=float, default=DEFAULT_K_ENERGY,
                    help=f"energy share the auto K rank must reach (default {DEFAULT_K_ENERGY})")
     p.add_argument("--k-order", choices=K_ORDERS, default="query",

@@ -57,10 +57,14 @@ def build_manifest(*, info: GgufInfo, model_path: Path, model_sha: str, k_path: 
         },
         "files": {"k": k_path.name, "v": v_path.name, "k_sha256": sha256_file(k_path), "v_sha256": sha256_file(v_path)},
         "recipe": {
-            "k_rank": k_rank if k_rank == "auto" else int(k_rank),
+            "k_rank": k_rank if k_rank in ("auto", "budget") else int(k_rank),
             "k_rank_rule": (f"smallest multiple of {RANK_STEP} >= {MIN_RANK} with top-R energy share >= {k_energy}"
-                            if k_rank == "auto" else "fixed"),
-            "k_energy_target": k_energy if k_rank == "auto" else None,
+                            if k_rank == "auto" else
+                            f"smallest multiple of {RANK_STEP} >= {MIN_RANK} with top-R energy share >= {k_energy}, "
+                            "the highest target (steps of 0.005) at which d2:kautov16 (each layer's K the block type "
+                            "of its largest head rank) costs no more than the locked recipe" if k_rank == "budget"
+                            else "fixed"),
+            "k_energy_target": k_energy if k_rank in ("auto", "budget") else None,
             "k_order": k_order,
             "k_order_rule": ("K directions by their share of the scores' second moment, eigenvalue x query "
                              "variance along the direction" if k_order == "query" else "K directions by K energy"),

@@ -35,6 +35,8 @@ from engine.calibrate.spectrum import (
     RANK_STEP,
     check_moments,
     choose_ranks,
+    budget_target,
+    kauto_budget,
     eigenbasis,
     query_order,
 )
@@ -94,6 +96,10 @@ class CalibrationProgress:
     tok_s: float
     eta_s: float
     resumed_tokens: int = 0
+    # sent once the moments are gathered, when the held-out tokens (``holdout_tokens`` of them)
+    # start scoring the recipes
+    choosing_recipe: bool = False
+    holdout_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -227,7 +233,7 @@ def calibrate(
     info = read_gguf(model_path)
     if info.n_layer <= 0 or info.n_head_kv <= 0:
         raise EngineError(f"{model_path} has no attention layers the capture understands (arch {info.arch}).")
-    if config.k_rank != "auto":
+    if config.k_rank not in ("auto", "budget"):
         k = int(config.k_rank)
         if not MIN_RANK <= k <= info.head_dim_k or k % RANK_STEP:
             raise EngineError(f"--k-rank {k} must be a multiple of 8 between 8 and head_dim {info.head_dim_k}.")
@@ -326,7 +332,10 @@ def calibrate(
     with np.errstate(over="ignore"):  # moments that overflow in fp16 after the eigensolver
         check_moments("k", uk.astype(np.float16))
         check_moments("v", uv.astype(np.float16))
-    ranks = choose_ranks(wk, config.k_rank, config.k_energy)
+    k_energy = config.k_energy
+    if config.k_rank == "budget":  # the energy rule at the highest target that fits kautov16 in the locked bytes
+        k_energy = budget_target(wk, kauto_budget(info.head_dim_k, info.head_dim_v))
+    ranks = choose_ranks(wk, "auto" if config.k_rank == "budget" else config.k_rank, k_energy)
     k_side = SidecarFile("k", uk.astype(np.float32), ranks=ranks)
     v_side = SidecarFile("v", uv.astype(np.float32), protect=v_protect)
     stem = config.stem or model_stem(model_path)
@@ -336,7 +345,7 @@ def calibrate(
     manifest = build_manifest(
         info=info, model_path=model_path, model_sha=model_sha, k_path=k_path, v_path=v_path, files=files,
         digest=digest, tokens=tokens_done, n_sequences=len(sequences), ctx=ctx, n_batch=n_batch, rope=rope,
-        k_rank=config.k_rank, k_energy=config.k_energy, k_order=config.k_order, v_protect=v_protect, ranks=ranks,
+        k_rank=config.k_rank, k_energy=k_energy, k_order=config.k_order, v_protect=v_protect, ranks=ranks,
         wk=wk, wv=wv,
         seconds=seconds, tok_s=(tokens_done - resumed) / max(seconds, 1e-9), n_threads=n_threads,
         resumed=resumed, libllama=libllama,
@@ -345,6 +354,8 @@ def calibrate(
         # the sidecars are written first: a failed scoring keeps them and leaves the locked recipe
         write_manifest(out_dir / MANIFEST_NAME, manifest)
         if holdout:
+            on_progress(CalibrationProgress(tokens_done, tokens_done, len(sequences), len(sequences), 0.0, 0.0,
+                                            resumed, choosing_recipe=True, holdout_tokens=len(holdout)))
             choice = choose_recipe(model_path, info, k_path, v_path, holdout, calibrated, n_threads)
             manifest["recipe"].update(choice.manifest_fields())
         else:

@@ -5,6 +5,8 @@ Pure numpy on float64 second moments; never runs a model, never imports the app.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from engine.errors import EngineError
@@ -75,9 +77,16 @@ def energy_rank(eigenvalues: np.ndarray, target: float, step: int = RANK_STEP, m
     return d
 
 
-def choose_ranks(eigenvalues: np.ndarray, k_rank: int | str, target: float = DEFAULT_K_ENERGY) -> np.ndarray:
-    """int32 ranks [layers, heads]: fixed ``k_rank`` or the energy rule when it is 'auto'."""
+def choose_ranks(eigenvalues: np.ndarray, k_rank: int | str, target: float = DEFAULT_K_ENERGY,
+                 budget: float | None = None) -> np.ndarray:
+    """int32 ranks [layers, heads]: fixed ``k_rank``, the energy rule when it is 'auto', or for
+    'budget' the energy rule at the highest target whose kauto cache fits ``budget`` K bytes per
+    head (:func:`budget_target`)."""
     lead = eigenvalues.shape[:-1]
+    if k_rank == "budget":
+        if budget is None:
+            raise EngineError("the 'budget' K rank rule needs a byte budget.")
+        return choose_ranks(eigenvalues, "auto", budget_target(eigenvalues, budget))
     if k_rank != "auto":
         return np.full(lead, int(k_rank), dtype=np.int32)
     flat = eigenvalues.reshape(-1, eigenvalues.shape[-1])
@@ -106,3 +115,36 @@ def query_order(eigenvalues: np.ndarray, basis: np.ndarray, q_moments: np.ndarra
     order = np.argsort(-share, axis=-1, kind="stable")
     return (np.take_along_axis(eigenvalues, order, axis=-1),
             np.ascontiguousarray(np.take_along_axis(basis, order[..., None, :], axis=-1)))
+
+
+#: kauto's V rank (at head_dim 128) when the K ranks are fitted to the locked recipe's bytes
+BUDGET_V_RANK = 16
+
+
+def kauto_budget(head_dim_k: int, head_dim_v: int) -> float:
+    """K bytes per token and head that kautov16 may spend, averaged over layers: the locked recipe's
+    K + V bytes minus V's at 16 protected directions (at head_dim 128)."""
+    from engine.arms import LOCKED
+
+    v = dataclasses.replace(LOCKED, v_rank=BUDGET_V_RANK)
+    return LOCKED.head_bytes(head_dim_k, "k") + LOCKED.head_bytes(head_dim_v, "v") - v.head_bytes(head_dim_v, "v")
+
+
+def budget_target(eigenvalues: np.ndarray, budget: float, step: float = 0.005) -> float:
+    """The highest energy target (a multiple of ``step``) whose energy-rule ranks make kauto's K cache
+    fit ``budget`` bytes per token and head, averaged over layers.
+
+    kauto stores every head of a layer with the block type of the layer's largest rank (one K tensor
+    per layer in llama.cpp), so the cost of a target is that of each layer's largest head rank,
+    rounded up to a block type. Raises EngineError when even the smallest ranks cost more.
+    """
+    from engine.arms import LOCKED, kauto_protect
+
+    w = np.asarray(eigenvalues, dtype=np.float64)
+    d = w.shape[-1]
+    for target in np.round(np.arange(1.0, 0.0, -step), 6):
+        ranks = choose_ranks(w, "auto", float(target))
+        cost = np.mean([LOCKED.block_bytes(d, kauto_protect(int(layer.max()), d), "k") for layer in ranks])
+        if cost <= budget + 1e-9:
+            return float(target)
+    raise EngineError(f"no K ranks fit {budget:g} bytes per head: even {MIN_RANK} directions per head cost more.")

@@ -17,7 +17,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from engine.calibrate.run import CalibrationConfig, CalibrationInterrupted, CalibrationProgress, calibrate
+from engine.calibrate.run import (
+    CalibrationConfig,
+    CalibrationInterrupted,
+    CalibrationProgress,
+    CalibrationResult,
+    calibrate,
+)
 from engine.errors import EngineError
 from engine.worker import _engine_env, _error_payload, _exit_detail, _real_std_streams
 
@@ -32,6 +38,19 @@ class CalibrationDone:
     tokens: int
     seconds: float
     resumed_tokens: int
+    # the held-out recipe choice (None when it was skipped): the manifest's recommended recipe,
+    # its mean KLD vs the f16 cache, and the manifest's one-line reason (also when none was chosen)
+    recommended: str | None = None
+    score: float | None = None
+    why: str = ""
+
+    @classmethod
+    def of(cls, result: CalibrationResult) -> CalibrationDone:
+        recipe = result.manifest.get("recipe", {})
+        best = recipe.get("recommended")
+        score = (recipe.get("candidates") or {}).get(best) if best else None
+        return cls(result.k_path, result.v_path, result.manifest_path, result.tokens, result.seconds,
+                   result.resumed_tokens, best, score, str(recipe.get("recommended_why", "")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +68,7 @@ CalibrationEvent = CalibrationProgress | CalibrationDone | CalibrationFailed
 def _child_main(config: CalibrationConfig, conn: Connection, stop_flag: Any) -> None:
     try:
         result = calibrate(config, on_progress=lambda p: conn.send(p), should_stop=stop_flag.is_set)
-        conn.send(CalibrationDone(result.k_path, result.v_path, result.manifest_path, result.tokens,
-                                  result.seconds, result.resumed_tokens))
+        conn.send(CalibrationDone.of(result))
     except CalibrationInterrupted as exc:
         conn.send(CalibrationFailed(str(exc), type(exc).__name__, stopped=True))
     except EngineError as exc:

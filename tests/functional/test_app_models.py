@@ -87,12 +87,27 @@ async def test_models_are_described_opened_used_and_calibrated(model_path: Path,
         assert not models.query_one("#models-calibrate", Button).disabled
         assert not (app_dirs / "data" / "sidecars" / "smollm2-135m-instruct-q4_1" / MANIFEST_NAME).exists()
         tokens.value = "256"
+        holdout = models.query_one("#calibrate-holdout", Input)
+        assert holdout.value == "2048"  # the held-out recipe choice runs unless asked not to
+        holdout.value = "10"
+        await pilot.pause(0.5)
         await pilot.click("#models-calibrate")
-        await until(pilot, lambda: models.calibrating is None, steps=3000)
-        assert text(models, "#calibrate-status").startswith("Calibrated from 256 tokens")
+        assert text(models, "#models-error").startswith("The held-out tokens must be 0 (no recipe choice) or a whole")
+        assert models.calibrating is None
+        holdout.value = "256"
+        await pilot.pause(0.5)
+        await pilot.click("#models-calibrate")
+        await until(pilot, lambda: models.calibrating is None, steps=15000)
+        status = text(models, "#calibrate-status")
+        assert status.startswith("Calibrated from 256 tokens")
         assert models.query_one("#calibrate-bar").progress == 256
         out = app_dirs / "data" / "sidecars" / "smollm2-135m-instruct-q4_1"
         assert (out / MANIFEST_NAME).exists()
+        # the held-out choice ran in the worker and the dialog shows what it chose, with its score
+        recipe = json.loads((out / MANIFEST_NAME).read_text())["recipe"]
+        best = recipe["recommended"]
+        assert f"Recommended recipe (what plain d2 uses): {best} (mean KLD vs f16 " in status
+        assert f"{recipe['candidates'][best]:.5f}" in status and len(recipe["candidates"]) >= 2
         await until(pilot, lambda: models.checks == 0)
         assert "in the user data dir" in text(models, "#models-sidecars")  # the app's own, found first
         await pilot.press("escape")

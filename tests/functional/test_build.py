@@ -7,6 +7,7 @@ and the installed wheel; nothing here recompiles llama.cpp.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -74,6 +75,12 @@ def test_sync_tree_rewrites_only_changed_files(tmp_path: Path) -> None:
     assert build.sync_tree(fresh, stable) == 2
     assert (stable / "d" / "same.c").stat().st_mtime_ns == before
     assert (stable / "d" / "new.c").read_text() == "new" and not (stable / "d" / "gone.c").exists()
+    # a source edited while a build ran: its mtime predates the object built from its old bytes,
+    # and the rewritten copy must still look newer than that object to ninja
+    (fresh / "d" / "same.c").write_text("edited")
+    os.utime(fresh / "d" / "same.c", ns=(before - 10**9, before - 10**9))
+    assert build.sync_tree(fresh, stable) == 1
+    assert (stable / "d" / "same.c").stat().st_mtime_ns > before
 
 
 def test_installed_wheel_is_the_cached_one_and_is_reused() -> None:

@@ -252,7 +252,7 @@ def test_check_moments_names_the_head() -> None:
 
 def test_the_recommended_recipe_is_the_lowest_held_out_kld_at_the_locked_memory(model_path: Path, tmp_path: Path) -> None:
     from engine.arms import ArmConfig
-    from engine.calibrate.choose import equal_memory_recipes
+    from engine.calibrate.choose import equal_memory_recipes, kauto_recipes
     from engine.d2 import recipe_for
 
     info = read_gguf(model_path)
@@ -260,16 +260,21 @@ def test_the_recommended_recipe_is_the_lowest_held_out_kld_at_the_locked_memory(
     recipe = result.manifest["recipe"]
     scores = recipe["candidates"]
     candidates = equal_memory_recipes(info)
-    assert set(scores) == {r.label for r in candidates} and len(scores) >= 2
+    # kauto recipes are scored where this sidecar's ranks make them cost no more, else refused with why
+    auto, refused = kauto_recipes(info, result.k.ranks.tolist())
+    assert set(scores) == {r.label for r in candidates + auto} and len(scores) >= 2
+    assert recipe.get("refused", {}) == refused and set(refused) | {r.label for r in auto} == {"kautov16", "kautov32"}
     locked = ArmConfig.parse("d2")
-    sizes = {ArmConfig("d2", r).kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v) for r in candidates}
-    assert sizes == {locked.kv_bytes_per_token(1, 1, info.head_dim_k, info.head_dim_v)}
+
+    def size(r) -> float:
+        return ArmConfig("d2", r).kv_bytes_per_token(info.n_layer, info.n_head_kv, info.head_dim_k, info.head_dim_v)
+    assert {size(r) for r in candidates} == {size(locked.recipe)} and all(size(r) <= size(locked.recipe) for r in auto)
     # every candidate read compressed rows (a window over everything would score 0 for all)
     assert min(scores.values()) > 0.0
     assert recipe["recommended"] == min(scores, key=scores.get)
     assert "256 held-out corpus tokens (after the 384 calibrated on" in recipe["recommended_why"]
     assert json.loads(result.manifest_path.read_text())["recipe"]["recommended"] == recipe["recommended"]
-    assert recipe_for(info, locked, result.manifest).label == recipe["recommended"]
+    assert recipe_for(info, locked, result.manifest, result.k_path).label == recipe["recommended"]
 
 
 def test_too_little_text_for_a_held_out_split_keeps_the_locked_recipe_and_says_why(model_path: Path,

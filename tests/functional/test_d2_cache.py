@@ -141,6 +141,64 @@ def test_allocation_equals_the_recipe_formula(model: Path) -> None:
     assert ArmConfig.parse("d2").bits_per_element(128, 128) == pytest.approx(5.6875)
 
 
+def kauto_sidecars(model: Path, tmp_path: Path, ranks: np.ndarray) -> tuple[Path, Path]:
+    """Random orthonormal K and V sidecars whose K ranks are ``ranks`` [layer, head]."""
+    info = read_gguf(model)
+    k, v = sc.control_sidecars_for(info, 16, 16, seed=3)
+    k = sc.SidecarFile("k", k.basis, ranks=ranks.astype(np.int32))
+    name = "-".join(map(str, ranks.max(axis=1)[:4]))
+    return (sc.write_sidecar(k, tmp_path / f"{name}.fraqtl-k-eigenbasis.bin"),
+            sc.write_sidecar(v, tmp_path / f"sidecar_real_u_{name}.bin"))
+
+
+def test_kauto_gives_each_layer_the_k_type_its_ranks_need(model: Path, tmp_path: Path) -> None:
+    # layers' largest head ranks cycle 8, 16, 24, 40 at head_dim 64: d2_p8, d2_p16, d2_p32 and the
+    # whole head in f16; the other heads' smaller ranks are rounded up to their layer's type
+    info = read_gguf(model)
+    ranks = np.full((info.n_layer, info.n_head_kv), 8, dtype=np.int32)
+    ranks[:, 1] = [(8, 16, 24, 40)[il % 4] for il in range(info.n_layer)]
+    k_path, v_path = kauto_sidecars(model, tmp_path, ranks)
+    recipe = Recipe.parse("kautov16")
+    arm = ArmConfig("d2", recipe)
+    rt = Runtime(model, arm, n_ctx=1000, d2=D2Settings(recipe=recipe, k_sidecar=k_path, v_sidecar=v_path))
+    try:
+        mem = rt.kv_memory()
+        memory_arm = rt.memory_arm
+    finally:
+        rt.close()
+    assert mem is not None and mem.d2
+    cells = 1024
+    k_bytes = {8: 2 + 16 + 56 * 3 // 8, 16: 2 + 32 + 48 * 3 // 8, 32: 2 + 64 + 32 * 3 // 8, 64: 128}
+    per_layer = [k_bytes[(8, 16, 32, 64)[il % 4]] for il in range(info.n_layer)]
+    assert mem.k_bytes == cells * info.n_head_kv * sum(per_layer)
+    assert mem.v_bytes == cells * info.n_layer * info.n_head_kv * (2 + 16 + 56 * 3 // 8)
+    # the estimate the app shows reads the same ranks: exact, as the README's formula says
+    assert memory_arm.recipe is not None and memory_arm.recipe.k_layers == tuple((8, 16, 32, 64)[il % 4]
+                                                                                  for il in range(info.n_layer))
+    assert mem.kv_bytes == estimate_kv_bytes(info, memory_arm, 1000)
+    assert estimate(info, memory_arm, 1000).exact_copy_bytes == mem.exact_bytes
+
+
+@pytest.mark.parametrize("rank, fixed", [(16, "k32v16"), (8, "k16v16")])
+def test_kauto_with_uniform_ranks_is_the_fixed_recipe(model: Path, tokens: list[int], tmp_path: Path, rank: int,
+                                                      fixed: str) -> None:
+    # every layer's K the same type: the per-layer bases and block order must give the fixed
+    # recipe's logits bit for bit (a window of 64 so that most rows are read compressed)
+    info = read_gguf(model)
+    k_path, v_path = kauto_sidecars(model, tmp_path, np.full((info.n_layer, info.n_head_kv), rank))
+    logits = {}
+    for text in ("kautov16", fixed):
+        recipe = dataclasses.replace(Recipe.parse(text), window=64)
+        logits[text] = run_logits(model, tokens[:512], "d2", D2Settings(recipe=recipe, k_sidecar=k_path,
+                                                                        v_sidecar=v_path))
+    np.testing.assert_array_equal(logits["kautov16"], logits[fixed])
+
+
+def test_kauto_needs_a_k_sidecar(model: Path) -> None:
+    with pytest.raises(ArmUnavailableError, match="K sidecar"):
+        Runtime(model, "d2:kautov16", n_ctx=512, d2=D2Settings(recipe=Recipe.parse("kautov16"), basis="identity"))
+
+
 def test_seq_rm_keeps_exact_copies_consistent(model: Path, tokens: list[int]) -> None:
     # a small window so that the ring wraps; removing a tail and evaluating other tokens
     # must give the logits a fresh context gives for the same sequence

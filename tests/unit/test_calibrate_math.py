@@ -9,6 +9,7 @@ import pytest
 
 from engine import calibrate as cal
 from engine import sidecar as sc
+from engine.errors import EngineError
 from engine.gguf import GgufInfo
 
 
@@ -193,3 +194,39 @@ def test_query_order_protects_the_directions_the_scores_depend_on() -> None:
     # isotropic queries keep K's energy order
     wi, ui = cal.query_order(w, u, np.eye(4)[None, None], 1)
     assert np.array_equal(wi, w) and np.array_equal(ui, u)
+
+
+def test_budget_ranks_fit_kauto_into_the_locked_recipes_bytes() -> None:
+    from engine.arms import ArmConfig, Recipe
+    from engine.calibrate.spectrum import budget_target, kauto_budget
+
+    moments, _ = synthetic_moments(4, 2, 64, 400)
+    w, _ = cal.eigenbasis(moments, 400)
+    budget = kauto_budget(64, 64)
+    assert budget == 52  # 91 B of k16v32 at head_dim 64 minus V's d2_p8 39 B
+    ranks = cal.choose_ranks(w, "budget", budget=budget)
+    target = budget_target(w, budget)
+    np.testing.assert_array_equal(ranks, cal.choose_ranks(w, "auto", target))  # per-head energy ranks kept
+    def size(r: np.ndarray) -> float:
+        kauto = Recipe.parse("kautov16").with_k_ranks(r.tolist(), 64)
+        return ArmConfig("d2", kauto).kv_bytes_per_token(4, 2, 64, 64)
+    locked = ArmConfig.parse("d2").kv_bytes_per_token(4, 2, 64, 64)
+    assert size(ranks) <= locked < size(cal.choose_ranks(w, "auto", target + 0.005))  # the highest that fits
+    with pytest.raises(EngineError, match="no K ranks fit"):
+        budget_target(w, 38)
+    with pytest.raises(EngineError, match="needs a byte budget"):
+        cal.choose_ranks(w, "budget")
+
+
+def test_kauto_is_a_candidate_only_where_its_ranks_fit_the_locked_bytes() -> None:
+    from engine.calibrate.choose import kauto_recipes
+
+    info = GgufInfo(Path("m.gguf"), 3, {"general.architecture": "llama", "llama.block_count": 2,
+                                         "llama.attention.head_count": 3, "llama.attention.head_count_kv": 3,
+                                         "llama.embedding_length": 192}, (), 0)
+    assert (info.n_layer, info.n_head_kv, info.head_dim_k) == (2, 3, 64)
+    allowed, refused = kauto_recipes(info, [[16, 16, 8], [16, 8, 8]])  # d2_p16 K: k32v16's bytes
+    assert [r.label for r in allowed] == ["kautov16"] and allowed[0].k_layers == (16, 16)
+    assert list(refused) == ["kautov32"] and "+14.3% bytes over k16v32" in refused["kautov32"]
+    allowed, refused = kauto_recipes(info, [[24, 8, 8], [8, 8, 8]])  # one layer d2_p32: 13 B over
+    assert allowed == [] and "kautov16" in refused

@@ -3,8 +3,10 @@
 Listed: the model in use, the bundled default, every ``*.gguf`` in the data dir's ``models/`` folder, and the
 files opened lately (``Open a GGUF…`` adds one through a file dialog). Choosing "Use this
 model" dismisses with the model's path; the app saves the setting and restarts the engine.
-A calibration runs ``fraqtl-calibrate``'s code in its own process with a progress bar;
-Stop (or leaving the screen) keeps every finished sequence, so Calibrate resumes.
+A calibration runs ``fraqtl-calibrate``'s code in its own process with a progress bar, then
+(unless its held-out tokens are 0) scores the recipes on text it did not calibrate on and shows
+the recipe it recommends and its score; Stop (or leaving the screen) keeps every finished
+sequence, so Calibrate resumes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from textual.widgets.option_list import Option
 from app.model_library import ModelCard, RecentModels, calibration_dir, listed_models, sidecar_status
 from app.ui.messages import CalibrationEnded, CalibrationProgressed, SidecarsChecked
 from app.ui.screens._dialogs import DIALOG_CSS
+from engine.calibrate.choose import DEFAULT_HOLDOUT
 from engine.calibrate.run import DEFAULT_TOKENS, CalibrationConfig, CalibrationProgress
 from engine.calibrate.worker import CalibrationDone, CalibrationWorker
 from engine.errors import EngineError
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from app.ui.app import FraqtlApp
 
 MIN_CALIBRATION_TOKENS = 256
+MIN_HOLDOUT_TOKENS = 64
 MAX_CALIBRATION_TOKENS = 1_048_576
 
 
@@ -105,6 +109,7 @@ class ModelsScreen(ModalScreen[Path | None]):
     ModelsScreen .models-row { height: auto; margin-top: 1; }
     ModelsScreen .models-row Label { padding-top: 1; }
     ModelsScreen #calibrate-tokens { width: 14; }
+    ModelsScreen #calibrate-holdout { width: 12; }
     ModelsScreen #calibrate-bar { margin: 1 1 0 1; width: 40; }
     ModelsScreen #calibrate-status { height: auto; color: $text-muted; }
     ModelsScreen Button { margin-right: 1; }
@@ -134,6 +139,10 @@ class ModelsScreen(ModalScreen[Path | None]):
                     with Horizontal(classes="models-row"):
                         yield Label("Calibration tokens ")
                         yield Input(str(DEFAULT_TOKENS), type="integer", id="calibrate-tokens")
+                        yield Label(" held out ")
+                        yield Input(str(DEFAULT_HOLDOUT), type="integer", id="calibrate-holdout",
+                                    tooltip="tokens after the calibrated ones on which the recipes are scored; "
+                                            "the best becomes plain d2's recipe (0: keep the locked recipe)")
                         yield ProgressBar(show_eta=False, id="calibrate-bar")
                     yield Static("", id="calibrate-status")
                     yield Static("", id="models-error")
@@ -255,8 +264,15 @@ class ModelsScreen(ModalScreen[Path | None]):
             self.say(f"The calibration tokens must be a whole number between {MIN_CALIBRATION_TOKENS:,} and "
                      f"{MAX_CALIBRATION_TOKENS:,}, not {raw or '(empty)'}; {DEFAULT_TOKENS:,} is a good start.")
             return
+        held = self.query_one("#calibrate-holdout", Input).value.strip().replace("_", "").replace(",", "")
+        if not held.isdigit() or not (int(held) == 0 or MIN_HOLDOUT_TOKENS <= int(held) <= MAX_CALIBRATION_TOKENS):
+            self.say(f"The held-out tokens must be 0 (no recipe choice) or a whole number between "
+                     f"{MIN_HOLDOUT_TOKENS:,} and {MAX_CALIBRATION_TOKENS:,}, not {held or '(empty)'}; "
+                     f"{DEFAULT_HOLDOUT:,} is the default.")
+            return
+        # the held-out choice writes the manifest's recommended recipe, which plain d2 uses
         config = CalibrationConfig(model_path=path, out_dir=calibration_dir(path), tokens=int(raw),
-                                   n_threads=self.fraqtl.settings.n_threads or None)
+                                   n_threads=self.fraqtl.settings.n_threads or None, holdout=int(held))
         self.calibrating = path
         self.calibration = CalibrationWorker(config)
         self.say("")
@@ -276,6 +292,11 @@ class ModelsScreen(ModalScreen[Path | None]):
     def calibration_progressed(self, message: CalibrationProgressed) -> None:
         p = message.progress
         self.query_one("#calibrate-bar", ProgressBar).update(total=p.tokens_total, progress=p.tokens_done)
+        if p.choosing_recipe:
+            self.query_one("#calibrate-status", Static).update(Text(
+                f"Sidecars written from {p.tokens_done:,} tokens; choosing the recipe: scoring each candidate "
+                f"against the f16 cache on {p.holdout_tokens:,} held-out tokens…"))
+            return
         resumed = f" ({p.resumed_tokens:,} resumed)" if p.resumed_tokens else ""
         self.query_one("#calibrate-status", Static).update(Text(
             f"Calibrating: sequence {p.sequence} of {p.n_sequences}, {p.tokens_done:,} / {p.tokens_total:,} "
@@ -290,7 +311,8 @@ class ModelsScreen(ModalScreen[Path | None]):
         if isinstance(outcome, CalibrationDone):
             resumed = f", {outcome.resumed_tokens:,} of them resumed" if outcome.resumed_tokens else ""
             status.update(Text(f"Calibrated from {outcome.tokens:,} tokens{resumed} in {outcome.seconds:,.0f} s; "
-                               f"the sidecars are in {outcome.k_path.parent}. Choose the d2 arm in the settings (F4)."))
+                               f"the sidecars are in {outcome.k_path.parent}. {recipe_line(outcome)} "
+                               "Choose the d2 arm in the settings (F4)."))
             self.notify(f"D2 sidecars written for {message.path.name}.", markup=False)
         else:
             status.update(Text(outcome.message))
@@ -313,6 +335,7 @@ class ModelsScreen(ModalScreen[Path | None]):
         self.query_one("#models-calibrate", Button).disabled = running
         self.query_one("#models-stop", Button).disabled = not running
         self.query_one("#calibrate-tokens", Input).disabled = running
+        self.query_one("#calibrate-holdout", Input).disabled = running
 
     def say(self, text: str) -> None:
         self.query_one("#models-error", Static).update(Text(text))
@@ -324,6 +347,15 @@ class ModelsScreen(ModalScreen[Path | None]):
             self.notify("The calibration was stopped; its finished sequences are kept, and Calibrate D2 resumes it.",
                         severity="warning", markup=False)
         self.dismiss(None)
+
+
+def recipe_line(done: CalibrationDone) -> str:
+    """What the held-out choice picked, with its score, or why plain d2 keeps the locked recipe."""
+    if done.recommended is None:
+        why = done.why.removeprefix("none: ") if done.why else "the held-out choice was skipped (0 tokens)"
+        return f"No recipe chosen ({why}); plain d2 uses the locked recipe."
+    score = f" (mean KLD vs f16 {done.score:.5f} on the held-out tokens)" if done.score is not None else ""
+    return f"Recommended recipe (what plain d2 uses): {done.recommended}{score}."
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -72,6 +72,114 @@ static ggml_type fraqtl_type_for(int32_t protect, int32_t hd, int32_t bits, int3
     }
 }
 
+// the int32 ranks [n_layer*n_head_kv] of a K sidecar, header and ranks checked (the bases are
+// read and checked when the cache is attached)
+static std::vector<int32_t> fraqtl_read_ranks(const char * path, int32_t n_layer, int32_t n_head_kv, int32_t hd) {
+    char msg[768];
+    FILE * f = fopen(path, "rb");
+    if (!f) {
+        snprintf(msg, sizeof(msg), "sidecar %s: cannot open (%s)", path, strerror(errno));
+        throw std::runtime_error(msg);
+    }
+    uint8_t hdr[LLAMA_FRAQTL_SIDECAR_HEADER];
+    const size_t n_hdr = fread(hdr, 1, sizeof(hdr), f);
+    long file_size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        file_size = ftell(f);
+    }
+    std::vector<int32_t> ranks;
+    try {
+        const auto layout = llama_fraqtl_sidecar_check_header(path, hdr, n_hdr, file_size, 0x4B514152u, true,
+                n_layer, n_head_kv, hd);
+        ranks.resize(layout.n_ranks);
+        if (fseek(f, LLAMA_FRAQTL_SIDECAR_HEADER, SEEK_SET) != 0 ||
+                fread(ranks.data(), sizeof(int32_t), ranks.size(), f) != ranks.size()) {
+            snprintf(msg, sizeof(msg), "sidecar %s: read error (%s)", path, strerror(errno));
+            throw std::runtime_error(msg);
+        }
+    } catch (...) {
+        fclose(f);
+        throw;
+    }
+    fclose(f);
+    for (size_t i = 0; i < ranks.size(); ++i) {
+        if (ranks[i] < 8 || ranks[i] > hd) {
+            snprintf(msg, sizeof(msg), "sidecar %s: rank %d of layer %zu head %zu is outside [8, %d]", path, ranks[i],
+                    i/n_head_kv, i%n_head_kv, hd);
+            throw std::runtime_error(msg);
+        }
+    }
+    return ranks;
+}
+
+std::vector<int32_t> llama_fraqtl_k_protect_layers(const llama_model & model, const llama_fraqtl_params & fp) {
+    const auto & hp = model.hparams;
+    const int32_t n_layer = hp.n_layer();
+    std::vector<int32_t> res(n_layer, 0);
+    int32_t n_head_kv = -1;
+    int32_t hd = -1;
+    for (int32_t il = 0; il < n_layer; ++il) {
+        if (hp.has_kv(il)) {
+            n_head_kv = hp.n_head_kv(il);
+            hd        = hp.n_embd_head_k(il);
+            res[il]   = fp.k_protect;
+        }
+    }
+    if (fp.k_protect != LLAMA_FRAQTL_PROTECT_AUTO || n_head_kv <= 0) {
+        return res;
+    }
+    if (!fp.k_sidecar || fp.basis != LLAMA_FRAQTL_BASIS_SIDECAR) {
+        throw std::runtime_error("D2 K protection from the sidecar's ranks (kauto) needs a K sidecar file");
+    }
+    const auto ranks = fraqtl_read_ranks(fp.k_sidecar, n_layer, n_head_kv, hd);
+    const int32_t nb = hd/64;
+    for (int32_t il = 0; il < n_layer; ++il) {
+        if (!hp.has_kv(il)) {
+            continue;
+        }
+        int32_t r = 0;
+        for (int32_t h = 0; h < n_head_kv; ++h) {
+            r = std::max(r, ranks[(size_t) il*n_head_kv + h]);
+        }
+        // one K tensor, hence one block type, per layer: the layer's largest head rank decides
+        res[il] = hd;
+        for (const int32_t p : { 8, 16, 32 }) {
+            if (p*nb >= r) {
+                res[il] = p*nb;
+                break;
+            }
+        }
+    }
+    return res;
+}
+
+// per-layer K types for the llama_kv_cache being constructed on this thread (empty: none)
+static thread_local std::vector<ggml_type> g_fraqtl_layer_types_k;
+
+llama_fraqtl_layer_types::llama_fraqtl_layer_types(const llama_model & model, const llama_fraqtl_params * fp) {
+    g_fraqtl_layer_types_k.clear();
+    if (!fp || fp->k_protect != LLAMA_FRAQTL_PROTECT_AUTO) {
+        return;
+    }
+    const auto protect = llama_fraqtl_k_protect_layers(model, *fp);
+    for (uint32_t il = 0; il < protect.size(); ++il) {
+        g_fraqtl_layer_types_k.push_back(protect[il] > 0
+                ? fraqtl_type_for(protect[il], model.hparams.n_embd_head_k(il), fp->k_tail_bits, fp->protect_bits)
+                : GGML_TYPE_COUNT);
+    }
+}
+
+llama_fraqtl_layer_types::~llama_fraqtl_layer_types() {
+    g_fraqtl_layer_types_k.clear();
+}
+
+ggml_type llama_fraqtl_layer_type_k(int32_t il, ggml_type type_k) {
+    if (il >= 0 && (size_t) il < g_fraqtl_layer_types_k.size() && g_fraqtl_layer_types_k[il] != GGML_TYPE_COUNT) {
+        return g_fraqtl_layer_types_k[il];
+    }
+    return type_k;
+}
+
 bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params & params) {
     const llama_fraqtl_params & fp = *params.fraqtl;
     const auto & hp = model.hparams;
@@ -130,7 +238,30 @@ bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params
         return fail(msg);
     }
 
-    const ggml_type tk = fraqtl_type_for(fp.k_protect, hd_k, fp.k_tail_bits, fp.protect_bits);
+    // kauto: every layer's K from the K sidecar's ranks; params.type_k is the widest of them
+    int32_t k_protect = fp.k_protect;
+    std::string k_layers;
+    if (fp.k_protect == LLAMA_FRAQTL_PROTECT_AUTO) {
+        std::vector<int32_t> per_layer;
+        try {
+            per_layer = llama_fraqtl_k_protect_layers(model, fp);
+        } catch (const std::runtime_error & err) {
+            return fail(err.what());
+        }
+        std::map<int32_t, int> count;
+        k_protect = 0;
+        for (const int32_t p : per_layer) {
+            if (p > 0) {
+                k_protect = std::max(k_protect, p);
+                count[p]++;
+            }
+        }
+        for (const auto & [p, n] : count) {
+            k_layers += (k_layers.empty() ? "" : ", ") + std::to_string(n) + " x " +
+                ggml_type_name(fraqtl_type_for(p, hd_k, fp.k_tail_bits, fp.protect_bits));
+        }
+    }
+    const ggml_type tk = fraqtl_type_for(k_protect, hd_k, fp.k_tail_bits, fp.protect_bits);
     const ggml_type tv = fraqtl_type_for(fp.v_protect, hd_v, fp.v_tail_bits, fp.protect_bits);
     if (tk == GGML_TYPE_COUNT || tv == GGML_TYPE_COUNT) {
         snprintf(msg, sizeof(msg),
@@ -144,7 +275,10 @@ bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params
     params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED; // D2 V blocks are read by flash attention only
 
     LLAMA_LOG_INFO("%s: D2 cache: K %s (%d fp16 of %d), V %s (%d fp16 of %d), sinks %d, window %d\n", __func__,
-            ggml_type_name(tk), fp.k_protect, hd_k, ggml_type_name(tv), fp.v_protect, hd_v, fp.n_sink, fp.n_window);
+            ggml_type_name(tk), k_protect, hd_k, ggml_type_name(tv), fp.v_protect, hd_v, fp.n_sink, fp.n_window);
+    if (!k_layers.empty()) {
+        LLAMA_LOG_INFO("%s: D2 K per layer from the K sidecar's ranks: %s\n", __func__, k_layers.c_str());
+    }
     return true;
 }
 
@@ -351,8 +485,9 @@ void fraqtl_attach_exact(ggml_tensor * fa, const fraqtl_exact & exact) {
 }
 }
 
-// the device holding a layer's cache must run every D2 op of that layer: no silent host fallback
-static void fraqtl_check_device(const llama_fraqtl_kv & d2, int32_t n_head, ggml_backend_buffer_type_t buft) {
+// the device holding a layer's cache must run every D2 op of that layer (K type type_k): no
+// silent host fallback
+static void fraqtl_check_device(const llama_fraqtl_kv & d2, ggml_type type_k, int32_t n_head, ggml_backend_buffer_type_t buft) {
     ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
     if (!dev) {
         return;
@@ -366,7 +501,7 @@ static void fraqtl_check_device(const llama_fraqtl_kv & d2, int32_t n_head, ggml
 
     std::vector<std::pair<const char *, ggml_tensor *>> ops;
     for (const bool is_v : { false, true }) {
-        const ggml_type type = is_v ? d2.type_v : d2.type_k;
+        const ggml_type type = is_v ? d2.type_v : type_k;
         const int64_t   hd   = is_v ? d2.hd_v : d2.hd_k;
         if (type == GGML_TYPE_F16) {
             continue;
@@ -378,7 +513,7 @@ static void fraqtl_check_device(const llama_fraqtl_kv & d2, int32_t n_head, ggml
     }
     ggml_tensor * q    = ggml_new_tensor_4d(c, GGML_TYPE_F32, d2.hd_k, 1, n_head, 1);
     // K and V as attention reads the cache: the heads of a position side by side
-    ggml_tensor * k    = ggml_permute(c, ggml_new_tensor_3d(c, d2.type_k, d2.hd_k, nh, n_kv), 0, 2, 1, 3);
+    ggml_tensor * k    = ggml_permute(c, ggml_new_tensor_3d(c, type_k, d2.hd_k, nh, n_kv), 0, 2, 1, 3);
     ggml_tensor * v    = ggml_permute(c, ggml_new_tensor_3d(c, d2.type_v, d2.hd_v, nh, n_kv), 0, 2, 1, 3);
     ggml_tensor * mask = ggml_new_tensor_4d(c, GGML_TYPE_F16, n_kv, 1, 1, 1);
     ggml_tensor * fa   = ggml_flash_attn_ext(c, q, k, v, mask, 1.0f, 0.0f, 0.0f);
@@ -398,7 +533,7 @@ static void fraqtl_check_device(const llama_fraqtl_kv & d2, int32_t n_head, ggml
             snprintf(msg, sizeof(msg),
                     "D2 cannot run on %s: this build has no kernel there for %s (K %s, V %s, head size %d). "
                     "Rebuild the engine with its GPU kernels (python -m engine.build --force), or run D2 with the KV cache on the CPU",
-                    ggml_backend_dev_name(dev), what, ggml_type_name(d2.type_k), ggml_type_name(d2.type_v), d2.hd_k);
+                    ggml_backend_dev_name(dev), what, ggml_type_name(type_k), ggml_type_name(d2.type_v), d2.hd_k);
             fraqtl_fail(msg);
         }
     }
@@ -427,9 +562,16 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
             fraqtl_fail("D2 needs the same number of KV heads in every layer");
         }
     }
-    d2->k_protect = fp.k_protect;
+    d2->k_protect_il = llama_fraqtl_k_protect_layers(model, fp);
+    d2->k_protect = *std::max_element(d2->k_protect_il.begin(), d2->k_protect_il.end());
     d2->v_protect = fp.v_protect;
-    d2->type_k    = fraqtl_type_for(fp.k_protect, d2->hd_k, fp.k_tail_bits, fp.protect_bits);
+    d2->type_k    = fraqtl_type_for(d2->k_protect, d2->hd_k, fp.k_tail_bits, fp.protect_bits);
+    d2->type_k_il.assign(n_layer, GGML_TYPE_COUNT);
+    for (int32_t il = 0; il < n_layer; ++il) {
+        if (d2->k_protect_il[il] > 0) {
+            d2->type_k_il[il] = fraqtl_type_for(d2->k_protect_il[il], d2->hd_k, fp.k_tail_bits, fp.protect_bits);
+        }
+    }
     d2->type_v    = fraqtl_type_for(fp.v_protect, d2->hd_v, fp.v_tail_bits, fp.protect_bits);
     d2->n_sink    = fp.n_sink;
     d2->n_window  = fp.n_window;
@@ -462,7 +604,10 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
             fraqtl_orthonormalize(uv, n_mat, d2->n_head_kv, d2->hd_v, fp.v_sidecar);
         }
     }
-    const auto perm_k = fraqtl_block_order(d2->hd_k, d2->k_protect);
+    std::vector<std::vector<int32_t>> perm_k(n_layer); // per layer: kauto gives layers their own K protection
+    for (int32_t il = 0; il < n_layer; ++il) {
+        perm_k[il] = fraqtl_block_order(d2->hd_k, d2->k_protect_il[il] > 0 ? d2->k_protect_il[il] : d2->hd_k);
+    }
     const auto perm_v = fraqtl_block_order(d2->hd_v, d2->v_protect);
 
     // one ggml context per buffer type: each layer's tensors live beside its cache
@@ -481,6 +626,12 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         ggml_tensor * k_store = kv->get_k_storage(il);
         if (k_store->ne[2] != 1) {
             fraqtl_fail("D2 supports a single KV stream");
+        }
+        if (k_store->type != d2->type_k_il[il]) { // llama_fraqtl_layer_types was not in scope
+            char msg[256];
+            snprintf(msg, sizeof(msg), "D2: layer %d's K cache is %s, expected %s", il, ggml_type_name(k_store->type),
+                    ggml_type_name(d2->type_k_il[il]));
+            fraqtl_fail(msg);
         }
         ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(k_store->buffer);
         auto it = ctx_map.find(buft);
@@ -523,9 +674,10 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         d2->ctxs_bufs.emplace_back(std::move(owned[i]), buf);
     }
 
-    // every device holding a layer's cache must run the D2 ops (checked once per buffer type)
+    // every device holding a layer's cache must run the D2 ops (checked once per buffer type
+    // and K type: kauto gives layers their own)
     int32_t n_dev = 0;
-    std::vector<ggml_backend_buffer_type_t> checked;
+    std::vector<std::pair<ggml_backend_buffer_type_t, ggml_type>> checked;
     for (int32_t il = 0; il < n_layer; ++il) {
         if (!d2->rot_k[il]) {
             continue;
@@ -536,9 +688,10 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         }
         ++n_dev;
         ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(buf);
-        if (std::find(checked.begin(), checked.end(), buft) == checked.end()) {
-            fraqtl_check_device(*d2, hp.n_head(il), buft);
-            checked.push_back(buft);
+        const std::pair<ggml_backend_buffer_type_t, ggml_type> key(buft, d2->type_k_il[il]);
+        if (std::find(checked.begin(), checked.end(), key) == checked.end()) {
+            fraqtl_check_device(*d2, d2->type_k_il[il], hp.n_head(il), buft);
+            checked.push_back(key);
         }
     }
 
@@ -552,7 +705,7 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
             const bool is_k = pass == 0;
             const int32_t hd = is_k ? d2->hd_k : d2->hd_v;
             const auto & u    = is_k ? uk : uv;
-            const auto & perm = is_k ? perm_k : perm_v;
+            const auto & perm = is_k ? perm_k[il] : perm_v;
             ggml_tensor * t = pass == 0 ? d2->rot_k[il] : pass == 1 ? d2->rot_v[il] : d2->unrot_v[il];
             tmp.assign((size_t) d2->n_head_kv*hd*hd, 0.0f);
             for (int32_t h = 0; h < d2->n_head_kv; ++h) {
@@ -726,7 +879,7 @@ void llama_fraqtl_build_kv(ggml_context * ctx, const llama_fraqtl_kv * d2, int32
     // attention must read the copies after this ubatch's writes: it reads these results
     ggml_tensor * ek = ggml_set_rows(ctx, d2->exact_k[il], k2, slots);
     ggml_tensor * ev = ggml_set_rows(ctx, d2->exact_v[il], v2, slots);
-    if (d2->type_k != GGML_TYPE_F16 || d2->type_v != GGML_TYPE_F16) {
+    if (d2->type_k_il[il] != GGML_TYPE_F16 || d2->type_v != GGML_TYPE_F16) {
         g_fraqtl_pending = { k_view, { ek, ev, rows } };
     }
     // an all-f16 cache is exact already: the copies are kept but not read

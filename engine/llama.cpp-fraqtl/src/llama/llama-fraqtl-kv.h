@@ -32,8 +32,13 @@ struct llama_fraqtl_kv {
     int32_t   n_sink    = 0;
     int32_t   n_window  = 0;
     int32_t   n_exact   = 0; // n_sink + n_window; slot n_exact is the scratch slot
-    ggml_type type_k    = GGML_TYPE_F16;
+    ggml_type type_k    = GGML_TYPE_F16; // the widest K type (every layer's unless K is per layer)
     ggml_type type_v    = GGML_TYPE_F16;
+
+    // indexed by model layer: K protected directions and cache type (kauto: per layer; 0 and
+    // GGML_TYPE_COUNT where the layer has no KV cache)
+    std::vector<int32_t>   k_protect_il;
+    std::vector<ggml_type> type_k_il;
 
     // indexed by model layer; nullptr where the layer has no KV cache
     std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: q or k -> coefficients
@@ -62,6 +67,23 @@ struct llama_fraqtl_kv {
 // checks the model and the parameters, sets the cache types and enables flash attention;
 // false (with llama_fraqtl_last_error set) if D2 cannot run on this model
 bool llama_fraqtl_prepare_params(const llama_model & model, llama_context_params & params);
+
+// the K protected directions of every model layer (0 without a KV cache): fp.k_protect, or for
+// LLAMA_FRAQTL_PROTECT_AUTO the smallest count a block type has that covers the K sidecar's
+// ranks of the layer's heads; throws std::runtime_error naming the file or the problem
+std::vector<int32_t> llama_fraqtl_k_protect_layers(const llama_model & model, const llama_fraqtl_params & fp);
+
+// While one lives on a thread, the llama_kv_cache constructed on that thread gives layer il's K
+// tensor llama_fraqtl_layer_type_k(il, type_k): the D2 type of that layer when K protection is
+// per layer (kauto), else type_k. A no-op for a null fparams or a uniform K type.
+struct llama_fraqtl_layer_types {
+    llama_fraqtl_layer_types(const llama_model & model, const llama_fraqtl_params * fparams);
+    ~llama_fraqtl_layer_types();
+    llama_fraqtl_layer_types(const llama_fraqtl_layer_types &) = delete;
+    llama_fraqtl_layer_types & operator=(const llama_fraqtl_layer_types &) = delete;
+};
+
+ggml_type llama_fraqtl_layer_type_k(int32_t il, ggml_type type_k);
 
 // loads the bases and allocates the D2 state of the memory module; throws on error
 void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & fparams, llama_memory_i * mem);

@@ -22,10 +22,17 @@ enum llama_fraqtl_basis {
     LLAMA_FRAQTL_BASIS_RANDOM  = 1, // seeded random orthonormal bases (control experiments)
 };
 
+// k_protect: each layer's K cache takes the smallest block type whose protected directions cover
+// the largest rank the K sidecar gives that layer's heads (the whole head in f16 above 32 per
+// 64-block). One type per layer because llama.cpp allocates one K tensor per layer: the heads
+// of a layer share its type, so a head's rank is rounded up to its layer's.
+#define LLAMA_FRAQTL_PROTECT_AUTO (-1)
+
 struct llama_fraqtl_params {
     const char * k_sidecar;  // K basis, format v1 "RAQK" (NULL: identity)
     const char * v_sidecar;  // V basis, format v1 "FRAQ" (NULL: identity)
-    int32_t      k_protect;  // fp16 directions per K head: 8, 16 or 32 per 64-block, or head_dim (all fp16)
+    int32_t      k_protect;  // fp16 directions per K head: 8, 16 or 32 per 64-block, or head_dim (all fp16),
+                             // or LLAMA_FRAQTL_PROTECT_AUTO: per layer, from the K sidecar's ranks
     int32_t      v_protect;  // same for V
     int32_t      k_tail_bits; // bits per K tail code: 3 (d2_p*) or 2 (d2_p*b2, D2-lite)
     int32_t      v_tail_bits; // same for V
