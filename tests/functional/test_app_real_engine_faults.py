@@ -27,6 +27,17 @@ IMPOSSIBLE_CTX = 2**32 - 256  # ~94,000 GiB of f16 cache for SmolLM2: no machine
 SLOW = 180  # s for an answer where the test runs several: shared CI cores (load 8 on 2 cores) took over 60
 
 
+def recording_factory(first=EngineWorker):
+    """An engine factory that keeps every worker it starts (the first of class ``first``)."""
+    started: list[EngineWorker] = []
+
+    def factory(spec):
+        started.append((first if not started else EngineWorker)(spec))
+        return started[-1]
+
+    return started, factory
+
+
 def status_of(screen) -> str:
     return str(screen.query_one("#doc-status").render())
 
@@ -79,12 +90,7 @@ async def test_an_impossible_context_is_refused_with_numbers_and_f5_starts_a_fre
 
 async def test_a_llama_cpp_abort_mid_answer_is_named_and_f5_starts_a_fresh_engine(
         model_path, app_dirs, short_document):
-    started: list[EngineWorker] = []
-
-    def factory(spec):
-        worker = (AbortingWorker if not started else EngineWorker)(spec)
-        started.append(worker)
-        return worker
+    started, factory = recording_factory(first=AbortingWorker)
 
     app = create_app(small_settings(max_tokens=200), [short_document], model_path, factory=factory)
     async with app.run_test(size=(160, 36)) as pilot:
@@ -115,11 +121,7 @@ async def test_a_llama_cpp_abort_mid_answer_is_named_and_f5_starts_a_fresh_engin
 async def test_a_real_engine_stopped_mid_answer_is_hung_and_f5_kills_it_and_starts_a_fresh_one(
         model_path, app_dirs, short_document):
     """SIGSTOP freezes the real engine process mid-answer, as a deadlocked llama.cpp or a driver would."""
-    started: list[EngineWorker] = []
-
-    def factory(spec):
-        started.append(EngineWorker(spec))
-        return started[-1]
+    started, factory = recording_factory()
 
     app = create_app(small_settings(max_tokens=200), [short_document], model_path, factory=factory)
     try:
@@ -170,11 +172,7 @@ async def test_a_real_engine_stopped_mid_answer_is_hung_and_f5_kills_it_and_star
 async def test_quitting_mid_answer_keeps_the_question_and_its_text_in_the_session(model_path, app_dirs,
                                                                                  short_document):
     question = "Tell me everything about the harbour in great detail."
-    started: list[EngineWorker] = []
-
-    def factory(spec):
-        started.append(EngineWorker(spec))
-        return started[-1]
+    started, factory = recording_factory()
 
     app = create_app(small_settings(max_tokens=200), [short_document], model_path, factory=factory)
     try:
