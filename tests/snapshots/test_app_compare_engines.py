@@ -88,15 +88,7 @@ async def test_arms_run_without_the_chat_engine_and_it_restarts_after(model_path
 async def test_esc_stops_the_running_arm(model_path) -> None:
     app = make(model_path)
     async with app.run_test(size=(140, 40)) as pilot:
-        chat = app.chat_screen
-        await until(pilot, lambda: chat.state == "ready")
-        CountedEngine.slow = True  # each arm would take 8 s
-        await pilot.press("f2")
-        await until(pilot, lambda: isinstance(app.screen, CompareScreen))
-        compare = app.screen
-        compare.query_one("#compare-question").value = "Tell me everything."
-        await pilot.click("#compare-run")
-        await until(pilot, lambda: compare.query_one("#arm-f16", ArmPanel).result.status == "answering", steps=500)
+        compare = await start_slow_comparison(pilot, app, words=None)  # each arm would take 8 s
         started = time.monotonic()
         await pilot.press("escape")
         assert app.screen is compare  # Esc stops first; it does not leave a running comparison
@@ -141,10 +133,13 @@ async def palette(pilot, command: str) -> None:
     await pilot.pause(0.2)
 
 
-async def start_slow_comparison(pilot, app):
+async def start_slow_comparison(pilot, app, words: int | None = 6000):
+    """The comparison running its first arm slowly (6,000 words: each arm would take 2 minutes)."""
     chat = app.chat_screen
     await until(pilot, lambda: chat.state == "ready")
-    CountedEngine.slow, CountedEngine.words = True, 6000  # each arm would take 2 minutes
+    CountedEngine.slow = True
+    if words is not None:
+        CountedEngine.words = words
     await pilot.press("f2")
     await until(pilot, lambda: isinstance(app.screen, CompareScreen))
     compare = app.screen
