@@ -68,14 +68,15 @@ build)
   tree=$(ls -d /tmp/src/*)
   export CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90"
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_SHARED_LINKER_FLAGS='${LINKFLAGS:-}'"
   export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
   if ! python3 -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel -C build-dir=/tmp/build "$tree" \
       > /tmp/build.log 2>&1; then
     tail -60 /tmp/build.log; touch /tmp/build.failed; exit 1
   fi
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheel/*.whl
+  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site /tmp/wheel/*.whl
   echo "build done in $(( $(date +%s) - t0 )) s"
+  [ -n "${RELINK:-}" ] && { touch /tmp/build.done; exit 0; }
   python3 -c "import llama_cpp; print(llama_cpp.llama_cpp.llama_fraqtl_version())" || { touch /tmp/build.failed; exit 1; }
   touch /tmp/build.done
   # the upstream reference from the same tree: llama-bench only
@@ -155,7 +156,7 @@ mem)
   # Mistral-shape memory/speed at $CTX (all four arms in one run), then llama-bench from the same build
   wait_build; preload
   for _ in $(seq 1 60); do [ -f /tmp/shape.done ] && break; sleep 5; done
-  timeout 420 python3 -m bench.cli memory --model $SHAPE --arms f16,q8_0,q4_0,d2 --ctx ${CTX:-32k,64k,128k} --decode 64 \
+  timeout ${MEMT:-420} python3 -m bench.cli memory --model $SHAPE --arms ${ARMS:-f16,q8_0,q4_0,d2} --ctx ${CTX:-32k,64k,128k} --decode 64 \
     --timeout 200 --name ${NAME:-memory-mistral-shape-d2-h200} --out /tmp/receipts 2>&1 | grep -v "━" | tail -20
   lb=$(find /tmp/build -name llama-bench -type f -perm -u+x | head -1)
   if [ -n "$lb" ]; then
@@ -177,6 +178,15 @@ agree)
   timeout 300 python3 -m bench.gpu_agree --out $OUT/agree.json \
     --pairs f16@cpu/f16,d2@cpu/d2,f16/d2,f16/d2@cpu,d2:k32v16s8w8192@cpu/d2:k32v16s8w8192 2>&1 | grep " vs "
   ;;
+relink)
+  # the built tree again with LINKFLAGS on the shared libraries' link (objects are kept: a
+  # relink), then whether a model loads without the preload
+  rm -f /tmp/build.done /tmp/build.failed
+  (cd /tmp/repo && LINKFLAGS="${LINKFLAGS:-}" RELINK=1 bash /tmp/h200.sh build > /tmp/build.out 2>&1)
+  tail -3 /tmp/build.out; smol
+  timeout 120 python3 -X faulthandler -c "from engine.runtime import Runtime; Runtime('$SMOL', 'f16', n_ctx=512); print('LOADS WITHOUT PRELOAD')" \
+    2>&1 | grep -v "^llama\|^load\|^print_info\|^\.\|^graph\|^sched\|^init\|^ggml\|^~" | tail -25
+  ;;
 ldiag)
   # why a model load crashes without preloading the system libstdc++: which library's C++ symbols
   # the loading libraries bound to, and a native backtrace
@@ -190,6 +200,8 @@ ldiag)
   cat /tmp/ldb.* | grep "binding file" | grep -v "to /lib\|to /usr/lib" | grep "_ZNS\|_ZNK\|_ZSt\|_ZTV\|_ZTI\|_ZGV" \
     | sed 's/.*binding file \([^ ]*\) \[0\] to \([^ ]*\) \[0\]: normal symbol .\(.*\).*/\1 -> \2 \3/' \
     | awk '{split($1,a,"/"); split($2,b,"/"); print a[length(a)], "->", b[length(b)], $3}' | sort | uniq -c | sort -rn | head -25
+  timeout 120 python3 -X faulthandler -c "from engine.runtime import Runtime; Runtime('$SMOL', 'f16', n_ctx=512)" \
+    2>&1 | grep -v "^llama\|^load\|^print_info\|^\.\|^graph\|^sched\|^init\|^ggml\|^~" | tail -25
   [ -n "${GDB:-}" ] && timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 -c \
     "from engine.runtime import Runtime; Runtime('$SMOL', 'f16', n_ctx=512)" 2>&1 | grep -v "^\[\|^warning\|^llama\|^print_info\|^load" | tail -25
   ;;

@@ -54,11 +54,18 @@ def kv_bytes(info: GgufInfo, arm: ArmConfig, n_ctx: int) -> int:
     return int(round(per_token * padded_ctx(n_ctx)))
 
 
+def _exact_rows(arm: ArmConfig, n_ctx: int) -> int:
+    """Rows of D2's exact copies: the sinks and the window, and a scratch row."""
+    return min(arm.recipe.sinks + arm.recipe.window, padded_ctx(n_ctx)) + 1 if arm.recipe else 0
+
+
 def exact_copy_bytes(info: GgufInfo, arm: ArmConfig, n_ctx: int) -> int:
-    if arm.recipe is None:
-        return 0
-    rows = min(arm.recipe.sinks + arm.recipe.window, padded_ctx(n_ctx)) + 1  # + the scratch row
-    return rows * info.n_layer * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
+    return _exact_rows(arm, n_ctx) * info.n_layer * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
+
+
+def _row_map_bytes(arm: ArmConfig, n_ctx: int) -> int:
+    """D2's exact-row map, an input of every ubatch: an int32 per cell, then one per exact row."""
+    return (padded_ctx(n_ctx) + _exact_rows(arm, n_ctx)) * 4 if arm.recipe else 0
 
 
 def basis_bytes(info: GgufInfo, arm: ArmConfig) -> int:
@@ -95,9 +102,9 @@ def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: Arm
         return output_phase
     if arm.recipe is not None:
         # D2: the decode kernel reads D2 blocks directly; a prompt converts one KV head at a time
-        # to f16, and every ubatch adds the exact-row map (one int32 per cell)
+        # to f16, and every ubatch adds the exact-row map
         one_head_f16 = n_kv * (info.head_dim_k + info.head_dim_v) * 2
-        return max(output_phase, mask + one_head_f16 + n_ubatch * info.n_embd * 4 * 4) + n_kv * 4
+        return max(output_phase, mask + one_head_f16 + n_ubatch * info.n_embd * 4 * 4) + _row_map_bytes(arm, n_ctx)
     kv_f16 = n_kv * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
     attention_phase = mask + kv_f16 + n_ubatch * info.n_embd * 4 * 4
     return max(output_phase, attention_phase)
@@ -236,7 +243,7 @@ def split_estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, shares: Sequence[
     # a split's inputs (GGML_SCHED_DEBUG lists them): the hidden state, the mask, positions and the
     # cache's row indices, and for D2 its slot indices and exact-row map
     inputs = (n_ubatch * info.n_embd * 4 + n_kv * n_ubatch * 2 + n_ubatch * (4 + 8 + 8)
-              + ((n_ubatch * 8 + n_kv * 4) if arm.recipe is not None else 0))
+              + ((n_ubatch * 8 + _row_map_bytes(arm, n_ctx)) if arm.recipe is not None else 0))
     out = []
     for dev in range(n_dev):
         layers = tuple(il for il in range(info.n_layer) if placed[il] == dev)

@@ -140,10 +140,24 @@ def test_an_answer_with_d2_on_the_gpu_uses_less_memory_than_q8_0(model: Path) ->
     assert sizes["d2"] < sizes["q8_0"]
 
 
-def test_d2_lite_is_refused_on_the_gpu_until_it_has_kernels(model: Path) -> None:
-    # the CUDA kernels read the fp16-protected d2_p* blocks only: a d2:lite context (d2_p16i8,
-    # d2_p8i8) must fail at creation with the op it lacks, never run its writes or attention on the host
+def test_d2_lite_runs_on_the_gpu_and_agrees_with_its_cpu_reference(model: Path, tokens: list[int]) -> None:
+    # int8-protected blocks (d2_p*i8): their own quantizer and block decode in the kernels
+    f16 = gpu_agree.arm_logits(model, "f16", tokens, N_DECODE)
+    f16_cpu = gpu_agree.arm_logits(model, "f16@cpu", tokens, N_DECODE)
+    gpu = gpu_agree.arm_logits(model, "d2:lite", tokens, N_DECODE)
+    cpu = gpu_agree.arm_logits(model, "d2:lite@cpu", tokens, N_DECODE)
+    floor = gpu_agree.agreement(f16_cpu, f16, N_DECODE)
+    both = gpu_agree.agreement(cpu, gpu, N_DECODE)
+    print(json.dumps({"d2_lite_gpu_vs_cpu": both, "f16_gpu_vs_cpu": floor}, indent=2))
+    assert both["kld_decode"] <= 1.25*floor["kld_decode"] + 1e-4
+    assert both["top1"] >= floor["top1"] - 0.03
+    assert gpu_agree.agreement(f16, gpu, N_DECODE)["kld"] > 1e-4  # the int8 rows are really read
+
+
+def test_2_bit_tails_are_refused_on_the_gpu(model: Path) -> None:
+    # the d2_p*b2 blocks have no CUDA kernels: the context must fail at creation naming the type,
+    # never run its writes or attention on the host
     from engine.errors import ArmUnavailableError
 
-    with pytest.raises(ArmUnavailableError, match="d2_p16i8"):
-        Runtime(model, "d2:lite", n_ctx=1024)
+    with pytest.raises(ArmUnavailableError, match=r"d2_p\d+b2"):
+        Runtime(model, "d2:k16b3v16b2", n_ctx=1024)

@@ -16,8 +16,9 @@ static float h_code(float t, float inv) { return fminf(fmaxf(rintf(t*inv), -4.0f
 static void h_sth(uint8_t * d, float v) { const __half h = __float2half_rn(v); uint16_t b; memcpy(&b, &h, 2); d[0] = b & 0xFF; d[1] = b >> 8; }
 static float h_ldh(const uint8_t * p) { const uint16_t b = p[0] | (p[1] << 8); __half h; memcpy(&h, &b, 2); return __half2float(h); }
 
-template <int P> static void h_quant(const float * x, uint8_t * y) {
-    constexpr int NT = 64 - P;
+// K: a block kind (P protected, P + D2_I8 for the int8-protected types)
+template <int K> static void h_quant(const float * x, uint8_t * y) {
+    constexpr int P = d2_np(K), NT = 64 - P;
     float tail[NT]; float mp = 0, mn = 0;
     for (int i = 0; i < NT; i++) { tail[i] = x[P + i]; mp = fmaxf(mp, tail[i]); mn = fmaxf(mn, -tail[i]); }
     auto err = [&](float s) { float inv = 1.0f/s, e = 0; for (int i = 0; i < NT; i++) { float d = tail[i] - h_code(tail[i], inv)*s; e += d*d; } return e; };
@@ -28,21 +29,28 @@ template <int P> static void h_quant(const float * x, uint8_t * y) {
         scale = best;
     }
     h_sth(y, scale); const float s = h_r16(scale); const float inv = s > 0 ? 1.0f/s : 0;
-    for (int i = 0; i < P; i++) h_sth(y + 2 + 2*i, x[i]);
-    uint8_t * qs = y + 2 + 2*P;
+    if (d2_is_i8(K)) { // ggml-fraqtl.c's d2i8_quantize_block
+        float amax = 0; for (int i = 0; i < P; i++) amax = fmaxf(amax, fabsf(x[i]));
+        h_sth(y + 2, amax/127.0f); const float dp = h_ldh(y + 2), ip = dp > 0 ? 1.0f/dp : 0;
+        for (int i = 0; i < P; i++) y[4 + i] = (uint8_t) (int8_t) fminf(fmaxf(nearbyintf(x[i]*ip), -127.0f), 127.0f);
+    } else {
+        for (int i = 0; i < P; i++) h_sth(y + 2 + 2*i, x[i]);
+    }
+    uint8_t * qs = y + d2_tail_at(K);
     for (int g = 0; g < NT/8; g++) { uint32_t b = 0; for (int j = 0; j < 8; j++) b |= (uint32_t) ((int) h_code(tail[8*g + j], inv) + 4) << (3*j); qs[3*g] = b; qs[3*g + 1] = b >> 8; qs[3*g + 2] = b >> 16; }
 }
 
-template <int P> static float h_deq(const uint8_t * blk, int e) {
-    if (e < P) return h_ldh(blk + 2 + 2*e);
-    const int t = e - P; const uint8_t * qs = blk + 2 + 2*P + 3*(t/8);
+template <int K> static float h_deq(const uint8_t * blk, int e) {
+    constexpr int P = d2_np(K);
+    if (e < P) return d2_is_i8(K) ? (float) (int8_t) blk[4 + e]*h_ldh(blk + 2) : h_ldh(blk + 2 + 2*e);
+    const int t = e - P; const uint8_t * qs = blk + d2_tail_at(K) + 3*(t/8);
     const uint32_t b = qs[0] | (qs[1] << 8) | (qs[2] << 16);
     return (float) ((int) ((b >> (3*(t % 8))) & 7) - 4)*h_ldh(blk);
 }
 
 // the scale search of one block on the device: [0] no-clip scale, then (s16, err) for k = 0..6
-template <int P> static __global__ void d2_debug_search(const float * x, float * out) {
-    constexpr int NT = QK_D2 - P;
+template <int K> static __global__ void d2_debug_search(const float * x, float * out) {
+    constexpr int P = d2_np(K), NT = QK_D2 - P;
     float tail[NT];
     float mp = 0.0f, mn = 0.0f;
     for (int i = 0; i < NT; ++i) { tail[i] = x[P + i]; mp = fmaxf(mp, tail[i]); mn = fmaxf(mn, -tail[i]); }
@@ -147,9 +155,11 @@ template <int HD, int P> static int check(int n_head, int n_rows) {
 }
 
 // one query token against n_kv rows: the decode kernel (exact sink/window rows through the row
-// map) against attention computed here in double from the CPU quantizer's bytes; then its time
-template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, const int G, const int n_kv, const bool timing) {
-    const int n_sink = 4, n_window = 128, n_ex = n_sink + n_window, n_head = n_head_kv*G, ne0 = HD*n_head_kv;
+// map) against attention computed here in double from the CPU quantizer's bytes; then its time.
+// The exact copies end with a scratch slot no cell maps to, holding values that would show.
+template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, const int G, const int n_kv, const bool timing,
+        const int n_window = 128) {
+    const int n_sink = 4, n_ex = n_sink + n_window + 1, n_head = n_head_kv*G, ne0 = HD*n_head_kv;
     const size_t kseg = d2_seg_bytes(HD, PK), vseg = d2_seg_bytes(HD, PV);
     std::mt19937 rng(11); std::normal_distribution<float> nd(0, 1);
     std::vector<float> xk((size_t) ne0*n_kv), xv((size_t) ne0*n_kv), q((size_t) HD*n_head);
@@ -161,11 +171,12 @@ template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, c
         h_store64<PK>(xk.data() + (size_t) r*ne0 + 64*b, kb.data() + r*kseg*n_head_kv + b*h_bytes64<PK>());
         h_store64<PV>(xv.data() + (size_t) r*ne0 + 64*b, vb.data() + r*vseg*n_head_kv + b*h_bytes64<PV>());
     }
-    std::vector<int32_t> rows(n_kv);
-    std::vector<half> ek((size_t) n_ex*ne0), ev((size_t) n_ex*ne0);
+    std::vector<int32_t> rows(n_kv + n_ex, -1); // the row map, then the cell of each exact slot
+    std::vector<half> ek((size_t) n_ex*ne0, __float2half_rn(50.0f)), ev((size_t) n_ex*ne0, __float2half_rn(1e4f));
     for (int r = 0; r < n_kv; r++) {
         const int slot = r < n_sink ? r : (r >= n_kv - n_window ? n_sink + r - (n_kv - n_window) : -1);
         rows[r] = slot < 0 ? r : n_kv + slot;
+        if (slot >= 0) rows[n_kv + slot] = r;
         if (slot >= 0) for (int e = 0; e < ne0; e++) {
             ek[(size_t) slot*ne0 + e] = __float2half_rn(xk[(size_t) r*ne0 + e]);
             ev[(size_t) slot*ne0 + e] = __float2half_rn(xv[(size_t) r*ne0 + e]);
@@ -201,34 +212,38 @@ template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, c
 
     cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
     d2_fattn_shape s = { HD, PK, PV, n_kv, n_head, n_head_kv, 1 };
-    d2_fattn_args a = d2_fattn_args_of(prop.multiProcessorCount, prop.sharedMemPerBlockOptin, s);
+    d2_fattn_plan plan = d2_fattn_plan_of(prop.multiProcessorCount, prop.sharedMemPerBlockOptin, s, n_ex);
+    d2_fattn_args & a = plan.main;
     const int n_parts = a.n_parts, chunk_rows = a.chunk_rows;
     uint8_t * dk; uint8_t * dv; half * dek; half * dev_; half * dmask; int32_t * drows; float * dq; float * dout; float * dpo; float2 * dpml;
     CK(cudaMalloc(&dk, kb.size() + 128)); CK(cudaMalloc(&dv, vb.size() + 128));
     CK(cudaMalloc(&dek, ek.size()*2)); CK(cudaMalloc(&dev_, ev.size()*2)); CK(cudaMalloc(&dmask, (size_t) n_kv*2));
-    CK(cudaMalloc(&drows, (size_t) n_kv*4)); CK(cudaMalloc(&dq, q.size()*4)); CK(cudaMalloc(&dout, q.size()*4));
+    CK(cudaMalloc(&drows, rows.size()*4)); CK(cudaMalloc(&dq, q.size()*4)); CK(cudaMalloc(&dout, q.size()*4));
     CK(cudaMalloc(&dpo, (size_t) n_head*n_parts*HD*4)); CK(cudaMalloc(&dpml, (size_t) n_head*n_parts*8));
     CK(cudaMemcpy(dk, kb.data(), kb.size(), cudaMemcpyHostToDevice)); CK(cudaMemcpy(dv, vb.data(), vb.size(), cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dek, ek.data(), ek.size()*2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(dev_, ev.data(), ev.size()*2, cudaMemcpyHostToDevice));
     CK(cudaMemset(dmask, 0, (size_t) n_kv*2));
-    CK(cudaMemcpy(drows, rows.data(), (size_t) n_kv*4, cudaMemcpyHostToDevice)); CK(cudaMemcpy(dq, q.data(), q.size()*4, cudaMemcpyHostToDevice));
-    a.q = dq; a.k = dk; a.v = dv; a.mask = dmask; a.ek = dek; a.ev = dev_; a.rows = drows; a.dst = dout;
-    a.part_o = dpo; a.part_ml = dpml; a.scale = scale; a.q_s2 = HD; a.ek_s1 = ne0; a.ev_s1 = ne0;
-    d2_fattn_decode_launch(a, s, 0);
+    CK(cudaMemcpy(drows, rows.data(), rows.size()*4, cudaMemcpyHostToDevice)); CK(cudaMemcpy(dq, q.data(), q.size()*4, cudaMemcpyHostToDevice));
+    for (d2_fattn_args * x : { &plan.main, &plan.exact }) {
+        x->q = dq; x->mask = dmask; x->dst = dout; x->part_o = dpo; x->part_ml = dpml; x->scale = scale; x->q_s2 = HD;
+    }
+    a.k = dk; a.v = dv; a.rows = drows;
+    plan.exact.k = (const uint8_t *) dek; plan.exact.v = (const uint8_t *) dev_; plan.exact.cell_of = drows + n_kv;
+    d2_fattn_decode_launch(plan, s, 0);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
     std::vector<float> got(q.size());
     CK(cudaMemcpy(got.data(), dout, got.size()*4, cudaMemcpyDeviceToHost));
     double err = 0;
     for (size_t i = 0; i < got.size(); i++) err = timing ? (std::isfinite(got[i]) ? err : INFINITY) : fmax(err, fabs(got[i] - want[i]));
     const int bad = timing ? !(err == 0) : !(err <= 2e-3*out_max);
-    printf("decode HD %d K p%d V p%d G %d n_kv %d: %d partial results, chunks of %d rows, max abs err %.3g (max |out| %.3g)%s\n",
-        HD, PK, PV, G, n_kv, n_parts, chunk_rows, err, out_max, bad ? " FAILED" : "");
+    printf("decode HD %d K p%d V p%d G %d n_kv %d window %d: %d partial results, chunks of %d rows, max abs err %.3g (max |out| %.3g)%s\n",
+        HD, PK, PV, G, n_kv, n_window, n_parts, chunk_rows, err, out_max, bad ? " FAILED" : "");
     if (timing) {
         cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
-        for (int i = 0; i < 5; i++) d2_fattn_decode_launch(a, s, 0);
+        for (int i = 0; i < 5; i++) d2_fattn_decode_launch(plan, s, 0);
         const int iters = 50;
         CK(cudaEventRecord(e0));
-        for (int i = 0; i < iters; i++) d2_fattn_decode_launch(a, s, 0);
+        for (int i = 0; i < iters; i++) d2_fattn_decode_launch(plan, s, 0);
         CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1));
         float ms = 0; CK(cudaEventElapsedTime(&ms, e0, e1));
         const double us = 1e3*ms/iters, bytes = (double) (kseg + vseg)*n_head_kv*n_kv;
@@ -240,14 +255,15 @@ template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, c
 
 int main(int argc, char ** argv) {
     if (argc > 1 && std::string(argv[1]) == "time") { // the Mistral-7B shape at 32K only (for a profiler)
-        return check_decode<128, 8, 16>(8, 4, 32768, true);
+        return check_decode<128, 8, 16>(8, 4, 32768, true, 1024);
     }
     if (argc > 1 && std::string(argv[1]) == "time128") {
-        return check_decode<128, 8, 16>(8, 4, 131072, true);
+        return check_decode<128, 8, 16>(8, 4, 131072, true, 1024);
     }
     if (argc > 1 && std::string(argv[1]) == "timing") { // the decode time only (variants of the kernel)
-        return check_decode<128, 8, 16>(8, 4, 32768, true) | check_decode<128, 8, 16>(8, 4, 131072, true) |
-               check_decode<128, 32, 16>(8, 4, 131072, true);
+        return check_decode<128, 8, 16>(8, 4, 32768, true, 1024) | check_decode<128, 8, 16>(8, 4, 131072, true, 1024) |
+               check_decode<128, 32, 16>(8, 4, 131072, true, 1024) |
+               check_decode<128, 32 + D2_I8, 16 + D2_I8>(8, 4, 131072, true, 1024);
     }
     if (argc > 1 && std::string(argv[1]) == "decode") {
         int bad = 0;
@@ -256,15 +272,20 @@ int main(int argc, char ** argv) {
         bad |= check_decode< 64,  8, 16>(3, 3, 1000, false);     // 39-byte blocks: rows at every alignment
         bad |= check_decode<128,  8,  0>(2, 4, 700, false);      // an f16 V
         bad |= check_decode<128,  8, 16>(8, 4, 2000, false);     // Mistral-7B
-        bad |= check_decode<128,  8, 16>(8, 4, 32768, true);
-        bad |= check_decode<128,  8, 16>(8, 4, 131072, true);
+        bad |= check_decode<128,  8, 16>(8, 4, 3000, false, 1024); // the engine's window: many exact chunks
+        bad |= check_decode<128,  8, 16>(8, 4, 32768, true, 1024);
+        bad |= check_decode<128,  8, 16>(8, 4, 131072, true, 1024);
         bad |= check_decode<256, 32, 32>(2, 8, 2000, false);
+        bad |= check_decode<128, 16 + D2_I8,  8 + D2_I8>(8, 4, 3000, false, 1024); // d2:lite
+        bad |= check_decode< 64, 32 + D2_I8, 16 + D2_I8>(3, 3, 1000, false);       // k64v32i8 at head size 64
+        bad |= check_decode<128,  0,          8 + D2_I8>(2, 4, 700, false);        // kauto: an f16 K layer
         printf(bad ? "D2 DECODE CHECK FAILED\n" : "D2 decode check passed\n");
         return bad;
     }
     int bad = 0;
     bad |= check< 64,  8>(3, 4096); bad |= check< 64, 16>(3, 4096); bad |= check< 64, 32>(3, 4096);
     bad |= check<128,  8>(8, 4096); bad |= check<128, 16>(8, 4096); bad |= check<128, 32>(8, 4096);
+    bad |= check< 64,  8 + D2_I8>(3, 4096); bad |= check<128, 16 + D2_I8>(8, 4096); bad |= check<128, 32 + D2_I8>(8, 4096);
     printf(bad ? "D2 KERNEL CHECK FAILED\n" : "D2 kernel check passed\n");
     return bad;
 }

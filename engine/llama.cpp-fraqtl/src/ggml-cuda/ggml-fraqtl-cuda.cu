@@ -6,14 +6,44 @@
 #include <cstring>
 
 // ---------------------------------------------------------------------------------------
-// block layout: [fp16 scale | P fp16 coefficients | (64-P) 3-bit codes]; P = 0 means an f16 row
+// A block kind (the kernels' template parameter) names a layout:
+//   P (8, 16, 32):   [fp16 tail scale | P fp16 coefficients | (64-P) 3-bit codes]   d2_p*
+//   P + D2_I8:       [fp16 tail scale | fp16 scale dp | P int8 codes | 3-bit codes]  d2_p*i8
+//   0:               an f16 row (no blocks)
 
-static constexpr __host__ __device__ int d2_block_bytes(int p) {
-    return 2 + 2*p + (QK_D2 - p)*3/8;
+#define D2_I8 64
+
+static constexpr __host__ __device__ int d2_np(int kind) { // protected coefficients of a block
+    return kind % D2_I8;
 }
 
-static int d2_cuda_protected(ggml_type type) {
-    return type == GGML_TYPE_F16 ? 0 : ggml_d2_protected(type);
+static constexpr __host__ __device__ bool d2_is_i8(int kind) {
+    return kind >= D2_I8;
+}
+
+// the byte of a block where its 3-bit codes start
+static constexpr __host__ __device__ int d2_tail_at(int kind) {
+    return d2_is_i8(kind) ? 4 + d2_np(kind) : 2 + 2*d2_np(kind);
+}
+
+static constexpr __host__ __device__ int d2_block_bytes(int kind) {
+    return d2_tail_at(kind) + (QK_D2 - d2_np(kind))*3/8;
+}
+
+// the block kind of a cache type: 0 for f16, -1 for a type the kernels do not read
+static int d2_cuda_kind(ggml_type type) {
+    if (type == GGML_TYPE_F16) {
+        return 0;
+    }
+    if (ggml_is_d2(type)) {
+        return ggml_d2_protected(type);
+    }
+    return ggml_is_d2i8(type) ? ggml_d2i8_protected(type) + D2_I8 : -1;
+}
+
+// a D2 type the CUDA kernels write and read (the 2-bit-tail types are CPU only)
+static bool d2_cuda_type(ggml_type type) {
+    return ggml_is_d2(type) || ggml_is_d2i8(type);
 }
 
 static __device__ __forceinline__ float d2_ld_half(const uint8_t * p) {
@@ -33,15 +63,22 @@ static __device__ __forceinline__ void d2_ld_f16x8(const half * src, float out[8
     }
 }
 
-// elements [8*span, 8*span + 8) of one head's row (hd/64 blocks, or hd halves when P == 0)
-template <int P>
+// elements [8*span, 8*span + 8) of one head's row (hd/64 blocks of kind K, or hd halves when K == 0)
+template <int K>
 static __device__ __forceinline__ void d2_ld_span(const uint8_t * row, const int span, float out[8]) {
-    if constexpr (P == 0) {
+    constexpr int P = d2_np(K);
+    if constexpr (K == 0) {
         d2_ld_f16x8((const half *) row + 8*span, out);
     } else {
-        const uint8_t * blk = row + (span/8)*d2_block_bytes(P);
+        const uint8_t * blk = row + (span/8)*d2_block_bytes(K);
         const int e0 = 8*(span % 8);
-        if (e0 < P) {
+        if (e0 < P && d2_is_i8(K)) {
+            const float dp = d2_ld_half(blk + 2);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                out[j] = (float) (int8_t) __ldg(blk + 4 + e0 + j)*dp;
+            }
+        } else if (e0 < P) {
             const uint8_t * ph = blk + 2 + 2*e0;
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
@@ -49,7 +86,7 @@ static __device__ __forceinline__ void d2_ld_span(const uint8_t * row, const int
             }
         } else {
             const float     s    = d2_ld_half(blk);
-            const uint8_t * qs   = blk + 2 + 2*P + 3*((e0 - P)/8);
+            const uint8_t * qs   = blk + d2_tail_at(K) + 3*((e0 - P)/8);
             const uint32_t  bits = (uint32_t) __ldg(qs) | ((uint32_t) __ldg(qs + 1) << 8) | ((uint32_t) __ldg(qs + 2) << 16);
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
@@ -92,8 +129,9 @@ static __device__ __forceinline__ void d2_st_half(uint8_t * dst, const float v) 
     dst[1] = (uint8_t) (bits >> 8);
 }
 
-template <int P>
+template <int K>
 static __device__ void d2_quantize_block(const float * x, uint8_t * y) {
+    constexpr int P  = d2_np(K);
     constexpr int NT = QK_D2 - P;
     float tail[NT];
     float max_pos = 0.0f;
@@ -125,10 +163,25 @@ static __device__ void d2_quantize_block(const float * x, uint8_t * y) {
     d2_st_half(y, scale);
     const float s   = d2_fp16_round(scale);
     const float inv = s > 0.0f ? __frcp_rn(s) : 0.0f;
-    for (int i = 0; i < P; ++i) {
-        d2_st_half(y + 2 + 2*i, x[i]);
+    if constexpr (d2_is_i8(K)) {
+        // int8 codes under their own scale, as ggml-fraqtl.c's d2i8_quantize_block
+        float amax = 0.0f;
+        for (int i = 0; i < P; ++i) {
+            amax = fmaxf(amax, fabsf(x[i]));
+        }
+        const float dp_raw = __fdiv_rn(amax, 127.0f);
+        d2_st_half(y + 2, dp_raw);
+        const float dp     = d2_fp16_round(dp_raw);
+        const float inv_p  = dp > 0.0f ? __frcp_rn(dp) : 0.0f;
+        for (int i = 0; i < P; ++i) {
+            y[4 + i] = (uint8_t) (int8_t) (int) fminf(fmaxf(rintf(__fmul_rn(x[i], inv_p)), -127.0f), 127.0f);
+        }
+    } else {
+        for (int i = 0; i < P; ++i) {
+            d2_st_half(y + 2 + 2*i, x[i]);
+        }
     }
-    uint8_t * qs = y + 2 + 2*P;
+    uint8_t * qs = y + d2_tail_at(K);
 #pragma unroll
     for (int g = 0; g < NT/8; ++g) {
         uint32_t bits = 0;
@@ -165,8 +218,12 @@ static __global__ void d2_set_rows(const char * __restrict__ src0, const idx_t *
     d2_quantize_block<P>(x, y);
 }
 
+bool ggml_fraqtl_cuda_set_rows_applies(const ggml_tensor * dst) {
+    return d2_cuda_type(dst->type) || ggml_is_d2b2(dst->type);
+}
+
 bool ggml_fraqtl_cuda_set_rows_supported(const ggml_tensor * op) {
-    return ggml_is_d2(op->type) && op->src[0]->type == GGML_TYPE_F32 &&
+    return d2_cuda_type(op->type) && op->src[0]->type == GGML_TYPE_F32 &&
         (op->src[1]->type == GGML_TYPE_I64 || op->src[1]->type == GGML_TYPE_I32) && op->ne[0] % QK_D2 == 0;
 }
 
@@ -192,6 +249,9 @@ static void d2_set_rows_dispatch(const ggml_tensor * src0, const ggml_tensor * s
         case GGML_TYPE_D2_P8:  d2_set_rows_cuda< 8, idx_t>(src0, src1, dst, stream); break;
         case GGML_TYPE_D2_P16: d2_set_rows_cuda<16, idx_t>(src0, src1, dst, stream); break;
         case GGML_TYPE_D2_P32: d2_set_rows_cuda<32, idx_t>(src0, src1, dst, stream); break;
+        case GGML_TYPE_D2_P8I8:  d2_set_rows_cuda< 8 + D2_I8, idx_t>(src0, src1, dst, stream); break;
+        case GGML_TYPE_D2_P16I8: d2_set_rows_cuda<16 + D2_I8, idx_t>(src0, src1, dst, stream); break;
+        case GGML_TYPE_D2_P32I8: d2_set_rows_cuda<32 + D2_I8, idx_t>(src0, src1, dst, stream); break;
         default: GGML_ABORT("fraqtl: set_rows into %s", ggml_type_name(dst->type));
     }
 }
@@ -217,6 +277,12 @@ void ggml_fraqtl_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * ds
 // A), softmaxes online in registers, decodes V into the same tile and adds P·V with tensor cores.
 // The warps' and chunks' partial results are merged by log-sum-exp.
 //
+// The exact sink and window rows are a second launch of the same kernel over the f16 copies (an
+// f16 cache of n_exact rows, each masked as the cell it stands for), merged with the rest: the
+// compressed launch masks those rows instead of reading their copies. Read in place, they were
+// global loads outside the staged pipeline, and the blocks over the window ran twice as long as
+// the others while the rest of the GPU waited for them.
+//
 // A block's 3-bit tail is decoded eight codes at a time to four half2 (the code as the low
 // mantissa bits of 1024), which orders the dims of each group of eight 0,4,1,5,2,6,3,7: Q is
 // loaded, and the output stored, in that slot order (d2_slot_dim).
@@ -237,9 +303,8 @@ struct d2_fattn_args {
     const uint8_t * k;
     const uint8_t * v;
     const half    * mask;
-    const half    * ek;
-    const half    * ev;
-    const int32_t * rows;
+    const int32_t * rows;    // the row map: rows[i] >= n_kv masks cell i (its exact copy is read apart)
+    const int32_t * cell_of; // the exact launch: the cell each row stands for (its mask), or -1
     float  * dst;
     float  * part_o;
     float2 * part_ml;
@@ -248,11 +313,10 @@ struct d2_fattn_args {
     int      gqa;
     int      wph;        // warps per KV head: a tile is 16*wph positions
     int      chunk_rows;
-    int      n_parts;    // partial results per query head: chunks * wph
+    int      n_parts;    // partial results per query head, both launches
+    int      part0;      // this launch's first
     float    scale;
     int64_t  q_s2;       // floats between query heads
-    int64_t  ek_s1;      // halves between exact rows
-    int64_t  ev_s1;
     int      sm_stage;   // shared memory: bytes of one stage, its V, row-map and mask offsets,
     int      sm_v;       // the warps' f16 tiles after the stages
     int      sm_rows;
@@ -261,6 +325,12 @@ struct d2_fattn_args {
     int      sm_warp;    // bytes of each warp's own area there: its f16 tile, then its Q fragments
     int      k_pos;      // staged bytes per position (whole positions at a padded stride), or 0:
     int      v_pos;      //   the tile's bytes copied as one range (d2_staging_stride)
+};
+
+// the launches of one query token (exact.n_kv == 0: no exact copies)
+struct d2_fattn_plan {
+    d2_fattn_args main;
+    d2_fattn_args exact;
 };
 
 // bytes of one head's row
@@ -328,9 +398,10 @@ static int d2_staging_stride(const void * base, const int64_t row_bytes) {
     return (int) (row_bytes + ((row_bytes/16) % 2 == 0 ? 16 : 0));
 }
 
-// the head dim held in slot s of a row whose blocks keep P protected dims
-template <int P>
+// the head dim held in slot s of a row of blocks of kind K
+template <int K>
 static __host__ __device__ __forceinline__ int d2_slot_dim(const int s) {
+    constexpr int P = d2_np(K);
     const int e = s % 64;
     if (P == 0 || e < P) {
         return s;
@@ -430,12 +501,24 @@ static __device__ __forceinline__ uint4 d2_codes_to_f16(const uint32_t w, const 
     return r;
 }
 
-// one 64-element block, staged in shared memory at any byte address, to 64 f16 in slot order
-template <int P>
+// four int8 codes (one word) times dp, as two half2: the code plus 128 as the low mantissa byte
+// of 1024 (exact), less 1152, times dp (one rounding, as the CPU's q*dp rounded to f16)
+static __device__ __forceinline__ uint2 d2_i8x4_to_f16(const uint32_t w, const half2 dp) {
+    const uint32_t x   = w ^ 0x80808080u;
+    const half2    off = __half2half2(__float2half(1152.0f));
+    uint2 r;
+    r.x = d2_h2_u32(__hmul2(__hsub2(d2_u32_h2(__byte_perm(x, 0x64646464u, 0x4140)), off), dp));
+    r.y = d2_h2_u32(__hmul2(__hsub2(d2_u32_h2(__byte_perm(x, 0x64646464u, 0x4342)), off), dp));
+    return r;
+}
+
+// one 64-element block of kind K, staged in shared memory at any byte address, to 64 f16 in slot order
+template <int K>
 static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint4 * dst) {
+    constexpr int P = d2_np(K);
     const uint32_t * w  = (const uint32_t *) (src - ((uintptr_t) src & 3)); // pointer arithmetic: stays a shared-memory load
     const unsigned   sh = 8*(unsigned) ((uintptr_t) src & 3);
-    if constexpr (P == 0) {
+    if constexpr (K == 0) {
         // an f16 row: 16 halves at a time, realigned to the block's first byte
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -448,59 +531,52 @@ static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint
             dst[2*i + 1] = make_uint4(u[4], u[5], u[6], u[7]);
         }
     } else {
-        constexpr int NW = (d2_block_bytes(P) + 3)/4;
+        constexpr int NW = (d2_block_bytes(K) + 3)/4;
         uint32_t u[NW];
 #pragma unroll
         for (int i = 0; i < NW; ++i) {
             u[i] = __funnelshift_r(w[i], w[i + 1], sh); // the block's bytes from u[0]'s low byte on
         }
-        // protected coefficients: pair k at bytes 2 + 4k
+        if constexpr (d2_is_i8(K)) {
+            // protected codes: words 1.. (byte 4 on), under the scale at bytes 2-3
+            const half2 dp = __half2half2(__ushort_as_half((unsigned short) (u[0] >> 16)));
 #pragma unroll
-        for (int i = 0; i < P/8; ++i) {
-            dst[i] = make_uint4(__byte_perm(u[4*i + 0], u[4*i + 1], 0x5432), __byte_perm(u[4*i + 1], u[4*i + 2], 0x5432),
-                                __byte_perm(u[4*i + 2], u[4*i + 3], 0x5432), __byte_perm(u[4*i + 3], u[4*i + 4], 0x5432));
+            for (int i = 0; i < P/8; ++i) {
+                const uint2 lo = d2_i8x4_to_f16(u[1 + 2*i], dp);
+                const uint2 hi = d2_i8x4_to_f16(u[2 + 2*i], dp);
+                dst[i] = make_uint4(lo.x, lo.y, hi.x, hi.y);
+            }
+        } else {
+            // protected coefficients: pair k at bytes 2 + 4k
+#pragma unroll
+            for (int i = 0; i < P/8; ++i) {
+                dst[i] = make_uint4(__byte_perm(u[4*i + 0], u[4*i + 1], 0x5432), __byte_perm(u[4*i + 1], u[4*i + 2], 0x5432),
+                                    __byte_perm(u[4*i + 2], u[4*i + 3], 0x5432), __byte_perm(u[4*i + 3], u[4*i + 4], 0x5432));
+            }
         }
         const half2 s = __half2half2(__ushort_as_half((unsigned short) (u[0] & 0xFFFF)));
 #pragma unroll
         for (int i = 0; i < (QK_D2 - P)/8; ++i) {
-            const int o = 2 + 2*P + 3*i; // the group's first byte
+            const int o = d2_tail_at(K) + 3*i; // the group's first byte
             const uint32_t w24 = o % 4 <= 1 ? u[o/4] >> (8*(o % 4)) : __funnelshift_r(u[o/4], u[o/4 + 1], 8*(o % 4));
             dst[P/8 + i] = d2_codes_to_f16(w24, s);
         }
     }
 }
 
-// one exact f16 block (global memory) to 64 f16 in slot order
-template <int P>
-static __device__ __forceinline__ void d2_exact_to_f16(const half * src, uint4 * dst) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const uint4 x = *(const uint4 *) (src + 8*i); // exact copies are 16-byte aligned
-        if (P == 0 || 8*i < P) {
-            dst[i] = x;
-        } else {
-            dst[i] = make_uint4(__byte_perm(x.x, x.z, 0x5410), __byte_perm(x.x, x.z, 0x7632),
-                                __byte_perm(x.y, x.w, 0x5410), __byte_perm(x.y, x.w, 0x7632));
-        }
-    }
-}
-
 // a warp's 16 rows of one KV head to its f16 tile: each lane one 64-element block at a time;
-// exact rows from the f16 copies, rows past the chunk as zeros
-template <int HD, int P>
+// rows past the chunk and exact rows (masked: the exact launch reads them) as zeros
+template <int HD, int K>
 static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * staged, const int64_t pos_bytes, const int32_t * rmap,
-        const half * exact, const int64_t e_s1, const int h, const int p0, const int r1, const int n_kv, half * tile, const int lane) {
-    constexpr int BB = P == 0 ? 128 : d2_block_bytes(P);
+        const int p0, const int r1, const int n_kv, half * tile, const int lane) {
+    constexpr int BB = K == 0 ? 128 : d2_block_bytes(K);
 #pragma unroll 1
     for (int i = lane; i < 16*(HD/64); i += WARP_SIZE) {
         const int r   = i % 16;
         const int blk = i / 16;
         uint4 * dst = (uint4 *) (tile + r*(HD + 8) + 64*blk);
-        const int src = p0 + r < r1 ? (rmap ? rmap[r] : p0 + r) : -1;
-        if (src >= n_kv) {
-            d2_exact_to_f16<P>(exact + (int64_t) (src - n_kv)*e_s1 + (int64_t) h*HD + 64*blk, dst);
-        } else if (src >= 0) {
-            d2_block_to_f16<P>(staged + r*pos_bytes + blk*BB, dst);
+        if (p0 + r < r1 && (!rmap || rmap[r] < n_kv)) {
+            d2_block_to_f16<K>(staged + r*pos_bytes + blk*BB, dst);
         } else {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
@@ -564,7 +640,10 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
             if (a.rows) {
                 d2_cp4(s + a.sm_rows + 4*i, a.rows + t0 + i);
             }
-            if (i % 2 == 0) {
+            if (a.cell_of) {
+                const int c = a.cell_of[t0 + i]; // a few rows: plain loads
+                ((half *) (s + a.sm_mask))[i] = c >= 0 ? a.mask[c] : __float2half(-INFINITY);
+            } else if (i % 2 == 0) {
                 d2_cp4(s + a.sm_mask + 2*i, a.mask + t0 + i); // t0 is a multiple of 16: word aligned
             }
         }
@@ -621,7 +700,7 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
             const int32_t * rmap = a.rows ? (const int32_t *) (s + a.sm_rows) + 16*j : nullptr;
             const half    * mrow = (const half *) (s + a.sm_mask) + 16*j;
 
-            d2_slice_to_f16<HD, PK>(sk, kpos, rmap, a.ek, a.ek_s1, h, p0, r1, a.n_kv, ftile, lane);
+            d2_slice_to_f16<HD, PK>(sk, kpos, rmap, p0, r1, a.n_kv, ftile, lane);
             __syncwarp();
 
             // scores of rows (8*nb + 2*tq + i) for query head gq
@@ -641,7 +720,7 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     const int r = 8*nb + 2*tq + i;
-                    sc[nb][i] = p0 + r < r1 ? sc[nb][i] + __half2float(mrow[r]) : -INFINITY;
+                    sc[nb][i] = p0 + r < r1 && (!rmap || rmap[r] < a.n_kv) ? sc[nb][i] + __half2float(mrow[r]) : -INFINITY;
                     mx = fmaxf(mx, sc[nb][i]);
                 }
             }
@@ -669,7 +748,7 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
             const uint32_t pa1 = d2_h2_u32(__floats2half2_rn(p[1][0], p[1][1]));
 
             __syncwarp(); // K is read: the tile takes V
-            d2_slice_to_f16<HD, PV>(sv, vpos, rmap, a.ev, a.ev_s1, h, p0, r1, a.n_kv, ftile, lane);
+            d2_slice_to_f16<HD, PV>(sv, vpos, rmap, p0, r1, a.n_kv, ftile, lane);
             __syncwarp();
 #pragma unroll
             for (int k = 0; k < NKS; ++k) {
@@ -689,7 +768,7 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
         return;
     }
     const int64_t qh = (int64_t) h*G + gq;
-    const int64_t pi = (int64_t) blockIdx.x*a.wph + j;
+    const int64_t pi = a.part0 + (int64_t) blockIdx.x*a.wph + j;
     if (a.n_parts == 1) {
         const float inv = l > 0.0f ? 1.0f/l : 0.0f;
 #pragma unroll
@@ -713,9 +792,12 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     }
 }
 
-// the partial results of one query head merged by log-sum-exp: each warp takes every eighth
-// part, each lane HD/32 dims of it; then the warps' sums are added
-#define D2_FA_COMBINE_WARPS 8
+// the partial results of one query head merged by log-sum-exp: each warp takes every
+// D2_FA_COMBINE_WARPS-th part, each lane HD/32 dims of it; then the warps' sums are added. Some
+// 300 parts at 128K: 16 warps and 8 loads in flight each keep it to two or three memory latencies.
+#ifndef D2_FA_COMBINE_WARPS
+#define D2_FA_COMBINE_WARPS 16
+#endif
 
 template <int HD>
 __launch_bounds__(D2_FA_COMBINE_WARPS*WARP_SIZE)
@@ -747,7 +829,7 @@ static __global__ void d2_fattn_combine(const float * __restrict__ part_o, const
 
     float num[DPL] = {};
     float den = 0.0f;
-#pragma unroll 4
+#pragma unroll 8
     for (int c = warp; c < n_parts; c += D2_FA_COMBINE_WARPS) {
         const float2 p = ml[c];
         const float  w = p.x == -INFINITY ? 0.0f : expf(p.x - m);
@@ -852,7 +934,7 @@ static d2_fattn_shape d2_fattn_shape_of(const ggml_tensor * dst) {
     const ggml_tensor * Q = dst->src[0];
     const ggml_tensor * K = dst->src[1];
     const ggml_tensor * V = dst->src[2];
-    return { (int) K->ne[0], d2_cuda_protected(K->type), d2_cuda_protected(V->type), (int) K->ne[1],
+    return { (int) K->ne[0], d2_cuda_kind(K->type), d2_cuda_kind(V->type), (int) K->ne[1],
              (int) Q->ne[2], (int) K->ne[2], (int) Q->ne[1] };
 }
 
@@ -869,7 +951,10 @@ static void d2_fattn_chunking(const int nsm, const size_t smpbo, const d2_fattn_
 }
 
 bool ggml_fraqtl_cuda_fattn_applies(const ggml_tensor * dst) {
-    return dst->op == GGML_OP_FLASH_ATTN_EXT && (ggml_is_d2(dst->src[1]->type) || ggml_is_d2(dst->src[2]->type));
+    const ggml_type tk = dst->src[1]->type;
+    const ggml_type tv = dst->src[2]->type;
+    return dst->op == GGML_OP_FLASH_ATTN_EXT &&
+        (d2_cuda_type(tk) || d2_cuda_type(tv) || ggml_is_d2b2(tk) || ggml_is_d2b2(tv));
 }
 
 bool ggml_fraqtl_cuda_fattn_supported(int device, const ggml_tensor * dst) {
@@ -878,92 +963,29 @@ bool ggml_fraqtl_cuda_fattn_supported(int device, const ggml_tensor * dst) {
     float softcap  = 0.0f;
     memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
     memcpy(&softcap,  (const float *) dst->op_params + 2, sizeof(float));
-    const bool types = (ggml_is_d2(K->type) || K->type == GGML_TYPE_F16) && (ggml_is_d2(V->type) || V->type == GGML_TYPE_F16);
+    const bool types = d2_cuda_kind(K->type) >= 0 && d2_cuda_kind(V->type) >= 0;
     const bool head  = (K->ne[0] == 64 || K->ne[0] == 128 || K->ne[0] == 256) && V->ne[0] == K->ne[0];
     if (!types || !head) {
         return false;
     }
     // the cache as llama.cpp lays it out: the heads of a position side by side, positions in a row
     const int  hd     = (int) K->ne[0];
-    const int  kseg   = d2_seg_bytes(hd, d2_cuda_protected(K->type));
-    const int  vseg   = d2_seg_bytes(hd, d2_cuda_protected(V->type));
+    const int  kseg   = d2_seg_bytes(hd, d2_cuda_kind(K->type));
+    const int  vseg   = d2_seg_bytes(hd, d2_cuda_kind(V->type));
     const bool layout = K->nb[2] == (size_t) kseg && K->nb[1] == (size_t) kseg*K->ne[2] &&
                         V->nb[2] == (size_t) vseg && V->nb[1] == (size_t) vseg*V->ne[2] && K->ne[2] == V->ne[2];
+    // the exact copies: f16 caches of their own, and the row map followed by its inverse
     const bool exact  = (!ek && !ev && !rows) ||
         (ek && ev && rows && ek->type == GGML_TYPE_F16 && ev->type == GGML_TYPE_F16 && rows->type == GGML_TYPE_I32 &&
-         rows->ne[0] >= K->ne[1] && ek->ne[0] == K->ne[0]*K->ne[2] && ev->ne[0] == V->ne[0]*V->ne[2]);
+         ek->ne[0] == K->ne[0]*K->ne[2] && ev->ne[0] == V->ne[0]*V->ne[2] && ev->ne[1] == ek->ne[1] &&
+         ggml_is_contiguous(ek) && ggml_is_contiguous(ev) && rows->ne[0] >= K->ne[1] + ek->ne[1]);
+    const size_t smpbo = ggml_cuda_info().devices[device].smpbo;
     const bool fits   = K->ne[2] <= d2_fa_warps_max(hd) && Q->ne[2] % K->ne[2] == 0 && Q->ne[2]/K->ne[2] <= D2_FA_GMAX &&
-        (size_t) d2_fattn_geom_of(hd, d2_cuda_protected(K->type), d2_cuda_protected(V->type), (int) K->ne[2],
-            ggml_cuda_info().devices[device].smpbo).smem <= ggml_cuda_info().devices[device].smpbo;
+        (size_t) d2_fattn_geom_of(hd, d2_cuda_kind(K->type), d2_cuda_kind(V->type), (int) K->ne[2], smpbo).smem <= smpbo &&
+        (!ek || (size_t) d2_fattn_geom_of(hd, 0, 0, (int) K->ne[2], smpbo).smem <= smpbo);
     return layout && exact && fits && Q->type == GGML_TYPE_F32 && mask && mask->type == GGML_TYPE_F16 &&
         mask->ne[2] == 1 && mask->ne[3] == 1 && Q->ne[3] == 1 && K->ne[3] == 1 && dst->src[4] == nullptr &&
         max_bias == 0.0f && softcap == 0.0f && Q->nb[0] == sizeof(float) && ggml_is_contiguous(dst);
-}
-
-static size_t d2_pad(const size_t x) {
-    return GGML_PAD(x, 128);
-}
-
-size_t ggml_fraqtl_cuda_fattn_alloc_size(int device, const ggml_tensor * dst) {
-    const d2_fattn_shape s = d2_fattn_shape_of(dst);
-    size_t size = d2_pad(ggml_nbytes(dst));
-    if (s.n_tokens == 1) {
-        int chunk_rows = 0;
-        int n_parts    = 0;
-        d2_fattn_chunking(ggml_cuda_info().devices[device].nsm, ggml_cuda_info().devices[device].smpbo, s, chunk_rows, n_parts);
-        if (n_parts > 1) {
-            size += d2_pad((size_t) s.n_head*n_parts*s.hd*sizeof(float));
-            size += d2_pad((size_t) s.n_head*n_parts*sizeof(float2));
-        }
-    } else {
-        const int G = s.n_head/s.n_head_kv;
-        size += 2*d2_pad((size_t) s.n_kv*s.hd*sizeof(half));
-        size += d2_pad((size_t) s.hd*G*s.n_tokens*sizeof(float));
-    }
-    return size;
-}
-
-template <int HD>
-static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
-    const int  n_chunks = a.n_parts/a.wph;
-    const dim3 block(WARP_SIZE*s.n_head_kv*a.wph, 1, 1);
-    const int  smem = a.sm_tiles + s.n_head_kv*a.wph*a.sm_warp; // d2_fattn_geom::smem
-#define D2_CASE(PK, PV)                                                                           \
-    if (s.pk == PK && s.pv == PV) {                                                               \
-        if (smem > 48*1024) { /* per device: cheap, so set on every launch */                    \
-            CUDA_CHECK(cudaFuncSetAttribute(d2_fattn_decode<HD, PK, PV>,                          \
-                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));                          \
-        }                                                                                         \
-        d2_fattn_decode<HD, PK, PV><<<n_chunks, block, smem, stream>>>(a);                        \
-        CUDA_CHECK(cudaGetLastError());                                                           \
-        return;                                                                                   \
-    }
-    D2_CASE( 8,  8) D2_CASE( 8, 16) D2_CASE( 8, 32) D2_CASE( 8, 0)
-    D2_CASE(16,  8) D2_CASE(16, 16) D2_CASE(16, 32) D2_CASE(16, 0)
-    D2_CASE(32,  8) D2_CASE(32, 16) D2_CASE(32, 32) D2_CASE(32, 0)
-    D2_CASE( 0,  8) D2_CASE( 0, 16) D2_CASE( 0, 32)
-#undef D2_CASE
-    GGML_ABORT("fraqtl: no D2 decode kernel for K p%d / V p%d", s.pk, s.pv);
-}
-
-// one query token: the split-KV kernel, then the log-sum-exp merge of its partial results
-static void d2_fattn_decode_launch(d2_fattn_args a, const d2_fattn_shape & s, cudaStream_t stream) {
-    a.k_pos = d2_staging_stride(a.k, (int64_t) s.n_head_kv*d2_seg_bytes(s.hd, s.pk));
-    a.v_pos = d2_staging_stride(a.v, (int64_t) s.n_head_kv*d2_seg_bytes(s.hd, s.pv));
-    switch (s.hd) {
-        case  64: d2_launch_decode< 64>(a, s, stream); break;
-        case 128: d2_launch_decode<128>(a, s, stream); break;
-        case 256: d2_launch_decode<256>(a, s, stream); break;
-        default: GGML_ABORT("fraqtl: head size %d", s.hd);
-    }
-    if (a.n_parts > 1) {
-        switch (s.hd) {
-            case  64: d2_fattn_combine< 64><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
-            case 128: d2_fattn_combine<128><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
-            case 256: d2_fattn_combine<256><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
-        }
-        CUDA_CHECK(cudaGetLastError());
-    }
 }
 
 // the decode kernel's arguments for a shape (pointers and strides are the caller's)
@@ -984,6 +1006,109 @@ static d2_fattn_args d2_fattn_args_of(const int nsm, const size_t smpbo, const d
     return a;
 }
 
+// the exact copies of n_ex rows as the exact launch reads them: an f16 cache
+static d2_fattn_shape d2_fattn_shape_exact(const d2_fattn_shape & s, const int n_ex) {
+    return { s.hd, 0, 0, n_ex, s.n_head, s.n_head_kv, 1 };
+}
+
+// rows of the exact copies attention reads apart (the last is the scratch slot), or 0
+static int d2_fattn_n_exact(const ggml_tensor * dst) {
+    return dst->src[5] ? (int) dst->src[5]->ne[1] : 0;
+}
+
+// one query token's launches: the compressed rows, then the n_ex exact rows (none: n_kv 0); both
+// count their partial results in one range
+static d2_fattn_plan d2_fattn_plan_of(const int nsm, const size_t smpbo, const d2_fattn_shape & s, const int n_ex) {
+    d2_fattn_plan p = {};
+    p.main = d2_fattn_args_of(nsm, smpbo, s);
+    if (n_ex > 0) {
+        p.exact       = d2_fattn_args_of(nsm, smpbo, d2_fattn_shape_exact(s, n_ex));
+        p.exact.part0 = p.main.n_parts;
+        p.main.n_parts = p.exact.n_parts = p.main.n_parts + p.exact.n_parts;
+    }
+    return p;
+}
+
+static size_t d2_pad(const size_t x) {
+    return GGML_PAD(x, 128);
+}
+
+size_t ggml_fraqtl_cuda_fattn_alloc_size(int device, const ggml_tensor * dst) {
+    const d2_fattn_shape s = d2_fattn_shape_of(dst);
+    size_t size = d2_pad(ggml_nbytes(dst));
+    if (s.n_tokens == 1) {
+        const auto & info = ggml_cuda_info().devices[device];
+        const int n_parts = d2_fattn_plan_of(info.nsm, info.smpbo, s, d2_fattn_n_exact(dst)).main.n_parts;
+        if (n_parts > 1) {
+            size += d2_pad((size_t) s.n_head*n_parts*s.hd*sizeof(float));
+            size += d2_pad((size_t) s.n_head*n_parts*sizeof(float2));
+        }
+    } else {
+        const int G = s.n_head/s.n_head_kv;
+        size += 2*d2_pad((size_t) s.n_kv*s.hd*sizeof(half));
+        size += d2_pad((size_t) s.hd*G*s.n_tokens*sizeof(float));
+    }
+    return size;
+}
+
+template <int HD>
+static void d2_launch_decode(const d2_fattn_args & a, const d2_fattn_shape & s, cudaStream_t stream) {
+    const int  n_chunks = (a.n_kv + a.chunk_rows - 1)/a.chunk_rows;
+    const dim3 block(WARP_SIZE*s.n_head_kv*a.wph, 1, 1);
+    const int  smem = a.sm_tiles + s.n_head_kv*a.wph*a.sm_warp; // d2_fattn_geom::smem
+#define D2_CASE(PK, PV)                                                                           \
+    if (s.pk == PK && s.pv == PV) {                                                               \
+        if (smem > 48*1024) { /* per device: cheap, so set on every launch */                    \
+            CUDA_CHECK(cudaFuncSetAttribute(d2_fattn_decode<HD, PK, PV>,                          \
+                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem));                          \
+        }                                                                                         \
+        d2_fattn_decode<HD, PK, PV><<<n_chunks, block, smem, stream>>>(a);                        \
+        CUDA_CHECK(cudaGetLastError());                                                           \
+        return;                                                                                   \
+    }
+    D2_CASE( 8,  8) D2_CASE( 8, 16) D2_CASE( 8, 32) D2_CASE( 8, 0)
+    D2_CASE(16,  8) D2_CASE(16, 16) D2_CASE(16, 32) D2_CASE(16, 0)
+    D2_CASE(32,  8) D2_CASE(32, 16) D2_CASE(32, 32) D2_CASE(32, 0)
+    D2_CASE( 0,  8) D2_CASE( 0, 16) D2_CASE( 0, 32) D2_CASE( 0, 0)
+    // int8-protected (D2-lite, kauto with i8): K p8i8/p16i8/p32i8/f16 with V p8i8/p16i8/p32i8
+    D2_CASE( 8 + D2_I8,  8 + D2_I8) D2_CASE( 8 + D2_I8, 16 + D2_I8) D2_CASE( 8 + D2_I8, 32 + D2_I8)
+    D2_CASE(16 + D2_I8,  8 + D2_I8) D2_CASE(16 + D2_I8, 16 + D2_I8) D2_CASE(16 + D2_I8, 32 + D2_I8)
+    D2_CASE(32 + D2_I8,  8 + D2_I8) D2_CASE(32 + D2_I8, 16 + D2_I8) D2_CASE(32 + D2_I8, 32 + D2_I8)
+    D2_CASE( 0,          8 + D2_I8) D2_CASE( 0,         16 + D2_I8) D2_CASE( 0,         32 + D2_I8)
+#undef D2_CASE
+    GGML_ABORT("fraqtl: no D2 decode kernel for K kind %d / V kind %d", s.pk, s.pv);
+}
+
+static void d2_launch_decode_hd(d2_fattn_args a, const d2_fattn_shape & s, cudaStream_t stream) {
+    a.k_pos = d2_staging_stride(a.k, (int64_t) s.n_head_kv*d2_seg_bytes(s.hd, s.pk));
+    a.v_pos = d2_staging_stride(a.v, (int64_t) s.n_head_kv*d2_seg_bytes(s.hd, s.pv));
+    switch (s.hd) {
+        case  64: d2_launch_decode< 64>(a, s, stream); break;
+        case 128: d2_launch_decode<128>(a, s, stream); break;
+        case 256: d2_launch_decode<256>(a, s, stream); break;
+        default: GGML_ABORT("fraqtl: head size %d", s.hd);
+    }
+}
+
+// one query token: the split-KV kernel over the compressed rows and over the exact copies, then
+// the log-sum-exp merge of their partial results
+static void d2_fattn_decode_launch(const d2_fattn_plan & p, const d2_fattn_shape & s, cudaStream_t stream) {
+    const d2_fattn_args & a = p.main;
+    d2_launch_decode_hd(a, s, stream);
+    if (p.exact.n_kv > 0) {
+        d2_launch_decode_hd(p.exact, d2_fattn_shape_exact(s, p.exact.n_kv), stream);
+    }
+    if (a.n_parts > 1) {
+        switch (s.hd) {
+            case  64: d2_fattn_combine< 64><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
+            case 128: d2_fattn_combine<128><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
+            case 256: d2_fattn_combine<256><<<s.n_head, D2_FA_COMBINE_WARPS*WARP_SIZE, 0, stream>>>(a.part_o, a.part_ml, a.dst, a.n_parts); break;
+        }
+        CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+
 template <int HD>
 static void d2_launch_to_f16(const int p, const uint8_t * src, const int32_t * rows, const half * exact, half * out,
         const d2_fattn_shape & s, const int h, const int64_t s1, const int64_t s2, const int64_t e_s1, cudaStream_t stream) {
@@ -994,7 +1119,10 @@ static void d2_launch_to_f16(const int p, const uint8_t * src, const int32_t * r
         case  8: d2_head_to_f16<HD,  8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
         case 16: d2_head_to_f16<HD, 16><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
         case 32: d2_head_to_f16<HD, 32><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
-        default: GGML_ABORT("fraqtl: no D2 dequantizer for p%d", p);
+        case  8 + D2_I8: d2_head_to_f16<HD,  8 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
+        case 16 + D2_I8: d2_head_to_f16<HD, 16 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
+        case 32 + D2_I8: d2_head_to_f16<HD, 32 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
+        default: GGML_ABORT("fraqtl: no D2 dequantizer for kind %d", p);
     }
     CUDA_CHECK(cudaGetLastError());
 }
@@ -1070,24 +1198,27 @@ void ggml_fraqtl_cuda_flash_attn_ext(ggml_backend_cuda_context & ctx, ggml_tenso
     const auto [Q, K, V, mask, ek, ev, rows] = d2_fattn_srcs_of(dst);
 
     const auto & info = ggml_cuda_info().devices[ctx.device];
-    d2_fattn_args a = d2_fattn_args_of(info.nsm, info.smpbo, s);
-    a.q    = (const float *) Q->data;
-    a.k    = (const uint8_t *) K->data;
-    a.v    = (const uint8_t *) V->data;
-    a.mask = (const half *) mask->data;
-    a.ek   = ek ? (const half *) ek->data : nullptr;
-    a.ev   = ev ? (const half *) ev->data : nullptr;
-    a.rows = rows ? (const int32_t *) rows->data : nullptr;
-    a.dst  = (float *) dst->data;
-    memcpy(&a.scale, (const float *) dst->op_params + 0, sizeof(float));
-    a.q_s2  = Q->nb[2]/sizeof(float);
-    a.ek_s1 = ek ? ek->nb[1]/sizeof(half) : 0;
-    a.ev_s1 = ev ? ev->nb[1]/sizeof(half) : 0;
-    if (a.n_parts > 1) {
-        char * extra = (char *) dst->data + d2_pad(ggml_nbytes(dst));
-        a.part_o  = (float *) extra;
-        a.part_ml = (float2 *) (extra + d2_pad((size_t) s.n_head*a.n_parts*s.hd*sizeof(float)));
+    d2_fattn_plan p = d2_fattn_plan_of(info.nsm, info.smpbo, s, d2_fattn_n_exact(dst));
+    for (d2_fattn_args * a : { &p.main, &p.exact }) {
+        a->q    = (const float *) Q->data;
+        a->mask = (const half *) mask->data;
+        a->dst  = (float *) dst->data;
+        memcpy(&a->scale, (const float *) dst->op_params + 0, sizeof(float));
+        a->q_s2 = Q->nb[2]/sizeof(float);
+        if (a->n_parts > 1) {
+            char * extra = (char *) dst->data + d2_pad(ggml_nbytes(dst));
+            a->part_o  = (float *) extra;
+            a->part_ml = (float2 *) (extra + d2_pad((size_t) s.n_head*a->n_parts*s.hd*sizeof(float)));
+        }
+    }
+    p.main.k    = (const uint8_t *) K->data;
+    p.main.v    = (const uint8_t *) V->data;
+    p.main.rows = rows ? (const int32_t *) rows->data : nullptr;
+    if (ek) {
+        p.exact.k       = (const uint8_t *) ek->data;
+        p.exact.v       = (const uint8_t *) ev->data;
+        p.exact.cell_of = (const int32_t *) rows->data + s.n_kv;
     }
 
-    d2_fattn_decode_launch(a, s, ctx.stream());
+    d2_fattn_decode_launch(p, s, ctx.stream());
 }

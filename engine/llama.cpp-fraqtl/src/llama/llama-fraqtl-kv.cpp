@@ -522,7 +522,7 @@ static void fraqtl_check_device(const llama_fraqtl_kv & d2, ggml_type type_k, in
         fraqtl_exact ex;
         ex.k    = ggml_new_tensor_2d(c, GGML_TYPE_F16, d2.hd_k*nh, n_ex);
         ex.v    = ggml_new_tensor_2d(c, GGML_TYPE_F16, d2.hd_v*nh, n_ex);
-        ex.rows = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv);
+        ex.rows = ggml_new_tensor_1d(c, GGML_TYPE_I32, n_kv + n_ex);
         fraqtl_attach_exact(fa, ex);
     }
     ops.emplace_back("attention over the D2 cache (flash_attn_ext)", fa);
@@ -781,7 +781,8 @@ ggml_tensor * llama_fraqtl_build_input_rows(ggml_context * ctx, const llama_kv_c
     if (!d2 || d2->n_exact == 0) {
         return nullptr;
     }
-    ggml_tensor * t = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, mctx->get_n_kv());
+    // the row map (n_kv entries), then its inverse: the cell each exact slot's row replaces
+    ggml_tensor * t = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, mctx->get_n_kv() + d2->n_exact + 1);
     ggml_set_input(t);
     ggml_set_name(t, "fraqtl_inp_rows");
     return t;
@@ -822,9 +823,13 @@ void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ub
     if (rows && rows->buffer) {
         GGML_ASSERT(ggml_backend_buffer_is_host(rows->buffer));
         int32_t * data = (int32_t *) rows->data;
-        const int32_t n_kv = (int32_t) rows->ne[0];
+        const int32_t n_kv = (int32_t) rows->ne[0] - (d2->n_exact + 1);
+        GGML_ASSERT(n_kv == (int32_t) mctx->get_n_kv());
         // row i of the attended K/V: the compressed row i, or exact slot s (at n_kv + s)
-        // when cell i holds the position that slot s keeps exact
+        // when cell i holds the position that slot s keeps exact; entry n_kv + s: that cell, or -1
+        // (a GPU attends to the exact rows apart from the compressed ones)
+        int32_t * cell_of = data + n_kv;
+        std::fill(cell_of, cell_of + d2->n_exact + 1, -1);
         const auto & kv_cells = mctx->get_cache()->get_cells(0);
         for (int32_t i = 0; i < n_kv; ++i) {
             data[i] = i;
@@ -834,7 +839,8 @@ void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ub
             const llama_pos p = kv_cells.pos_get(i);
             const int32_t s = d2->slot_of(p);
             if (s >= 0 && d2->slot_pos[s] == p) {
-                data[i] = n_kv + s;
+                data[i]    = n_kv + s;
+                cell_of[s] = i;
             }
         }
     }
