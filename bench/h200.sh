@@ -66,9 +66,10 @@ start)
 build)
   t0=$(date +%s)
   tree=$(ls -d /tmp/src/*)
-  export CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
-    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_SHARED_LINKER_FLAGS='${LINKFLAGS:-}'"
+  # the engine's own CUDA build options (engine/build.py make_plan), for sm_90
+  CMAKE_ARGS="$(python3 -c 'import shlex; from engine.build import make_plan; print(shlex.join(make_plan("cuda", "90").cmake_args))')" \
+    || { echo "no build options from engine.build"; touch /tmp/build.failed; exit 1; }
+  export CMAKE_ARGS; echo "CMAKE_ARGS=$CMAKE_ARGS"
   export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
   if ! python3 -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel -C build-dir=/tmp/build "$tree" \
       > /tmp/build.log 2>&1; then
@@ -76,7 +77,6 @@ build)
   fi
   python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site /tmp/wheel/*.whl
   echo "build done in $(( $(date +%s) - t0 )) s"
-  [ -n "${RELINK:-}" ] && { touch /tmp/build.done; exit 0; }
   python3 -c "import llama_cpp; print(llama_cpp.llama_cpp.llama_fraqtl_version())" || { touch /tmp/build.failed; exit 1; }
   touch /tmp/build.done
   # the upstream reference from the same tree: llama-bench only
@@ -177,15 +177,6 @@ agree)
   wait_build; smol; preload
   timeout 300 python3 -m bench.gpu_agree --out $OUT/agree.json \
     --pairs f16@cpu/f16,d2@cpu/d2,f16/d2,f16/d2@cpu,d2:k32v16s8w8192@cpu/d2:k32v16s8w8192 2>&1 | grep " vs "
-  ;;
-relink)
-  # the built tree again with LINKFLAGS on the shared libraries' link (objects are kept: a
-  # relink), then whether a model loads without the preload
-  rm -f /tmp/build.done /tmp/build.failed
-  (cd /tmp/repo && LINKFLAGS="${LINKFLAGS:-}" RELINK=1 bash /tmp/h200.sh build > /tmp/build.out 2>&1)
-  tail -3 /tmp/build.out; smol
-  timeout 120 python3 -X faulthandler -c "from engine.runtime import Runtime; Runtime('$SMOL', 'f16', n_ctx=512); print('LOADS WITHOUT PRELOAD')" \
-    2>&1 | grep -v "^llama\|^load\|^print_info\|^\.\|^graph\|^sched\|^init\|^ggml\|^~" | tail -25
   ;;
 ldiag)
   # why a model load crashes without preloading the system libstdc++: which library's C++ symbols

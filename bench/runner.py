@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.build import runtime_env
 from engine.nvml import MIB, NvmlSampler
 
 #: llama.cpp's buffer report, e.g. "llama_kv_cache:      CUDA0 KV buffer size =  4096.00 MiB"
@@ -98,7 +97,6 @@ def run_arm(
     result_path.unlink(missing_ok=True)
     env = dict(os.environ, FRAQTL_LLAMA_VERBOSE="1", PYTHONUNBUFFERED="1")
     env.update(job.get("env") or {})  # e.g. CUDA_VISIBLE_DEVICES for a one-GPU placement
-    env.update(runtime_env(env))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                        env.get("PYTHONPATH", "")]))
     child: dict[str, int] = {}

@@ -99,6 +99,13 @@ COMMON_CMAKE_ARGS = (
 )
 
 
+# The CUDA libraries carry their own C++ runtime, hidden. In a python that imported numpy first
+# (the H200 image's), libstdc++ had bound some of its own symbols to numpy's exported copies, and
+# a model load then crashed in it (rc 139) unless the system libstdc++ was preloaded; with these
+# flags it loads without the preload (bench/h200.sh ldiag, receipts README, 2026-11-30).
+CUDA_LINUX_LINK_FLAGS = "-static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL"
+
+
 class BuildError(RuntimeError):
     """A build step failed; the message says which step and what to do."""
 
@@ -245,6 +252,8 @@ def make_plan(backend: str, cuda_arch: str) -> BuildPlan:
     if backend == "cuda":
         arch = cuda_arch or "native"
         args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"]
+        if sys.platform.startswith("linux"):
+            args.append(f"-DCMAKE_SHARED_LINKER_FLAGS={CUDA_LINUX_LINK_FLAGS}")
         return BuildPlan("cuda", arch, tuple(args))
     return BuildPlan("cpu", "", tuple(args))
 
@@ -494,31 +503,6 @@ def patched_build_works() -> bool:
     code = "import llama_cpp; print(llama_cpp.llama_cpp.llama_fraqtl_version().decode())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     return result.returncode == 0 and result.stdout.startswith("fraqtl")
-
-
-def runtime_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment variables a fresh engine process needs for the installed build.
-
-    CUDA builds: on a CUDA 13 host the wheel crashed at model load because libllama's C++ code
-    bound to libstdc++ symbols exported by libggml-cuda; preloading the system libstdc++ fixed
-    it, so engine processes get it (``FRAQTL_NO_PRELOAD=1`` turns this off).
-    """
-    env = dict(os.environ if environ is None else environ)
-    marker = Path(sys.prefix) / MARKER_NAME
-    try:
-        backend = json.loads(marker.read_text()).get("backend")
-    except (OSError, json.JSONDecodeError):
-        backend = None
-    if backend != "cuda" or env.get("FRAQTL_NO_PRELOAD"):
-        return {}
-    for candidate in ("/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
-                      "/usr/lib64/libstdc++.so.6", "/lib/aarch64-linux-gnu/libstdc++.so.6"):
-        if Path(candidate).exists():
-            preload = env.get("LD_PRELOAD", "")
-            if candidate in preload.split(":"):
-                return {}
-            return {"LD_PRELOAD": ":".join(filter(None, [candidate, preload]))}
-    return {}
 
 
 def install_wheel(wheel: Path, key: str, plan: BuildPlan, progress: Progress) -> None:

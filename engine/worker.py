@@ -183,24 +183,6 @@ def _child_main(spec: EngineSpec, conn: Connection, stop_flag: Any, log_path: st
 # ---------------------------------------------------------------------------- the parent
 
 
-@contextlib.contextmanager
-def _engine_env() -> Iterator[None]:
-    """The child inherits the environment at start: add what the installed build needs."""
-    from engine.build import runtime_env
-
-    extra = runtime_env()
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _new_log_path(arm: str) -> Path:
     from engine import locations
 
@@ -260,7 +242,7 @@ class EngineWorker:
 
     def start(self) -> EngineLoaded:
         """Start the child and wait for the model to load; raises the child's error type."""
-        with _real_std_streams(), _engine_env():
+        with _real_std_streams():
             self._process.start()
         self._child_conn.close()
         kind, payload = self._recv(timeout_s=self.load_timeout_s)

@@ -25,7 +25,7 @@ from engine.calibrate.run import (
     calibrate,
 )
 from engine.errors import EngineError
-from engine.worker import _engine_env, _error_payload, _exit_detail, _real_std_streams
+from engine.worker import _error_payload, _exit_detail, _real_std_streams
 
 _POLL_S = 0.1
 
@@ -93,7 +93,7 @@ class CalibrationWorker:
 
     def events(self) -> Iterator[CalibrationEvent]:
         """Start the child and yield its events; the last is CalibrationDone or CalibrationFailed."""
-        with _real_std_streams(), _engine_env():
+        with _real_std_streams():
             self._process.start()
         self._child_conn.close()
         try:

@@ -122,15 +122,10 @@ def test_patched_build_is_detected() -> None:
     assert fraqtl_version().startswith("fraqtl ")
 
 
-def test_runtime_env_preloads_libstdcxx_for_cuda_builds_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    marker = tmp_path / build.MARKER_NAME
-    monkeypatch.setattr(sys, "prefix", str(tmp_path))
-    marker.write_text(json.dumps({"key": "x", "backend": "cpu"}))
-    assert build.runtime_env({}) == {}
-    marker.write_text(json.dumps({"key": "x", "backend": "cuda"}))
-    env = build.runtime_env({})
-    if env:  # a libstdc++ was found at a known path
-        assert env["LD_PRELOAD"].endswith("libstdc++.so.6")
-        assert build.runtime_env({"LD_PRELOAD": env["LD_PRELOAD"]}) == {}
-        assert build.runtime_env({"FRAQTL_NO_PRELOAD": "1"}) == {}
-    assert Path("/lib/x86_64-linux-gnu/libstdc++.so.6").exists() <= bool(env)
+def test_cuda_builds_link_their_own_cxx_runtime_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fix for the model-load crash that once needed LD_PRELOAD (see CUDA_LINUX_LINK_FLAGS)
+    monkeypatch.setattr(sys, "platform", "linux")
+    cuda = build.make_plan("cuda", "90").cmake_args
+    assert f"-DCMAKE_SHARED_LINKER_FLAGS={build.CUDA_LINUX_LINK_FLAGS}" in cuda
+    assert "-static-libstdc++" in build.CUDA_LINUX_LINK_FLAGS
+    assert not any("SHARED_LINKER" in a for a in build.make_plan("cpu", "").cmake_args)
