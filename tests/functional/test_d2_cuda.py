@@ -57,6 +57,16 @@ def tokens(model: Path) -> list[int]:
     return gpu_agree.corpus_tokens(model, N_PROMPT)
 
 
+@pytest.fixture(scope="module")
+def f16_logits(model: Path, tokens: list[int]) -> tuple:
+    """f16 on the GPU and on the CPU: their disagreement is the floor a GPU arm is held to."""
+    return gpu_agree.arm_logits(model, "f16", tokens, N_DECODE), gpu_agree.arm_logits(model, "f16@cpu", tokens, N_DECODE)
+
+
+def _on_gpu_and_cpu(model: Path, arm: str, tokens: list[int]) -> tuple:
+    return gpu_agree.arm_logits(model, arm, tokens, N_DECODE), gpu_agree.arm_logits(model, f"{arm}@cpu", tokens, N_DECODE)
+
+
 def _llama_log(model: Path, arm: str) -> str:
     """llama.cpp's own log of loading the model with this arm and decoding a few tokens."""
     code = (
@@ -94,11 +104,9 @@ def test_the_cuda_wheel_loads_a_model_after_numpy_without_a_preload(model: Path)
     assert out.returncode == 0, f"rc {out.returncode}: {out.stderr[-2000:]}"
 
 
-def test_d2_on_the_gpu_agrees_with_the_cpu_reference(model: Path, tokens: list[int]) -> None:
-    f16 = gpu_agree.arm_logits(model, "f16", tokens, N_DECODE)
-    gpu = gpu_agree.arm_logits(model, "d2", tokens, N_DECODE)
-    cpu = gpu_agree.arm_logits(model, "d2@cpu", tokens, N_DECODE)
-    f16_cpu = gpu_agree.arm_logits(model, "f16@cpu", tokens, N_DECODE)
+def test_d2_on_the_gpu_agrees_with_the_cpu_reference(model: Path, tokens: list[int], f16_logits: tuple) -> None:
+    f16, f16_cpu = f16_logits
+    gpu, cpu = _on_gpu_and_cpu(model, "d2", tokens)
     both = gpu_agree.agreement(cpu, gpu, N_DECODE)
     result = {
         "model": model.name,
@@ -153,12 +161,11 @@ def test_an_answer_with_d2_on_the_gpu_uses_less_memory_than_q8_0(model: Path) ->
     assert sizes["d2"] < sizes["q8_0"]
 
 
-def test_d2_lite_runs_on_the_gpu_and_agrees_with_its_cpu_reference(model: Path, tokens: list[int]) -> None:
+def test_d2_lite_runs_on_the_gpu_and_agrees_with_its_cpu_reference(model: Path, tokens: list[int],
+                                                                   f16_logits: tuple) -> None:
     # int8-protected blocks (d2_p*i8): their own quantizer and block decode in the kernels
-    f16 = gpu_agree.arm_logits(model, "f16", tokens, N_DECODE)
-    f16_cpu = gpu_agree.arm_logits(model, "f16@cpu", tokens, N_DECODE)
-    gpu = gpu_agree.arm_logits(model, "d2:lite", tokens, N_DECODE)
-    cpu = gpu_agree.arm_logits(model, "d2:lite@cpu", tokens, N_DECODE)
+    f16, f16_cpu = f16_logits
+    gpu, cpu = _on_gpu_and_cpu(model, "d2:lite", tokens)
     floor = gpu_agree.agreement(f16_cpu, f16, N_DECODE)
     both = gpu_agree.agreement(cpu, gpu, N_DECODE)
     print(json.dumps({"d2_lite_gpu_vs_cpu": both, "f16_gpu_vs_cpu": floor}, indent=2))
