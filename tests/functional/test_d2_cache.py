@@ -399,3 +399,66 @@ def test_d2_lite_arm_end_to_end_on_the_real_model(model: Path, tokens: list[int]
     finally:
         rt.close()
     assert "Maren" in done.text or "Oduya" in done.text
+
+
+
+_DECODE = """
+import dataclasses, json, sys
+import numpy as np
+from engine.arms import LITE, Recipe
+from engine.d2 import D2Settings
+from engine.runtime import Runtime
+model, lite, window, threads = sys.argv[1], sys.argv[2] == "lite", int(sys.argv[3]), int(sys.argv[4])
+toks, n_decode = json.loads(sys.stdin.read()), 12
+recipe = dataclasses.replace(LITE if lite else Recipe(), sinks=8, window=window)
+rt = Runtime(model, "d2", n_ctx=1024, n_batch=64, n_threads=threads, d2=D2Settings(recipe=recipe, basis="random", seed=4))
+try:
+    list(rt.prefill(toks[:-n_decode]))
+    steps = []
+    for t in toks[-n_decode:]:
+        rt.llm.eval([t])
+        steps.append(rt.last_logits())
+finally:
+    rt.close()
+sys.stdout.buffer.write(np.array(steps, dtype=np.float32).tobytes())
+"""
+
+
+def decode_both_forms(model: Path, tokens: list[int], lite: bool, window: int, threads: int) -> list[np.ndarray]:
+    """Logits of 12 tokens decoded one at a time after a 288-token prefill, with the CPU's shared
+    decode and with FRAQTL_D2_PER_HEAD=1 (llama.cpp's per-head loop; chosen once per process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = []
+    for per_head in ("0", "1"):
+        run = subprocess.run([sys.executable, "-c", _DECODE, str(model), "lite" if lite else "d2", str(window), str(threads)],
+                             input=json.dumps(tokens[:300]).encode(), capture_output=True, check=True,
+                             env=dict(os.environ, FRAQTL_D2_PER_HEAD=per_head), cwd=Path(__file__).resolve().parents[2])
+        out.append(np.frombuffer(run.stdout, dtype=np.float32).reshape(12, -1).astype(np.float64))
+    return out
+
+
+def test_one_token_decode_sharing_rows_across_query_heads_equals_the_per_head_loop(model: Path,
+                                                                                  tokens: list[int]) -> None:
+    # One-token decode on the CPU decodes each cached row of a KV head once for the query heads
+    # that share it (SmolLM2: 3 per KV head), rows split over the threads. On one thread with
+    # every row exact, it does the per-head loop's arithmetic in the same order: a wrong head,
+    # mask, exact slot or partial shows as a difference here.
+    shared, per_head = decode_both_forms(model, tokens, lite=False, window=2048, threads=1)
+    assert np.array_equal(shared, per_head)
+
+
+@pytest.mark.parametrize("lite", [False, True], ids=["d2", "d2-lite"])
+def test_one_token_decode_over_compressed_rows_agrees_with_the_per_head_loop(model: Path, tokens: list[int],
+                                                                            lite: bool) -> None:
+    # Window 64 of 300 tokens, two threads: most rows are compressed, and the shared form
+    # dequantizes K and takes f32 dots where the per-head loop uses the block's fused dot, and
+    # adds the threads' partial sums: other rounding, which this model amplifies (a random
+    # basis's own floor, see above, is KLD ~0.003).
+    shared, per_head = decode_both_forms(model, tokens, lite=lite, window=64, threads=2)
+    assert not np.array_equal(shared, per_head)  # both forms ran
+    assert kld(per_head, shared) < 0.01
+    assert np.mean(shared.argmax(1) == per_head.argmax(1)) >= 0.9

@@ -157,19 +157,19 @@ def test_vec_dot_equals_dot_of_dequantized(ggml_base: ctypes.CDLL, p: int) -> No
     assert out.value == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
-_SCALAR = """
+_BOTH_FORMS = """
 import ctypes, sys, numpy as np
 from pathlib import Path
 import llama_cpp
 lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-p, n = int(sys.argv[1]), int(sys.argv[2])
+name, n = sys.argv[1], int(sys.argv[2])
 data = sys.stdin.buffer.read()
 y = np.frombuffer(data[: 4 * n], dtype=np.float32).copy()
 blocks = ctypes.create_string_buffer(data[4 * n :], len(data) - 4 * n)
 deq = np.zeros(n, dtype=np.float32)
-getattr(lib, f"dequantize_row_d2_p{p}")(blocks, deq.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n))
+getattr(lib, f"dequantize_row_{name}")(blocks, deq.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n))
 out = ctypes.c_float()
-dot = getattr(lib, f"ggml_vec_dot_d2_p{p}_f32")
+dot = getattr(lib, f"ggml_vec_dot_{name}_f32")
 dot.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
                 ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 dot(n, ctypes.byref(out), 0, blocks, 0, y.ctypes.data, 0, 1)
@@ -177,25 +177,33 @@ sys.stdout.buffer.write(deq.tobytes() + np.float32(out.value).tobytes())
 """
 
 
-@pytest.mark.parametrize("p", [8, 16, 32])
-def test_the_simd_and_scalar_forms_agree(ggml_base: ctypes.CDLL, p: int) -> None:
-    # on an AVX2 machine the library decodes eight codes at once; FRAQTL_D2_NO_SIMD=1 keeps the
-    # scalar loop (both are what some user's CPU runs): same dequantized values, same dot product
+def simd_and_scalar(type_name: str, data: bytes, y: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """Dequantized row and dot product with y of the same bytes, in a process with the AVX2
+    forms allowed and in one with FRAQTL_D2_NO_SIMD=1 (the form is chosen once per process)."""
     import os
     import subprocess
     import sys
 
+    n = y.size
+    results = []
+    for off in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", _BOTH_FORMS, type_name, str(n)], input=y.tobytes() + data,
+                             capture_output=True, check=True, env=dict(os.environ, FRAQTL_D2_NO_SIMD=off))
+        results.append((np.frombuffer(out.stdout[: 4 * n], dtype=np.float32),
+                        float(np.frombuffer(out.stdout[4 * n :], np.float32)[0])))
+    return results
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_the_simd_and_scalar_forms_agree(ggml_base: ctypes.CDLL, p: int) -> None:
+    # on an AVX2 machine the library decodes eight codes at once; FRAQTL_D2_NO_SIMD=1 keeps the
+    # scalar loop (both are what some user's CPU runs): same dequantized values, same dot product
     rng = np.random.default_rng(30 + p)
     n = 1024
     x = (rng.standard_normal(n) * rng.choice([0.01, 1.0, 40.0], n)).astype(np.float32)
     y = rng.standard_normal(n).astype(np.float32)
     data = quantize(ggml_base, p, x)
-    results = []
-    for off in ("0", "1"):
-        out = subprocess.run([sys.executable, "-c", _SCALAR, str(p), str(n)], input=y.tobytes() + data,
-                             capture_output=True, check=True, env=dict(os.environ, FRAQTL_D2_NO_SIMD=off))
-        results.append((np.frombuffer(out.stdout[: 4 * n], dtype=np.float32), float(np.frombuffer(out.stdout[4 * n :], np.float32)[0])))
-    (simd_deq, simd_dot), (scalar_deq, scalar_dot) = results
+    (simd_deq, simd_dot), (scalar_deq, scalar_dot) = simd_and_scalar(f"d2_p{p}", data, y)
     assert np.array_equal(simd_deq, scalar_deq)
     assert np.array_equal(simd_deq, dequantize(ggml_base, p, data, n))
     assert simd_dot == pytest.approx(scalar_dot, rel=1e-5, abs=1e-4)
@@ -500,3 +508,20 @@ def test_i8_vec_dot_equals_dot_of_dequantized(ggml_i8: ctypes.CDLL, p: int) -> N
     getattr(ggml_i8, f"ggml_vec_dot_d2_p{p}i8_f32")(256, ctypes.byref(out), 0, buf, 0, y.ctypes.data, 0, 1)
     expected = float(np.dot(dequantize_i8(ggml_i8, p, data, 256).astype(np.float64), y))
     assert out.value == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("p", [8, 16, 32])
+def test_i8_simd_and_scalar_forms_agree(ggml_i8: ctypes.CDLL, p: int) -> None:
+    # d2:lite's blocks: the AVX2 form widens eight int8 codes at once and decodes the 3-bit tail
+    # as d2_p* does; the scalar loop (FRAQTL_D2_NO_SIMD=1) must give the same values and dot
+    rng = np.random.default_rng(50 + p)
+    n = 1024
+    x = (rng.standard_normal(n) * rng.choice([0.01, 1.0, 40.0], n)).astype(np.float32)
+    y = rng.standard_normal(n).astype(np.float32)
+    data = quantize_i8(ggml_i8, p, x)
+    (simd_deq, simd_dot), (scalar_deq, scalar_dot) = simd_and_scalar(f"d2_p{p}i8", data, y)
+    model = np.concatenate([model_decode_i8(p, data[b * SIZES_I8[p] : (b + 1) * SIZES_I8[p]]) for b in range(n // 64)])
+    np.testing.assert_array_equal(simd_deq, model)
+    np.testing.assert_array_equal(scalar_deq, model)
+    assert simd_dot == pytest.approx(scalar_dot, rel=1e-5, abs=1e-4)
+    assert simd_dot == pytest.approx(float(np.dot(model.astype(np.float64), y)), rel=1e-4, abs=1e-3)

@@ -160,7 +160,8 @@ static float d2_dot_tail(const uint8_t * qs, int nt, const float * yt) {
 #ifdef D2_X86_SIMD
 // AVX2 forms of the block's dot product and dequantization (attention on the CPU calls them for
 // every cached row and query head): eight codes at once by variable shifts, the protected
-// coefficients by F16C. Same values as the scalar forms; the dot's sums are added in another order.
+// coefficients by F16C (d2_p*) or by widening eight int8 codes (d2_p*i8). Same values as the
+// scalar forms; the dot's sums are added in another order.
 #define D2_SIMD __attribute__((target("avx2,fma,f16c")))
 
 D2_SIMD static inline __m256 d2_codes8(const uint8_t * qs) {
@@ -193,6 +194,43 @@ D2_SIMD static void d2_dequantize_block_avx2(const uint8_t * x, float * y, int p
     const uint8_t * qs = ph + 2*p;
     for (int i = 0; i < p; i += 8) {
         _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (ph + 2*i))));
+    }
+    const __m256 s = _mm256_set1_ps(GGML_FP16_TO_FP32(d2_load_half(x)));
+    for (int g = 0; g < (QK_D2 - p)/8; ++g) {
+        _mm256_storeu_ps(y + p + 8*g, _mm256_mul_ps(d2_codes8(qs + 3*g), s));
+    }
+}
+
+// the int8 protected part of a d2i8 block (codes at pq, scale dp) times y, eight at a time
+D2_SIMD static inline __m256 d2i8_protected8(const int8_t * pq, int i) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *) (pq + i))));
+}
+
+D2_SIMD static float d2i8_dot_block_avx2(const uint8_t * x, const float * y, int p) {
+    const int8_t  * pq = (const int8_t *) (x + 4);
+    const uint8_t * qs = x + 4 + p;
+    __m256 acc_p = _mm256_setzero_ps();
+    for (int i = 0; i < p; i += 8) {
+        acc_p = _mm256_fmadd_ps(d2i8_protected8(pq, i), _mm256_loadu_ps(y + i), acc_p);
+    }
+    __m256 acc_t = _mm256_setzero_ps();
+    for (int g = 0; g < (QK_D2 - p)/8; ++g) {
+        acc_t = _mm256_fmadd_ps(d2_codes8(qs + 3*g), _mm256_loadu_ps(y + p + 8*g), acc_t);
+    }
+    const __m256 acc = _mm256_fmadd_ps(acc_t, _mm256_set1_ps(GGML_FP16_TO_FP32(d2_load_half(x))),
+                                       _mm256_mul_ps(acc_p, _mm256_set1_ps(GGML_FP16_TO_FP32(d2_load_half(x + 2)))));
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+D2_SIMD static void d2i8_dequantize_block_avx2(const uint8_t * x, float * y, int p) {
+    const int8_t  * pq = (const int8_t *) (x + 4);
+    const uint8_t * qs = x + 4 + p;
+    const __m256 dp = _mm256_set1_ps(GGML_FP16_TO_FP32(d2_load_half(x + 2)));
+    for (int i = 0; i < p; i += 8) {
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(d2i8_protected8(pq, i), dp));
     }
     const __m256 s = _mm256_set1_ps(GGML_FP16_TO_FP32(d2_load_half(x)));
     for (int g = 0; g < (QK_D2 - p)/8; ++g) {
@@ -444,6 +482,12 @@ static void d2i8_quantize_block(const float * x, uint8_t * y, int p) {
 }
 
 static void d2i8_dequantize_block(const uint8_t * x, float * y, int p) {
+#ifdef D2_X86_SIMD
+    if (d2_use_simd()) {
+        d2i8_dequantize_block_avx2(x, y, p);
+        return;
+    }
+#endif
     const float    dp = GGML_FP16_TO_FP32(d2_load_half(x + 2));
     const int8_t * pq = (const int8_t *) (x + 4);
     for (int i = 0; i < p; ++i) {
@@ -453,6 +497,11 @@ static void d2i8_dequantize_block(const uint8_t * x, float * y, int p) {
 }
 
 static float d2i8_dot_block(const uint8_t * x, const float * y, int p) {
+#ifdef D2_X86_SIMD
+    if (d2_use_simd()) {
+        return d2i8_dot_block_avx2(x, y, p);
+    }
+#endif
     const int8_t * pq = (const int8_t *) (x + 4);
     float sum_p = 0.0f;
     for (int i = 0; i < p; ++i) {
