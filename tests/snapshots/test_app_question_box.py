@@ -126,3 +126,23 @@ async def test_a_path_pasted_while_the_question_box_is_not_focused_opens_the_fil
         screen.post_message(events.Paste("just words, not a path"))
         await pilot.pause(0.05)
         assert app.document.title == "lamp room.md" and len(screen.query(QuestionView)) == 0
+
+
+async def test_a_question_too_long_for_the_context_stays_in_the_question_box(model_path) -> None:
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        turns = list(screen.conversation.session.turns)
+        question = "Why " + "is the harbour wall built of granite and " * 800 + "not of brick?"  # ~12K tokens
+        box = screen.query_one("#question")
+        box.value = question
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready" and screen.current_answer is None
+                    and "context holds 8,192" in status(screen))
+        assert box.value == question  # what was typed is not lost: it can be shortened and asked again
+        assert "question box" in status(screen)
+        assert screen.conversation.session.turns == turns  # never asked, so not in the transcript
+        box.value = "Who designed the railway?"  # a short one is answered as usual
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready" and screen.last_done is not None)
