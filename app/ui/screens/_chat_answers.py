@@ -132,6 +132,7 @@ class ChatAnswers(_Base):
             self.current_answer.add_class("failed")
             await self.current_answer.finish(None, [], note=message.message)
             self.current_answer = None
+            self.query_one(ChatLog).scroll_end(animate=False)  # the note says why; it was below the view
         if self.conversation is not None and self.conversation.abandon_answer("failed", message.message):
             self.save_session()  # a hung engine's answer: its worker never reports, so it is kept here
         if refused:  # never asked, so not in the transcript: the text typed goes back where it was typed
