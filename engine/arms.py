@@ -19,6 +19,13 @@ from engine.errors import EngineError
 GGML_TYPE_F16 = 1
 GGML_TYPE_Q4_0 = 2
 GGML_TYPE_Q8_0 = 8
+#: D2's block types (patch 0002's ids, which engine/ggml_types.py checks at build time) by (tail bits,
+#: protected bits), for 8, 16 and 32 protected of every 64 coefficients
+_D2_TYPES = {(3, 16): (43, 44, 45), (2, 16): (46, 47, 48), (3, 8): (49, 50, 51)}
+#: a cache type's name, as ggml_type_name() gives it
+TYPE_NAMES = {GGML_TYPE_F16: "f16", GGML_TYPE_Q4_0: "q4_0", GGML_TYPE_Q8_0: "q8_0",
+              43: "d2_p8", 44: "d2_p16", 45: "d2_p32", 46: "d2_p8b2", 47: "d2_p16b2", 48: "d2_p32b2",
+              49: "d2_p8i8", 50: "d2_p16i8", 51: "d2_p32i8"}
 
 #: bytes per block and block size of the upstream cache types
 _UPSTREAM = {"f16": (2, 1, GGML_TYPE_F16), "q8_0": (34, 32, GGML_TYPE_Q8_0), "q4_0": (18, 32, GGML_TYPE_Q4_0)}
@@ -128,6 +135,10 @@ class Recipe:
         scales = 2 * blocks * (2 if self.protect_bits == 8 else 1)
         return protect * self.protect_bits / 8 + (head_dim - protect) * bits / 8 + scales
 
+    def k_layer_types(self, head_dim: int) -> tuple[int, ...]:
+        """Each layer's K cache type of a resolved kauto recipe (empty for one K type in every layer)."""
+        return tuple(d2_cache_type(p, head_dim, self.k_bits, self.protect_bits) for p in self.k_layers)
+
     def with_k_ranks(self, ranks: Sequence[Sequence[int]], head_dim: int) -> Recipe:
         """This kauto recipe with each layer's K protection read from the K sidecar's ranks [layer][head]."""
         return dataclasses.replace(self, k_layers=tuple(kauto_protect(max(layer), head_dim) for layer in ranks))
@@ -146,6 +157,17 @@ def kauto_protect(rank: int, head_dim: int) -> int:
         if per_block * blocks >= rank:
             return per_block * blocks
     return head_dim
+
+
+def d2_cache_type(protect: int, head_dim: int, tail_bits: int, protect_bits: int) -> int:
+    """The ggml type of a D2 cache with ``protect`` protected directions per head (the whole head: f16).
+
+    Mirrors ``fraqtl_type_for`` (llama-fraqtl-kv.cpp) for the recipes :meth:`Recipe.validate` accepts.
+    """
+    if protect >= head_dim:
+        return GGML_TYPE_F16
+    share = protect // max(head_dim // 64, 1)
+    return _D2_TYPES[(tail_bits, protect_bits)][(8, 16, 32).index(share)]
 
 
 LOCKED = Recipe(k_rank=LOCKED_K_RANK)

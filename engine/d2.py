@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.arms import ArmConfig, Recipe
+from engine.arms import TYPE_NAMES, ArmConfig, Recipe
 from engine.errors import ArmUnavailableError
 from engine.gguf import GgufInfo
 
@@ -58,19 +60,35 @@ class LlamaFraqtlMemory(ctypes.Structure):
 
 @dataclasses.dataclass(frozen=True)
 class KvMemory:
-    """What llama.cpp allocated for a context's KV cache, in bytes."""
+    """What llama.cpp allocated for a context's KV cache, in bytes, and the cache's ggml types."""
 
     k_bytes: int
     v_bytes: int
     exact_bytes: int
     basis_bytes: int
-    type_k: int
+    type_k: int | None  # None when the layers' K types differ (kauto): k_types has each layer's
     type_v: int
     d2: bool
+    k_types: tuple[int, ...] = ()  # each layer's K type for a kauto cache; empty when every layer has type_k
 
     @property
     def kv_bytes(self) -> int:
         return self.k_bytes + self.v_bytes
+
+    @property
+    def k_type_name(self) -> str:
+        """"d2_p8", or for a kauto cache whose layers differ "per layer: 12 × d2_p8, 18 × d2_p16"."""
+        if self.type_k is not None:
+            return type_name(self.type_k)
+        mix = Counter(self.k_types)
+        return "per layer: " + ", ".join(f"{mix[t]} × {type_name(t)}" for t in sorted(mix))
+
+    def describe(self) -> str:
+        return f"K {self.k_type_name}; V {type_name(self.type_v)}"
+
+
+def type_name(ggml_type: int) -> str:
+    return TYPE_NAMES.get(ggml_type, f"ggml type {ggml_type}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,8 +283,17 @@ def last_error(llama_cpp: Any) -> str:
     return msg.decode(errors="replace") if msg else ""
 
 
-def kv_memory(llama_cpp: Any, ctx: Any) -> KvMemory | None:
+def kv_memory(llama_cpp: Any, ctx: Any, k_types: Sequence[int] = ()) -> KvMemory | None:
+    """The context's KV memory; ``k_types``: each layer's K type of a kauto cache (``Recipe.k_layer_types``).
+
+    llama.cpp reports one K type, its last layer's: for a cache whose layers differ, the report
+    lists every layer's instead (``type_k`` None), so that it never names one layer's type for all.
+    """
     out = LlamaFraqtlMemory()
     if not bind(llama_cpp).llama_fraqtl_get_memory(ctx, ctypes.byref(out)):
         return None
-    return KvMemory(out.k_bytes, out.v_bytes, out.exact_bytes, out.basis_bytes, out.type_k, out.type_v, bool(out.d2))
+    layers = tuple(k_types)
+    mixed = len(set(layers)) > 1
+    type_k = None if mixed else layers[0] if layers else out.type_k
+    return KvMemory(out.k_bytes, out.v_bytes, out.exact_bytes, out.basis_bytes, type_k, out.type_v, bool(out.d2),
+                    layers if mixed else ())

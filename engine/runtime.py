@@ -371,8 +371,10 @@ class Runtime:
     # ------------------------------------------------------------------ memory
 
     def kv_memory(self) -> KvMemory | None:
-        """What llama.cpp allocated for this context's KV cache (K, V, D2 extras)."""
-        return d2_module.kv_memory(self.llama_cpp, self.llm.ctx)
+        """What llama.cpp allocated for this context's KV cache (K, V, D2 extras) and its types."""
+        recipe = self.memory_arm.recipe
+        k_types = recipe.k_layer_types(self.info.head_dim_k) if recipe is not None else ()
+        return d2_module.kv_memory(self.llama_cpp, self.llm.ctx, k_types)
 
     def kv_bytes(self) -> int:
         """Bytes of the K and V cache tensors llama.cpp allocated for this context."""

@@ -48,7 +48,7 @@ class FraqtlCommands(Provider):
         ("Stop answer", "Stop the answer, prefill or comparison now running", "stop", "chat"),
         ("Compare arms", "Answer one question with f16, q8_0 and d2 side by side", "compare", "app"),
         ("Sessions", "Reopen, rename or delete a saved document and transcript", "sessions", "chat"),
-        ("Settings", "Model, arm, recipe, context, YaRN, sidecar", "settings", "app"),
+        ("Settings", "Model, arm, recipe, context, YaRN, sidecar, RPC servers", "settings", "app"),
         ("Restart engine", "Start the engine process again (after a crash or a settings change)", "restart_engine",
          "chat"),
         ("Toggle VRAM panel", "Show or hide the GPU memory panel", "toggle_vram", "chat"),
@@ -145,7 +145,7 @@ class FraqtlApp(App[None]):
 
     def action_settings(self) -> None:
         before = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
-                  self.settings.sidecar)
+                  self.settings.sidecar, self.settings.rpc_servers)
 
         def saved(chosen: Settings | None) -> None:
             if chosen is None:
@@ -153,7 +153,7 @@ class FraqtlApp(App[None]):
             for field, value in vars(chosen).items():  # in place: the conversation reads this object
                 setattr(self.settings, field, value)
             after = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
-                     self.settings.sidecar)
+                     self.settings.sidecar, self.settings.rpc_servers)
             self.model_path = resolve(self.settings.model)
             if after != before and self.conversation is not None and self.chat_state.phase is not Phase.ANSWERING:
                 self.chat_screen.post_message(EngineRestartRequested(self.model_path))

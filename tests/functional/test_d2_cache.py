@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine import d2 as d2_module
 from engine import metrics
 from engine import sidecar as sc
 from engine.arms import LITE, ArmConfig, Recipe
@@ -163,10 +164,16 @@ def test_kauto_gives_each_layer_the_k_type_its_ranks_need(model: Path, tmp_path:
     rt = Runtime(model, arm, n_ctx=1000, d2=D2Settings(recipe=recipe, k_sidecar=k_path, v_sidecar=v_path))
     try:
         mem = rt.kv_memory()
+        last_layer_only = d2_module.kv_memory(rt.llama_cpp, rt.llm.ctx)  # what llama.cpp itself says
         memory_arm = rt.memory_arm
     finally:
         rt.close()
     assert mem is not None and mem.d2
+    # the report names every layer's K type, not the last layer's for all of them
+    assert mem.type_k is None and mem.k_types == tuple((43, 44, 45, 1)[il % 4] for il in range(info.n_layer))
+    assert last_layer_only is not None and last_layer_only.type_k == mem.k_types[-1]
+    count = [sum(1 for il in range(info.n_layer) if il % 4 == i) for i in range(4)]
+    assert mem.k_type_name == f"per layer: {count[3]} × f16, {count[0]} × d2_p8, {count[1]} × d2_p16, {count[2]} × d2_p32"
     cells = 1024
     k_bytes = {8: 2 + 16 + 56 * 3 // 8, 16: 2 + 32 + 48 * 3 // 8, 32: 2 + 64 + 32 * 3 // 8, 64: 128}
     per_layer = [k_bytes[(8, 16, 32, 64)[il % 4]] for il in range(info.n_layer)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
@@ -11,7 +12,10 @@ from textual import events
 
 from app.errors import DocumentNotFoundError, FolderDroppedError
 from app.samples import DEFAULT_SAMPLE
-from app.ui.widgets import QuestionView
+from app.settings import Settings
+from app.ui import create_app
+from app.ui.widgets import ChatLog, QuestionView
+from app_fakes import FakeEngine, FakeSampler
 from test_app_ui import make_app, status, until
 
 LONG_QUESTION = ("In the section about the railway, the document mentions its engineer, its stations and the "
@@ -126,3 +130,39 @@ async def test_a_path_pasted_while_the_question_box_is_not_focused_opens_the_fil
         screen.post_message(events.Paste("just words, not a path"))
         await pilot.pause(0.05)
         assert app.document.title == "lamp room.md" and len(screen.query(QuestionView)) == 0
+
+
+class SlowCountEngine(FakeEngine):
+    """Counts a long prompt as slowly as the real tokenizer does, so the refusal comes after the log has scrolled."""
+
+    def count_chat_tokens(self, messages):
+        if sum(len(m["content"]) for m in messages) > 20_000:
+            time.sleep(0.5)
+        return super().count_chat_tokens(messages)
+
+
+async def test_a_question_too_long_for_the_context_stays_in_the_question_box(model_path) -> None:
+    app = create_app(Settings(n_ctx=8192, max_tokens=64), [DEFAULT_SAMPLE], model_path, factory=SlowCountEngine,
+                     sampler=FakeSampler(available=False), vram_refresh_s=0)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.chat_screen
+        await until(pilot, lambda: screen.state == "ready")
+        turns = list(screen.conversation.session.turns)
+        question = "Why " + "is the harbour wall built of granite and " * 800 + "not of brick?"  # ~12K tokens
+        box = screen.query_one("#question")
+        box.value = question
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready" and screen.current_answer is None
+                    and "context holds 8,192" in status(screen))
+        assert box.value == question  # what was typed is not lost: it can be shortened and asked again
+        assert "question box" in status(screen)
+        await pilot.pause(0.2)
+        # the whole sentence is on screen: the status wraps (it was cut at "raise"), the log shows the refusal
+        sentence, line = screen.query_one("#doc-status"), screen.query_one("#progress-line")
+        assert sentence.size.height > 1 and line.size.height >= sentence.size.height
+        log = screen.query_one(ChatLog)
+        assert log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y
+        assert screen.conversation.session.turns == turns  # never asked, so not in the transcript
+        box.value = "Who designed the railway?"  # a short one is answered as usual
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.state == "ready" and screen.last_done is not None)

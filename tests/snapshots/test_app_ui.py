@@ -108,6 +108,40 @@ async def test_command_palette_reaches_compare_and_settings(model_path, app_dirs
         assert app.conversation.engine.spec.n_ctx == 4096
 
 
+async def test_rpc_servers_are_set_checked_and_restart_the_engine(model_path, app_dirs: Path) -> None:
+    app = create_app(Settings(n_ctx=8192, max_tokens=64, rpc_servers="10.0.0.2:50052"), [DEFAULT_SAMPLE],
+                     model_path, factory=FakeEngine, sampler=FakeSampler(available=False), vram_refresh_s=0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.chat_screen.state == "ready")
+        engine = app.conversation.engine
+        await pilot.press("f4")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        field = app.screen.query_one("#set-rpc", Input)
+        assert field.value == "10.0.0.2:50052"  # what --rpc or FRAQTL_RPC_SERVERS set is shown
+        for bad in ("gpu-box", "gpu-box:port", "10.0.0.2:50052;10.0.0.3:50052", "[::1]:50052", "h:70000"):
+            field.value = bad
+            await pilot.press("ctrl+s")
+            await pilot.pause(0.05)
+            message = str(app.screen.query_one("#settings-error").render())
+            assert "is not an RPC server address; write host:port" in message and "separated by commas" in message
+            assert isinstance(app.screen, SettingsScreen)
+        assert not (app_dirs / "config" / "settings.json").exists()  # nothing unusable was saved
+        field.value = " 10.0.0.2:50052 , gpu-b:50053,10.0.0.2:50052 "
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+        assert app.settings.rpc_servers == "10.0.0.2:50052,gpu-b:50053"
+        assert json.loads((app_dirs / "config" / "settings.json").read_text())["rpc_servers"] == app.settings.rpc_servers
+        await until(pilot, lambda: app.conversation.engine is not engine and app.chat_screen.state == "ready")
+        assert app.conversation.engine.spec.rpc_servers == ("10.0.0.2:50052", "gpu-b:50053")
+        engine = app.conversation.engine
+        await pilot.press("f4")  # emptied: every layer on this machine again
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        app.screen.query_one("#set-rpc", Input).value = ""
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.conversation.engine is not engine and app.chat_screen.state == "ready")
+        assert app.settings.rpc_servers == "" and app.conversation.engine.spec.rpc_servers == ()
+
+
 async def test_the_vram_panel_lists_each_gpu_with_its_estimate(model_path) -> None:
     # two fake GPUs behind the real NvmlSampler: each GPU's live figure, its share of the estimate, the total
     from app.ui.widgets._vram_panel import VramPanel

@@ -186,6 +186,8 @@ def test_document_too_large(tmp_path: Path) -> None:
 import errno
 import time
 
+import pypdf
+
 from app.errors import (
     FolderDroppedError,
     IngestCancelledError,
@@ -225,12 +227,26 @@ def test_page_limit_is_checked_before_any_page_is_read(tmp_path: Path) -> None:
         load_document(paged, limits=IngestLimits(max_pages=5))
 
 
-def test_time_limit_and_cancel_stop_between_pages(tmp_path: Path) -> None:
+def test_time_limit_and_cancel_stop_between_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pdf = text_pages(tmp_path / "slow.pdf", 40)
-    with pytest.raises(IngestTimeoutError, match=r"stopped after 0 s at page 1 of 40; split it, or raise "
+    # each page "takes" 20 s on the reader's clock, whatever this machine's load; opening the file takes none
+    now = [1000.0]
+
+    def page_read(done: int, total: int) -> None:
+        now[0] += 20.0
+
+    real_reader = pypdf.PdfReader
+
+    def slow_open(*args, **kwargs):  # a loaded machine: real time passes that the limit must not count
+        time.sleep(0.05)
+        return real_reader(*args, **kwargs)
+
+    monkeypatch.setattr(pypdf, "PdfReader", slow_open)
+    with pytest.raises(IngestTimeoutError, match=r"stopped after 40 s at page 2 of 40; split it, or raise "
                                                  "FRAQTL_INGEST_TIMEOUT_S") as info:
-        load_document(pdf, on_progress=lambda d, t: time.sleep(0.02), limits=IngestLimits(max_seconds=0.01))
-    assert (info.value.done, info.value.total) == (1, 40)
+        load_document(pdf, on_progress=page_read, limits=IngestLimits(max_seconds=30, clock=lambda: now[0]))
+    assert (info.value.done, info.value.total) == (2, 40)  # pages 1 and 2 read (40 s > 30 s), not a third
+    monkeypatch.setattr(pypdf, "PdfReader", real_reader)
     seen: list[int] = []
     with pytest.raises(IngestCancelledError, match="Stopped reading .*slow.pdf at page 3 of 40") as stopped:
         load_document(pdf, on_progress=lambda d, t: seen.append(d),

@@ -118,7 +118,10 @@ class ChatAnswers(_Base):
     async def on_engine_failed_message(self, message: EngineFailedMessage) -> None:
         crashed = message.kind in ("EngineCrashedError", "EngineHungError")
         overflow = message.kind == "ContextOverflowError"
-        if overflow and self.conversation is not None and self.conversation.engine is not None:
+        refused = overflow and self.conversation is not None and self.conversation.engine is not None
+        if refused:
+            message = EngineFailedMessage(message.message + " Your question is back in the question box to shorten.",
+                                          message.kind)
             accepted = self.advance(Event.QUESTION_REFUSED, message.message)
         else:
             accepted = self.advance(Event.ENGINE_FAILED,
@@ -129,8 +132,11 @@ class ChatAnswers(_Base):
             self.current_answer.add_class("failed")
             await self.current_answer.finish(None, [], note=message.message)
             self.current_answer = None
+            self.query_one(ChatLog).scroll_end(animate=False)  # the note says why; it was below the view
         if self.conversation is not None and self.conversation.abandon_answer("failed", message.message):
             self.save_session()  # a hung engine's answer: its worker never reports, so it is kept here
+        if refused:  # never asked, so not in the transcript: the text typed goes back where it was typed
+            self.restore_question(self.last_question)
         self.restore_pending_question()
         self.notify(message.message, title="Engine", severity="error", timeout=10, markup=False)
 
@@ -151,6 +157,10 @@ class ChatAnswers(_Base):
     def restore_pending_question(self) -> None:
         """A question waiting for the prefill goes back into an empty question box, not lost with the engine."""
         question, self.pending_question = self.pending_question, None
+        self.restore_question(question)
+
+    def restore_question(self, question: str | None) -> None:
+        """Put ``question`` back into the question box, unless something new has been typed there since."""
         box = self.query_one(QuestionInput)
         if question and not box.value.strip():
             box.value = question

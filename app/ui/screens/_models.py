@@ -11,7 +11,6 @@ sequence, so Calibrate resumes.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -1,4 +1,4 @@
-"""The settings screen: model, arm, recipe, context, YaRN, sidecar, sampling; saved with platformdirs."""
+"""The settings screen: model, arm, recipe, context, YaRN, sidecar, RPC servers, sampling; saved with platformdirs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from app.settings import Settings, SettingsError
 from engine.arms import ALL_ARMS
+from engine.rpc import parse_endpoints
 
 if TYPE_CHECKING:
     from app.ui.app import FraqtlApp
@@ -68,6 +69,12 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Label("D2 sidecar folder")
                     yield Input(s.sidecar or "", placeholder="empty: the one shipped for the model", id="set-sidecar")
                 with Horizontal(classes="field"):
+                    yield Label("RPC servers")
+                    yield Input(s.rpc_servers, placeholder="empty: all layers here; or host:port,host:port",
+                                id="set-rpc")
+                yield Static("Some layers then run on these hosts, each running fraqtl-chat rpc-server (no "
+                             "authentication: a trusted network only).", classes="hint")
+                with Horizontal(classes="field"):
                     yield Label("Answer limit (tokens)")
                     yield Input(str(s.max_tokens), type="integer", id="set-max-tokens")
                 with Horizontal(classes="field"):
@@ -110,7 +117,9 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 top_p=self.number("#set-top-p", "Top-p", float),
                 repeat_penalty=self.number("#set-repeat-penalty", "The repetition penalty", float),
                 compare_q4_0=self.query_one("#set-q4", Switch).value,
+                rpc_servers=self.query_one("#set-rpc", Input).value.strip(),
             ).validate()
+            candidate.rpc_servers = ",".join(parse_endpoints(candidate.rpc_servers))  # as llama.cpp gets them
             candidate.save()
         except (SettingsError, OSError) as exc:
             self.query_one("#settings-error", Static).update(Text(str(exc)))

@@ -14,8 +14,8 @@ class DocumentBar(Vertical):
     DocumentBar #doc-line { height: 1; }
     DocumentBar #doc-title { width: 1fr; text-style: bold; }
     DocumentBar #doc-tokens { width: auto; }
-    DocumentBar #progress-line { height: 1; }
-    DocumentBar #doc-status { width: 1fr; color: $text-muted; }
+    DocumentBar #progress-line { height: auto; }
+    DocumentBar #doc-status { width: 1fr; height: auto; color: $text-muted; }
     DocumentBar ProgressBar { width: 28; }
     DocumentBar Bar { width: 20; }
     """
