@@ -48,6 +48,14 @@ async def answer_again(pilot, screen, question: str, fact: str, timeout: float =
     assert screen.last_done is not None and fact in screen.last_done.text
 
 
+async def ask_until_streaming(pilot, screen, question: str) -> None:
+    """Ask, and wait until the answer's first words are on screen."""
+    await ask(pilot, screen, question)
+    streaming = lambda: screen.current_answer is not None and screen.current_answer.text.strip()  # noqa: E731
+    await wait_for(pilot, lambda: streaming() or screen.state != "answering", SLOW, "the answer to stream")
+    assert streaming(), f"{screen.state}: {status_of(screen)}"
+
+
 def saved_turns(session: Session) -> list[tuple[str, str, str]]:
     return [(t["role"], t["content"], t["finish"]) for t in json.loads(session.path.read_text())["turns"]]
 
@@ -130,10 +138,7 @@ async def test_a_real_engine_stopped_mid_answer_is_hung_and_f5_kills_it_and_star
             await wait_for(pilot, lambda: screen.state == "ready", 120, "the document to be prefilled")
             await answer_again(pilot, screen, "Who built the lighthouse of Velmora?", "Ardel", SLOW)
             before = [(t.role, t.content) for t in app.conversation.session.turns]
-            await ask(pilot, screen, "Tell me everything about the harbour in great detail.")
-            streaming = lambda: screen.current_answer is not None and screen.current_answer.text.strip()  # noqa: E731
-            await wait_for(pilot, lambda: streaming() or screen.state != "answering", SLOW, "the answer to stream")
-            assert streaming(), f"{screen.state}: {status_of(screen)}"
+            await ask_until_streaming(pilot, screen, "Tell me everything about the harbour in great detail.")
             app.settings.answer_timeout_s = 3  # short from here on (a prompt on busy shared cores can take longer)
             hung = started[0]
             os.kill(hung.pid, signal.SIGSTOP)
@@ -179,10 +184,7 @@ async def test_quitting_mid_answer_keeps_the_question_and_its_text_in_the_sessio
         async with app.run_test(size=(160, 36)) as pilot:
             screen = app.chat_screen
             await wait_for(pilot, lambda: screen.state == "ready", 120, "the document to be prefilled")
-            await ask(pilot, screen, question)
-            streaming = lambda: screen.current_answer is not None and screen.current_answer.text.strip()  # noqa: E731
-            await wait_for(pilot, lambda: streaming() or screen.state != "answering", SLOW, "the answer to stream")
-            assert streaming(), f"{screen.state}: {status_of(screen)}"
+            await ask_until_streaming(pilot, screen, question)
             shown = screen.current_answer.text.strip()
             session = app.conversation.session
             await pilot.press("ctrl+q")

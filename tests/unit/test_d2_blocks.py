@@ -194,14 +194,19 @@ def simd_and_scalar(type_name: str, data: bytes, y: np.ndarray) -> list[tuple[np
     return results
 
 
+def simd_inputs(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients spanning three magnitudes (peaked tails, large protected values) and a query."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * rng.choice([0.01, 1.0, 40.0], n)).astype(np.float32)
+    return x, rng.standard_normal(n).astype(np.float32)
+
+
 @pytest.mark.parametrize("p", [8, 16, 32])
 def test_the_simd_and_scalar_forms_agree(ggml_base: ctypes.CDLL, p: int) -> None:
     # on an AVX2 machine the library decodes eight codes at once; FRAQTL_D2_NO_SIMD=1 keeps the
     # scalar loop (both are what some user's CPU runs): same dequantized values, same dot product
-    rng = np.random.default_rng(30 + p)
     n = 1024
-    x = (rng.standard_normal(n) * rng.choice([0.01, 1.0, 40.0], n)).astype(np.float32)
-    y = rng.standard_normal(n).astype(np.float32)
+    x, y = simd_inputs(30 + p, n)
     data = quantize(ggml_base, p, x)
     (simd_deq, simd_dot), (scalar_deq, scalar_dot) = simd_and_scalar(f"d2_p{p}", data, y)
     assert np.array_equal(simd_deq, scalar_deq)
@@ -514,10 +519,8 @@ def test_i8_vec_dot_equals_dot_of_dequantized(ggml_i8: ctypes.CDLL, p: int) -> N
 def test_i8_simd_and_scalar_forms_agree(ggml_i8: ctypes.CDLL, p: int) -> None:
     # d2:lite's blocks: the AVX2 form widens eight int8 codes at once and decodes the 3-bit tail
     # as d2_p* does; the scalar loop (FRAQTL_D2_NO_SIMD=1) must give the same values and dot
-    rng = np.random.default_rng(50 + p)
     n = 1024
-    x = (rng.standard_normal(n) * rng.choice([0.01, 1.0, 40.0], n)).astype(np.float32)
-    y = rng.standard_normal(n).astype(np.float32)
+    x, y = simd_inputs(50 + p, n)
     data = quantize_i8(ggml_i8, p, x)
     (simd_deq, simd_dot), (scalar_deq, scalar_dot) = simd_and_scalar(f"d2_p{p}i8", data, y)
     model = np.concatenate([model_decode_i8(p, data[b * SIZES_I8[p] : (b + 1) * SIZES_I8[p]]) for b in range(n // 64)])
