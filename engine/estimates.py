@@ -101,10 +101,13 @@ def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: Arm
     if arm is None or arm.name == "f16":
         return output_phase
     if arm.recipe is not None:
-        # D2: the decode kernel reads D2 blocks directly; a prompt converts one KV head at a time
-        # to f16, and every ubatch adds the exact-row map
+        # D2: the decode kernel reads D2 blocks directly; a prompt converts a group of KV heads at
+        # a time to f16 (the most whose f16 K and V fit in half the mask: d2_fattn_group), and every
+        # ubatch adds the exact-row map
         one_head_f16 = n_kv * (info.head_dim_k + info.head_dim_v) * 2
-        return max(output_phase, mask + one_head_f16 + n_ubatch * info.n_embd * 4 * 4) + _row_map_bytes(arm, n_ctx)
+        group = max((g for g in range(1, info.n_head_kv + 1)
+                     if info.n_head_kv % g == 0 and (g == 1 or g * one_head_f16 <= mask // 2)), default=1)
+        return max(output_phase, mask + group * one_head_f16 + n_ubatch * info.n_embd * 4 * 4) + _row_map_bytes(arm, n_ctx)
     kv_f16 = n_kv * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
     attention_phase = mask + kv_f16 + n_ubatch * info.n_embd * 4 * 4
     return max(output_phase, attention_phase)

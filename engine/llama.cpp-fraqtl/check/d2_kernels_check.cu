@@ -94,7 +94,7 @@ template <int HD, int P> static int check(int n_head, int n_rows) {
     CK(cudaMemcpy(didx, idx.data(), n_rows*8, cudaMemcpyHostToDevice));
     CK(cudaMemset(dy, 0xAB, want.size() + 64));
     const int64_t n_blocks = (int64_t) bpr*n_rows;
-    d2_set_rows<P, int64_t><<<(n_blocks + 63)/64, 64>>>((const char *) dx, didx, (char *) dy, n_blocks, bpr, n_rows, 1,
+    d2_set_rows<P, int64_t><<<(n_blocks*D2_SR_LANES + D2_SR_THREADS - 1)/D2_SR_THREADS, D2_SR_THREADS>>>((const char *) dx, didx, (char *) dy, n_blocks, bpr, n_rows, 1,
         (int64_t) ne0*4, (int64_t) ne0*4*n_rows, (int64_t) ne0*4*n_rows, 8, 8*n_rows, 8*n_rows, 1, 1,
         (int64_t) row_bytes, (int64_t) row_bytes*n_rows, (int64_t) row_bytes*n_rows);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
@@ -135,7 +135,7 @@ template <int HD, int P> static int check(int n_head, int n_rows) {
     int bad = diff > got.size()/1000;
     for (int h = 0; h < n_head; h++) {
         const int64_t n = (int64_t) n_rows*(HD/8);
-        d2_head_to_f16<HD, P><<<(int) ((n + 255)/256), 256>>>(dy, nullptr, nullptr, dh, n_rows, h, (int64_t) row_bytes,
+        d2_head_to_f16<HD, P><<<(int) ((n + 255)/256), 256>>>(dy, nullptr, nullptr, dh, n_rows, h, 1, (int64_t) row_bytes,
             (int64_t) (HD/64)*d2_block_bytes(P), 0);
         CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
         std::vector<half> deq((size_t) n_rows*HD);
@@ -253,6 +253,31 @@ template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, c
     return bad;
 }
 
+// D2's rotation of a prompt (d2_rotate_many) against a double-precision product: nh_x heads of N
+// tokens by nh_kv matrices of K x M (each matrix serving r2 = nh_x/nh_kv heads)
+static int check_rotate(const int K, const int M, const int N, const int nh_kv, const int nh_x) {
+    std::mt19937 rng(5); std::normal_distribution<float> nd(0, 1);
+    std::vector<float> a((size_t) K*M*nh_kv), b((size_t) K*N*nh_x), d((size_t) M*N*nh_x);
+    for (auto & v : a) v = nd(rng);
+    for (auto & v : b) v = nd(rng);
+    float * da; float * db; float * dd;
+    CK(cudaMalloc(&da, a.size()*4)); CK(cudaMalloc(&db, b.size()*4)); CK(cudaMalloc(&dd, d.size()*4));
+    CK(cudaMemcpy(da, a.data(), a.size()*4, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, b.data(), b.size()*4, cudaMemcpyHostToDevice));
+    const dim3 grid((M + D2_MM_TILE - 1)/D2_MM_TILE, (N + D2_MM_TILE - 1)/D2_MM_TILE, nh_x);
+    d2_rotate_many<<<grid, 256>>>(da, db, dd, K, M, N, K, (int64_t) K*M, K, (int64_t) K*N, M, (int64_t) M*N, nh_x/nh_kv);
+    CK(cudaGetLastError()); CK(cudaMemcpy(d.data(), dd, d.size()*4, cudaMemcpyDeviceToHost));
+    double err = 0, mx = 0;
+    for (int h = 0; h < nh_x; h++) for (int n = 0; n < N; n++) for (int m = 0; m < M; m++) {
+        double want = 0;
+        for (int k = 0; k < K; k++) want += (double) a[((size_t) (h/(nh_x/nh_kv))*M + m)*K + k]*b[((size_t) h*N + n)*K + k];
+        err = fmax(err, fabs(want - d[((size_t) h*N + n)*M + m])); mx = fmax(mx, fabs(want));
+    }
+    const int bad = !(err <= 1e-5*mx*K);
+    printf("rotate K %d M %d N %d heads %d/%d: max abs err %.3g (max %.3g)%s\n", K, M, N, nh_x, nh_kv, err, mx, bad ? " FAILED" : "");
+    cudaFree(da); cudaFree(db); cudaFree(dd);
+    return bad;
+}
+
 int main(int argc, char ** argv) {
     if (argc > 1 && std::string(argv[1]) == "time") { // the Mistral-7B shape at 32K only (for a profiler)
         return check_decode<128, 8, 16>(8, 4, 32768, true, 1024);
@@ -286,6 +311,8 @@ int main(int argc, char ** argv) {
     bad |= check< 64,  8>(3, 4096); bad |= check< 64, 16>(3, 4096); bad |= check< 64, 32>(3, 4096);
     bad |= check<128,  8>(8, 4096); bad |= check<128, 16>(8, 4096); bad |= check<128, 32>(8, 4096);
     bad |= check< 64,  8 + D2_I8>(3, 4096); bad |= check<128, 16 + D2_I8>(8, 4096); bad |= check<128, 32 + D2_I8>(8, 4096);
+    bad |= check_rotate(128, 128, 300, 8, 32); // Mistral's Q: 32 heads on 8 bases, a partial tile of tokens
+    bad |= check_rotate(64, 64, 2048, 3, 3);   // SmolLM2's K
     printf(bad ? "D2 KERNEL CHECK FAILED\n" : "D2 kernel check passed\n");
     return bad;
 }

@@ -129,82 +129,108 @@ static __device__ __forceinline__ void d2_st_half(uint8_t * dst, const float v) 
     dst[1] = (uint8_t) (bits >> 8);
 }
 
+// set_rows gives each 64-block 8 lanes: lane k < 7 scores candidate scale k over the whole tail,
+// in the CPU's order, so the choice is the reference's bit for bit (a token's 16 blocks on Mistral
+// were 16 threads doing 7 passes each, about 7 us); then each lane writes 8 of the 64 coefficients
+#define D2_SR_LANES   8
+#define D2_SR_THREADS 256
+
 template <int K>
-static __device__ void d2_quantize_block(const float * x, uint8_t * y) {
+static __device__ void d2_quantize_block(const float * x, uint8_t * y, float * xs, const int g, const unsigned gmask) {
     constexpr int P  = d2_np(K);
     constexpr int NT = QK_D2 - P;
-    float tail[NT];
+    const bool tail_lane = 8*g >= P; // P is a multiple of 8: a lane's coefficients are all protected or all tail
+    float v[8];
     float max_pos = 0.0f;
     float max_neg = 0.0f;
+    float amax    = 0.0f;
 #pragma unroll
-    for (int i = 0; i < NT; ++i) {
-        tail[i] = x[P + i];
-        max_pos = fmaxf(max_pos,  tail[i]);
-        max_neg = fmaxf(max_neg, -tail[i]);
+    for (int j = 0; j < 8; ++j) {
+        v[j] = x[8*g + j];
+        xs[8*g + j] = v[j];
+        max_pos = tail_lane ? fmaxf(max_pos,  v[j]) : max_pos;
+        max_neg = tail_lane ? fmaxf(max_neg, -v[j]) : max_neg;
+        amax    = tail_lane ? amax : fmaxf(amax, fabsf(v[j]));
     }
-    float scale = fmaxf(__fdiv_rn(max_pos, 3.0f), __fdiv_rn(max_neg, 4.0f));
-    if (scale > 0.0f) {
-        float best_err = d2_tail_error<NT>(tail, d2_fp16_round(scale));
-        float best     = scale;
-        for (int k = 1; k <= 6; ++k) {
-            const float cand = __fmul_rn(scale, __fsub_rn(1.0f, __fmul_rn(0.05f, (float) k)));
-            const float s16  = d2_fp16_round(cand);
-            if (s16 <= 0.0f) {
-                break;
-            }
-            const float err = d2_tail_error<NT>(tail, s16);
-            if (err < best_err) {
-                best_err = err;
-                best     = cand;
+#pragma unroll
+    for (int o = D2_SR_LANES/2; o > 0; o /= 2) { // fmaxf: exact in any order
+        max_pos = fmaxf(max_pos, __shfl_xor_sync(gmask, max_pos, o, D2_SR_LANES));
+        max_neg = fmaxf(max_neg, __shfl_xor_sync(gmask, max_neg, o, D2_SR_LANES));
+        amax    = fmaxf(amax,    __shfl_xor_sync(gmask, amax,    o, D2_SR_LANES));
+    }
+    __syncwarp(gmask);
+
+    const float scale0 = fmaxf(__fdiv_rn(max_pos, 3.0f), __fdiv_rn(max_neg, 4.0f));
+    const float cand   = __fmul_rn(scale0, __fsub_rn(1.0f, __fmul_rn(0.05f, (float) g)));
+    const float s16    = d2_fp16_round(cand);
+    const float err    = g < 7 && scale0 > 0.0f && s16 > 0.0f ? d2_tail_error<NT>(xs + P, s16) : INFINITY;
+    float errs[7];
+    float cands[7];
+    float s16s[7];
+#pragma unroll
+    for (int k = 0; k < 7; ++k) {
+        errs[k]  = __shfl_sync(gmask, err,  k, D2_SR_LANES);
+        cands[k] = __shfl_sync(gmask, cand, k, D2_SR_LANES);
+        s16s[k]  = __shfl_sync(gmask, s16,  k, D2_SR_LANES);
+    }
+    float scale = scale0;
+    if (scale0 > 0.0f) { // the CPU's loop: candidate 0 is scale0 itself, the first strict minimum wins
+        float best_err = errs[0];
+        for (int k = 1; k < 7 && s16s[k] > 0.0f; ++k) {
+            if (errs[k] < best_err) {
+                best_err = errs[k];
+                scale    = cands[k];
             }
         }
-        scale = best;
     }
-    d2_st_half(y, scale);
+    if (g == 0) {
+        d2_st_half(y, scale);
+    }
     const float s   = d2_fp16_round(scale);
     const float inv = s > 0.0f ? __frcp_rn(s) : 0.0f;
-    if constexpr (d2_is_i8(K)) {
-        // int8 codes under their own scale, as ggml-fraqtl.c's d2i8_quantize_block
-        float amax = 0.0f;
-        for (int i = 0; i < P; ++i) {
-            amax = fmaxf(amax, fabsf(x[i]));
-        }
-        const float dp_raw = __fdiv_rn(amax, 127.0f);
-        d2_st_half(y + 2, dp_raw);
-        const float dp     = d2_fp16_round(dp_raw);
-        const float inv_p  = dp > 0.0f ? __frcp_rn(dp) : 0.0f;
-        for (int i = 0; i < P; ++i) {
-            y[4 + i] = (uint8_t) (int8_t) (int) fminf(fmaxf(rintf(__fmul_rn(x[i], inv_p)), -127.0f), 127.0f);
-        }
-    } else {
-        for (int i = 0; i < P; ++i) {
-            d2_st_half(y + 2 + 2*i, x[i]);
-        }
-    }
-    uint8_t * qs = y + d2_tail_at(K);
-#pragma unroll
-    for (int g = 0; g < NT/8; ++g) {
+    if (tail_lane) {
         uint32_t bits = 0;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            bits |= (uint32_t) ((int) d2_code(tail[8*g + j], inv) + 4) << (3*j);
+            bits |= (uint32_t) ((int) d2_code(v[j], inv) + 4) << (3*j);
         }
-        qs[3*g + 0] = (uint8_t) (bits      );
-        qs[3*g + 1] = (uint8_t) (bits >>  8);
-        qs[3*g + 2] = (uint8_t) (bits >> 16);
+        uint8_t * qs = y + d2_tail_at(K) + 3*((8*g - P)/8);
+        qs[0] = (uint8_t) (bits      );
+        qs[1] = (uint8_t) (bits >>  8);
+        qs[2] = (uint8_t) (bits >> 16);
+    } else if constexpr (d2_is_i8(K)) {
+        // int8 codes under their own scale, as ggml-fraqtl.c's d2i8_quantize_block
+        const float dp_raw = __fdiv_rn(amax, 127.0f);
+        if (g == 0) {
+            d2_st_half(y + 2, dp_raw);
+        }
+        const float dp    = d2_fp16_round(dp_raw);
+        const float inv_p = dp > 0.0f ? __frcp_rn(dp) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            y[4 + 8*g + j] = (uint8_t) (int8_t) (int) fminf(fmaxf(rintf(__fmul_rn(v[j], inv_p)), -127.0f), 127.0f);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            d2_st_half(y + 2 + 2*(8*g + j), v[j]);
+        }
     }
 }
 
-template <int P, typename idx_t>
+template <int K, typename idx_t>
 static __global__ void d2_set_rows(const char * __restrict__ src0, const idx_t * __restrict__ src1, char * __restrict__ dst,
         const int64_t n_blocks, const int64_t nb_row /* blocks per row */, const int64_t ne01, const int64_t ne02,
         const int64_t nb01, const int64_t nb02, const int64_t nb03,
         const int64_t nb10, const int64_t nb11, const int64_t nb12, const int64_t ne11, const int64_t ne12,
         const int64_t nb1, const int64_t nb2, const int64_t nb3) {
-    const int64_t i = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
+    __shared__ float xs[D2_SR_THREADS/D2_SR_LANES][QK_D2];
+    const int64_t i = ((int64_t) blockDim.x*blockIdx.x + threadIdx.x)/D2_SR_LANES;
     if (i >= n_blocks) {
-        return;
+        return; // a block's 8 lanes leave together
     }
+    const int      g     = threadIdx.x % D2_SR_LANES;
+    const unsigned gmask = 0xFFu << (threadIdx.x % WARP_SIZE - g);
     const int64_t ib  = i % nb_row;
     const int64_t i01 = (i / nb_row) % ne01;
     const int64_t i02 = (i / nb_row / ne01) % ne02;
@@ -214,8 +240,8 @@ static __global__ void d2_set_rows(const char * __restrict__ src0, const idx_t *
 
     const int64_t dst_row = *(const idx_t *) ((const char *) src1 + i01*nb10 + i11*nb11 + i12*nb12);
     const float * x = (const float *) (src0 + i01*nb01 + i02*nb02 + i03*nb03) + ib*QK_D2;
-    uint8_t     * y = (uint8_t *) (dst + dst_row*nb1 + i02*nb2 + i03*nb3) + ib*d2_block_bytes(P);
-    d2_quantize_block<P>(x, y);
+    uint8_t     * y = (uint8_t *) (dst + dst_row*nb1 + i02*nb2 + i03*nb3) + ib*d2_block_bytes(K);
+    d2_quantize_block<K>(x, y, xs[threadIdx.x/D2_SR_LANES], g, gmask);
 }
 
 bool ggml_fraqtl_cuda_set_rows_applies(const ggml_tensor * dst) {
@@ -234,9 +260,8 @@ static void d2_set_rows_cuda(const ggml_tensor * src0, const ggml_tensor * src1,
     if (n_blocks == 0) {
         return;
     }
-    const int threads = 64; // one block of 64 coefficients per thread: its tail lives in registers
-    const int64_t grid = (n_blocks + threads - 1)/threads;
-    d2_set_rows<P, idx_t><<<grid, threads, 0, stream>>>(
+    const int64_t grid = (n_blocks*D2_SR_LANES + D2_SR_THREADS - 1)/D2_SR_THREADS;
+    d2_set_rows<P, idx_t><<<grid, D2_SR_THREADS, 0, stream>>>(
         (const char *) src0->data, (const idx_t *) src1->data, (char *) dst->data, n_blocks, nb_row,
         src0->ne[1], src0->ne[2], src0->nb[1], src0->nb[2], src0->nb[3],
         src1->nb[0], src1->nb[1], src1->nb[2], src1->ne[1], src1->ne[2], dst->nb[1], dst->nb[2], dst->nb[3]);
@@ -266,6 +291,91 @@ void ggml_fraqtl_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * ds
     } else {
         d2_set_rows_dispatch<int32_t>(src0, src1, dst, ctx.stream());
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// D2's rotations of a prompt's ubatch (MUL_MAT by a fraqtl_rot_* / fraqtl_unrot_* matrix, more
+// than one token): f32 tiles of 64 x 64 outputs, 16 of K at a time. Upstream sends an f32 matrix
+// times more than 16 columns to cuBLAS, which only D2 needed: loading it cost about 99 MiB of
+// VRAM that no other arm pays (Mistral shape, receipts 2026-11-30). Decode keeps upstream's
+// matrix-vector kernel. dst[i0, i1, i2] = sum_k src0[k, i0, i2/r2] * src1[k, i1, i2]
+
+#define D2_MM_TILE 64
+#define D2_MM_KS   16
+
+static __global__ void d2_rotate_many(const float * __restrict__ a, const float * __restrict__ b, float * __restrict__ d,
+        const int K, const int M, const int N, const int64_t a_s1, const int64_t a_s2, const int64_t b_s1,
+        const int64_t b_s2, const int64_t d_s1, const int64_t d_s2, const int r2) {
+    __shared__ float as[D2_MM_KS][D2_MM_TILE + 1];
+    __shared__ float bs[D2_MM_KS][D2_MM_TILE + 1];
+    const float * A = a + (int64_t) (blockIdx.z / r2)*a_s2;
+    const float * B = b + (int64_t) blockIdx.z*b_s2;
+    float       * D = d + (int64_t) blockIdx.z*d_s2;
+    const int m0 = blockIdx.x*D2_MM_TILE;
+    const int n0 = blockIdx.y*D2_MM_TILE;
+    const int tx = threadIdx.x % 16; // outputs m0 + tx + 16*i, n0 + ty + 16*j
+    const int ty = threadIdx.x / 16;
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += D2_MM_KS) {
+        for (int e = threadIdx.x; e < D2_MM_KS*D2_MM_TILE; e += blockDim.x) {
+            const int kk = e % D2_MM_KS; // neighbouring threads read neighbouring k: contiguous
+            const int r  = e / D2_MM_KS;
+            const bool k_in = k0 + kk < K;
+            as[kk][r] = k_in && m0 + r < M ? A[(int64_t) (m0 + r)*a_s1 + k0 + kk] : 0.0f;
+            bs[kk][r] = k_in && n0 + r < N ? B[(int64_t) (n0 + r)*b_s1 + k0 + kk] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < D2_MM_KS; ++kk) {
+            float av[4];
+            float bv[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                av[i] = as[kk][tx + 16*i];
+                bv[i] = bs[kk][ty + 16*i];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + tx + 16*i;
+            const int n = n0 + ty + 16*j;
+            if (m < M && n < N) {
+                D[(int64_t) n*d_s1 + m] = acc[i][j];
+            }
+        }
+    }
+}
+
+static bool d2_is_rotation(const ggml_tensor * t) {
+    return strncmp(t->name, "fraqtl_rot_", 11) == 0 || strncmp(t->name, "fraqtl_unrot_", 13) == 0;
+}
+
+bool ggml_fraqtl_cuda_mul_mat_applies(const ggml_tensor * src0, const ggml_tensor * src1, const ggml_tensor * dst) {
+    return d2_is_rotation(src0) && src0->type == GGML_TYPE_F32 && src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32 &&
+        src1->ne[1] > 1 && src0->ne[3] == 1 && src1->ne[3] == 1 && src1->ne[2] % src0->ne[2] == 0 &&
+        src0->nb[0] == sizeof(float) && src1->nb[0] == sizeof(float) && dst->nb[0] == sizeof(float);
+}
+
+void ggml_fraqtl_cuda_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst) {
+    GGML_ASSERT(ggml_fraqtl_cuda_mul_mat_applies(src0, src1, dst));
+    const int M = (int) src0->ne[1];
+    const int N = (int) src1->ne[1];
+    const dim3 grid((M + D2_MM_TILE - 1)/D2_MM_TILE, (N + D2_MM_TILE - 1)/D2_MM_TILE, (unsigned) src1->ne[2]);
+    d2_rotate_many<<<grid, 256, 0, ctx.stream()>>>((const float *) src0->data, (const float *) src1->data, (float *) dst->data,
+        (int) src0->ne[0], M, N, src0->nb[1]/sizeof(float), src0->nb[2]/sizeof(float), src1->nb[1]/sizeof(float),
+        src1->nb[2]/sizeof(float), dst->nb[1]/sizeof(float), dst->nb[2]/sizeof(float), (int) (src1->ne[2]/src0->ne[2]));
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -861,18 +971,23 @@ static __global__ void d2_fattn_combine(const float * __restrict__ part_o, const
 }
 
 // ---------------------------------------------------------------------------------------
-// many query tokens: one KV head at a time to f16 (exact rows applied), then upstream's kernels
+// many query tokens: a group of KV heads at a time to f16 (exact rows applied), then upstream's
+// kernels. The group is as large as half the mask's bytes allow (d2_fattn_group), which keeps the
+// scratch under what the graph's output phase needs anyway: 4 of Mistral's 8 heads from 32K to 128K.
 
+// KV heads [h, h + nh) of rows [0, n_kv) to f16, head by head: dst[(h' - h)*n_kv + row][HD]
 template <int HD, int P>
 static __global__ void d2_head_to_f16(const uint8_t * __restrict__ src, const int32_t * __restrict__ rows,
-        const half * __restrict__ exact, half * __restrict__ dst, const int n_kv, const int h,
+        const half * __restrict__ exact, half * __restrict__ dst, const int n_kv, const int h0, const int nh,
         const int64_t s1, const int64_t s2, const int64_t e_s1) {
     constexpr int SPR = HD/8;
     const int64_t i = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
-    if (i >= (int64_t) n_kv*SPR) {
+    if (i >= (int64_t) n_kv*SPR*nh) {
         return;
     }
-    const int row = (int) (i / SPR);
+    const int hh  = (int) (i / ((int64_t) n_kv*SPR));
+    const int h   = h0 + hh;
+    const int row = (int) (i / SPR % n_kv);
     const int sp  = (int) (i % SPR);
     const int map = rows ? rows[row] : row;
     float x[8];
@@ -886,7 +1001,7 @@ static __global__ void d2_head_to_f16(const uint8_t * __restrict__ src, const in
     for (int j = 0; j < 4; ++j) {
         out[j] = __floats2half2_rn(x[2*j], x[2*j + 1]);
     }
-    *(uint4 *) (dst + (int64_t) row*HD + 8*sp) = *(const uint4 *) out;
+    *(uint4 *) (dst + ((int64_t) hh*n_kv + row)*HD + 8*sp) = *(const uint4 *) out;
 }
 
 // out[d, h*G + g, t] = part[d, g, t]
@@ -1033,6 +1148,19 @@ static size_t d2_pad(const size_t x) {
     return GGML_PAD(x, 128);
 }
 
+// KV heads a prompt's pass converts to f16 at once: the most (a divisor of n_head_kv) whose f16 K
+// and V fit in half the mask's bytes (the graph keeps the mask and more for its output phase)
+static int d2_fattn_group(const d2_fattn_shape & s, const ggml_tensor * mask) {
+    const size_t one = 2*d2_pad((size_t) s.n_kv*s.hd*sizeof(half));
+    int g = 1;
+    for (int n = 2; n <= s.n_head_kv; ++n) {
+        if (s.n_head_kv % n == 0 && n*one <= ggml_nbytes(mask)/2) {
+            g = n;
+        }
+    }
+    return g;
+}
+
 size_t ggml_fraqtl_cuda_fattn_alloc_size(int device, const ggml_tensor * dst) {
     const d2_fattn_shape s = d2_fattn_shape_of(dst);
     size_t size = d2_pad(ggml_nbytes(dst));
@@ -1044,9 +1172,10 @@ size_t ggml_fraqtl_cuda_fattn_alloc_size(int device, const ggml_tensor * dst) {
             size += d2_pad((size_t) s.n_head*n_parts*sizeof(float2));
         }
     } else {
-        const int G = s.n_head/s.n_head_kv;
-        size += 2*d2_pad((size_t) s.n_kv*s.hd*sizeof(half));
-        size += d2_pad((size_t) s.hd*G*s.n_tokens*sizeof(float));
+        const int G  = s.n_head/s.n_head_kv;
+        const int HG = d2_fattn_group(s, dst->src[3]);
+        size += 2*d2_pad((size_t) HG*s.n_kv*s.hd*sizeof(half));
+        size += d2_pad((size_t) s.hd*HG*G*s.n_tokens*sizeof(float));
     }
     return size;
 }
@@ -1111,17 +1240,18 @@ static void d2_fattn_decode_launch(const d2_fattn_plan & p, const d2_fattn_shape
 
 template <int HD>
 static void d2_launch_to_f16(const int p, const uint8_t * src, const int32_t * rows, const half * exact, half * out,
-        const d2_fattn_shape & s, const int h, const int64_t s1, const int64_t s2, const int64_t e_s1, cudaStream_t stream) {
-    const int64_t n      = (int64_t) s.n_kv*(HD/8);
+        const d2_fattn_shape & s, const int h, const int nh, const int64_t s1, const int64_t s2, const int64_t e_s1,
+        cudaStream_t stream) {
+    const int64_t n      = (int64_t) s.n_kv*(HD/8)*nh;
     const int     blocks = (int) ((n + 255)/256);
     switch (p) {
-        case  0: d2_head_to_f16<HD,  0><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
-        case  8: d2_head_to_f16<HD,  8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
-        case 16: d2_head_to_f16<HD, 16><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
-        case 32: d2_head_to_f16<HD, 32><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
-        case  8 + D2_I8: d2_head_to_f16<HD,  8 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
-        case 16 + D2_I8: d2_head_to_f16<HD, 16 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
-        case 32 + D2_I8: d2_head_to_f16<HD, 32 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, s1, s2, e_s1); break;
+        case  0: d2_head_to_f16<HD,  0><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, nh, s1, s2, e_s1); break;
+        case  8: d2_head_to_f16<HD,  8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, nh, s1, s2, e_s1); break;
+        case 16: d2_head_to_f16<HD, 16><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, nh, s1, s2, e_s1); break;
+        case 32: d2_head_to_f16<HD, 32><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, nh, s1, s2, e_s1); break;
+        case  8 + D2_I8: d2_head_to_f16<HD,  8 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, nh, s1, s2, e_s1); break;
+        case 16 + D2_I8: d2_head_to_f16<HD, 16 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, nh, s1, s2, e_s1); break;
+        case 32 + D2_I8: d2_head_to_f16<HD, 32 + D2_I8><<<blocks, 256, 0, stream>>>(src, rows, exact, out, s.n_kv, h, nh, s1, s2, e_s1); break;
         default: GGML_ABORT("fraqtl: no D2 dequantizer for kind %d", p);
     }
     CUDA_CHECK(cudaGetLastError());
@@ -1129,33 +1259,33 @@ static void d2_launch_to_f16(const int p, const uint8_t * src, const int32_t * r
 
 static void d2_fattn_many(ggml_backend_cuda_context & ctx, ggml_tensor * dst, const d2_fattn_shape & s) {
     const auto [Q, K, V, mask, ek, ev, rows] = d2_fattn_srcs_of(dst);
-    GGML_UNUSED(mask);
     cudaStream_t stream = ctx.stream();
-    const int G = s.n_head/s.n_head_kv;
+    const int G  = s.n_head/s.n_head_kv;
+    const int HG = d2_fattn_group(s, mask);
 
     char * extra = (char *) dst->data + d2_pad(ggml_nbytes(dst));
     half  * k16  = (half *) extra;
-    half  * v16  = (half *) (extra + d2_pad((size_t) s.n_kv*s.hd*sizeof(half)));
-    float * part = (float *) (extra + 2*d2_pad((size_t) s.n_kv*s.hd*sizeof(half)));
+    half  * v16  = (half *) (extra + d2_pad((size_t) HG*s.n_kv*s.hd*sizeof(half)));
+    float * part = (float *) (extra + 2*d2_pad((size_t) HG*s.n_kv*s.hd*sizeof(half)));
 
-    // one KV head: Q of its G query heads, f16 K/V of that head, a dense output for them
+    // HG KV heads: Q of their HG*G query heads, f16 K/V of those heads, a dense output for them
     ggml_tensor q_h = *Q;
-    q_h.ne[2] = G;
+    q_h.ne[2] = HG*G;
     q_h.view_src = nullptr;
 
     ggml_tensor k_h = *K;
     k_h.type = GGML_TYPE_F16;
-    k_h.ne[0] = s.hd; k_h.ne[1] = s.n_kv; k_h.ne[2] = 1; k_h.ne[3] = 1;
+    k_h.ne[0] = s.hd; k_h.ne[1] = s.n_kv; k_h.ne[2] = HG; k_h.ne[3] = 1;
     k_h.nb[0] = sizeof(half); k_h.nb[1] = s.hd*sizeof(half);
-    k_h.nb[2] = k_h.nb[1]*s.n_kv; k_h.nb[3] = k_h.nb[2];
+    k_h.nb[2] = k_h.nb[1]*s.n_kv; k_h.nb[3] = k_h.nb[2]*HG;
     k_h.view_src = nullptr;
     k_h.data = k16;
     ggml_tensor v_h = k_h;
     v_h.data = v16;
 
     ggml_tensor out_h = *dst;
-    out_h.ne[1] = G;
-    out_h.nb[2] = out_h.nb[1]*G;
+    out_h.ne[1] = HG*G;
+    out_h.nb[2] = out_h.nb[1]*HG*G;
     out_h.nb[3] = out_h.nb[2]*out_h.ne[2];
     out_h.data = part;
     out_h.src[0] = &q_h;
@@ -1164,14 +1294,14 @@ static void d2_fattn_many(ggml_backend_cuda_context & ctx, ggml_tensor * dst, co
     out_h.src[5] = out_h.src[6] = out_h.src[7] = nullptr;
 
     const int32_t * rows_d = rows ? (const int32_t *) rows->data : nullptr;
-    const int64_t n_out = (int64_t) s.hd*G*s.n_tokens;
-    for (int h = 0; h < s.n_head_kv; ++h) {
+    const int64_t n_out = (int64_t) s.hd*HG*G*s.n_tokens;
+    for (int h = 0; h < s.n_head_kv; h += HG) {
         q_h.data = (char *) Q->data + (size_t) h*G*Q->nb[2];
 #define D2_TO_F16(HD)                                                                                          \
         d2_launch_to_f16<HD>(s.pk, (const uint8_t *) K->data, rows_d, ek ? (const half *) ek->data : nullptr,  \
-                k16, s, h, K->nb[1], K->nb[2], ek ? ek->nb[1]/sizeof(half) : 0, stream);                      \
+                k16, s, h, HG, K->nb[1], K->nb[2], ek ? ek->nb[1]/sizeof(half) : 0, stream);                  \
         d2_launch_to_f16<HD>(s.pv, (const uint8_t *) V->data, rows_d, ev ? (const half *) ev->data : nullptr,  \
-                v16, s, h, V->nb[1], V->nb[2], ev ? ev->nb[1]/sizeof(half) : 0, stream);
+                v16, s, h, HG, V->nb[1], V->nb[2], ev ? ev->nb[1]/sizeof(half) : 0, stream);
         switch (s.hd) {
             case  64: D2_TO_F16(64);  break;
             case 128: D2_TO_F16(128); break;
@@ -1180,7 +1310,7 @@ static void d2_fattn_many(ggml_backend_cuda_context & ctx, ggml_tensor * dst, co
         }
 #undef D2_TO_F16
         ggml_cuda_flash_attn_ext(ctx, &out_h);
-        d2_scatter_heads<<<(int) ((n_out + 255)/256), 256, 0, stream>>>(part, (float *) dst->data, s.hd, G, s.n_head, h, n_out);
+        d2_scatter_heads<<<(int) ((n_out + 255)/256), 256, 0, stream>>>(part, (float *) dst->data, s.hd, HG*G, s.n_head, h/HG, n_out);
         CUDA_CHECK(cudaGetLastError());
     }
 }
