@@ -7,6 +7,7 @@
 #   phase gpu:   wait for the build; GPU tests (D2 cache in VRAM, agreement with the CPU
 #                reference, an answer with d2); SmolLM2 KLD with d2 on the GPU beside d2@cpu;
 #                Mistral-shape memory/speed at the contexts in $CTX
+#   phase rebuild: after an edit of our CUDA sources, rebuild incrementally in the kept build dir
 #   phase long:  Mistral-shape memory/speed at 128K and llama-bench from the same build
 #   phase split: on a 2-GPU machine (nvidia-h200-x2; after start): the Mistral shape at 128K with
 #                f16, q8_0 and d2 on GPU 0 alone and split by layer over both GPUs (peak VRAM per
@@ -85,6 +86,19 @@ build)
    echo "llama-bench built in $(( $(date +%s) - t0 )) s") || echo "llama-bench build failed"
   python3 -m bench.cli shape-model -o $SHAPE && echo "shape model done in $(( $(date +%s) - t0 )) s"
   touch /tmp/shape.done
+  ;;
+rebuild)
+  # after a change to our own CUDA sources on a warm machine: copy them into the unpacked tree
+  # and rebuild in the kept build dir (only their objects and the link: about 110 s)
+  wait_build
+  cp engine/llama.cpp-fraqtl/src/ggml-cuda/ggml-fraqtl-cuda.* "$(ls -d /tmp/src/*)/vendor/llama.cpp/ggml/src/ggml-cuda/"
+  CMAKE_ARGS="$(python3 -c 'import shlex; from engine.build import make_plan; print(shlex.join(make_plan("cuda", "90").cmake_args))')"
+  export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+  t0=$(date +%s); rm -rf /tmp/wheel
+  python3 -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel -C build-dir=/tmp/build "$(ls -d /tmp/src/*)" \
+    > /tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }
+  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site /tmp/wheel/*.whl
+  echo "rebuilt in $(( $(date +%s) - t0 )) s"
   ;;
 gpu)
   wait_build; smol

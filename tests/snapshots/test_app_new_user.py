@@ -45,8 +45,6 @@ async def ask(pilot, chat, question: str):
 
 
 async def test_a_new_users_whole_session(model_path, app_dirs: Path) -> None:
-    # imported here: a module-level import of the bench package before tests/bench is collected
-    # would shadow that folder's own package of the same name
     from bench.ui_lag import long_pdf
 
     log = long_pdf(app_dirs / "ferry log.pdf", 18, {(3, 11): MASTER})
