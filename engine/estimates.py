@@ -69,10 +69,10 @@ def _row_map_bytes(arm: ArmConfig, n_ctx: int) -> int:
 
 
 def basis_bytes(info: GgufInfo, arm: ArmConfig) -> int:
-    """D2's rotations on the device: K's basis, V's basis and its inverse, f32, per layer and KV head."""
+    """D2's rotations on the device: K's basis and V's, f32, per layer and KV head (V's transpose undoes it)."""
     if arm.recipe is None:
         return 0
-    return info.n_layer * info.n_head_kv * (info.head_dim_k**2 + 2 * info.head_dim_v**2) * 4
+    return info.n_layer * info.n_head_kv * (info.head_dim_k**2 + info.head_dim_v**2) * 4
 
 
 def _n_vocab(info: GgufInfo) -> int:

@@ -269,7 +269,9 @@ def test_window_covering_every_token_equals_all_exact_attention(model: Path, tok
     # D2's f32 ones: they differ by the fp16 rounding floor (~0.003 here), 1/70 of lossy's
     assert kld(ref, exact) < 0.01
     assert kld(ref, lossy) > 20 * kld(ref, exact)
-    assert np.mean(exact.argmax(1) == ref.argmax(1)) > 0.95 > np.mean(lossy.argmax(1) == ref.argmax(1))
+    # top-1: fp16 rounding alone flips near-ties at about 5 % of positions (0.948-0.962 with two
+    # summation orders of the same inverse rotation); the compressed-only cache flips about 30 %
+    assert np.mean(exact.argmax(1) == ref.argmax(1)) > 0.92 > 0.8 > np.mean(lossy.argmax(1) == ref.argmax(1))
 
 
 def test_follow_up_question_reuses_the_document(model: Path) -> None:

@@ -253,9 +253,10 @@ template <int HD, int PK, int PV> static int check_decode(const int n_head_kv, c
     return bad;
 }
 
-// D2's rotation of a prompt (d2_rotate_many) against a double-precision product: nh_x heads of N
-// tokens by nh_kv matrices of K x M (each matrix serving r2 = nh_x/nh_kv heads)
-static int check_rotate(const int K, const int M, const int N, const int nh_kv, const int nh_x) {
+// D2's rotations (d2_rotate_many) against a double-precision product: nh_x heads of N tokens by
+// nh_kv matrices of M x K (each serving r2 = nh_x/nh_kv heads). inverse: each matrix stored as K
+// rows of M and read transposed, as the OUT_PROD of the inverse rotation reads rot_v
+static int check_rotate(const int K, const int M, const int N, const int nh_kv, const int nh_x, const bool inverse = false) {
     std::mt19937 rng(5); std::normal_distribution<float> nd(0, 1);
     std::vector<float> a((size_t) K*M*nh_kv), b((size_t) K*N*nh_x), d((size_t) M*N*nh_x);
     for (auto & v : a) v = nd(rng);
@@ -263,17 +264,23 @@ static int check_rotate(const int K, const int M, const int N, const int nh_kv, 
     float * da; float * db; float * dd;
     CK(cudaMalloc(&da, a.size()*4)); CK(cudaMalloc(&db, b.size()*4)); CK(cudaMalloc(&dd, d.size()*4));
     CK(cudaMemcpy(da, a.data(), a.size()*4, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, b.data(), b.size()*4, cudaMemcpyHostToDevice));
+    const d2_mm_operand oa = inverse ? d2_mm_operand{ da, 1, M, (int64_t) K*M } : d2_mm_operand{ da, K, 1, (int64_t) K*M };
+    const d2_mm_operand ob = { db, K, 1, (int64_t) K*N };
     const dim3 grid((M + D2_MM_TILE - 1)/D2_MM_TILE, (N + D2_MM_TILE - 1)/D2_MM_TILE, nh_x);
-    d2_rotate_many<<<grid, 256>>>(da, db, dd, K, M, N, K, (int64_t) K*M, K, (int64_t) K*N, M, (int64_t) M*N, nh_x/nh_kv);
+    d2_rotate_many<<<grid, 256>>>(oa, ob, dd, K, M, N, M, (int64_t) M*N, nh_x/nh_kv);
     CK(cudaGetLastError()); CK(cudaMemcpy(d.data(), dd, d.size()*4, cudaMemcpyDeviceToHost));
     double err = 0, mx = 0;
     for (int h = 0; h < nh_x; h++) for (int n = 0; n < N; n++) for (int m = 0; m < M; m++) {
+        const size_t hk = h/(nh_x/nh_kv);
         double want = 0;
-        for (int k = 0; k < K; k++) want += (double) a[((size_t) (h/(nh_x/nh_kv))*M + m)*K + k]*b[((size_t) h*N + n)*K + k];
+        for (int k = 0; k < K; k++) {
+            want += (double) a[inverse ? (hk*K + k)*M + m : (hk*M + m)*K + k]*b[((size_t) h*N + n)*K + k];
+        }
         err = fmax(err, fabs(want - d[((size_t) h*N + n)*M + m])); mx = fmax(mx, fabs(want));
     }
     const int bad = !(err <= 1e-5*mx*K);
-    printf("rotate K %d M %d N %d heads %d/%d: max abs err %.3g (max %.3g)%s\n", K, M, N, nh_x, nh_kv, err, mx, bad ? " FAILED" : "");
+    printf("rotate%s K %d M %d N %d heads %d/%d: max abs err %.3g (max %.3g)%s\n", inverse ? " (inverse)" : "", K, M, N, nh_x, nh_kv,
+           err, mx, bad ? " FAILED" : "");
     cudaFree(da); cudaFree(db); cudaFree(dd);
     return bad;
 }
@@ -313,6 +320,9 @@ int main(int argc, char ** argv) {
     bad |= check< 64,  8 + D2_I8>(3, 4096); bad |= check<128, 16 + D2_I8>(8, 4096); bad |= check<128, 32 + D2_I8>(8, 4096);
     bad |= check_rotate(128, 128, 300, 8, 32); // Mistral's Q: 32 heads on 8 bases, a partial tile of tokens
     bad |= check_rotate(64, 64, 2048, 3, 3);   // SmolLM2's K
+    bad |= check_rotate(128, 128, 300, 8, 32, true); // Mistral's inverse V rotation of a prompt's output
+    bad |= check_rotate(128, 128, 1, 8, 32, true);   // and of one decoded token's
+    bad |= check_rotate(64, 64, 1, 3, 9, true);      // SmolLM2's, one token
     printf(bad ? "D2 KERNEL CHECK FAILED\n" : "D2 kernel check passed\n");
     return bad;
 }

@@ -294,22 +294,43 @@ void ggml_fraqtl_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * ds
 }
 
 // ---------------------------------------------------------------------------------------
-// D2's rotations of a prompt's ubatch (MUL_MAT by a fraqtl_rot_* / fraqtl_unrot_* matrix, more
-// than one token): f32 tiles of 64 x 64 outputs, 16 of K at a time. Upstream sends an f32 matrix
-// times more than 16 columns to cuBLAS, which only D2 needed: loading it cost about 99 MiB of
-// VRAM that no other arm pays (Mistral shape, receipts 2026-11-30). Decode keeps upstream's
-// matrix-vector kernel. dst[i0, i1, i2] = sum_k src0[k, i0, i2/r2] * src1[k, i1, i2]
+// D2's rotations: a prompt's (MUL_MAT by a fraqtl_rot_* matrix, more than one token) and the
+// inverse rotation of the attention output at any number of tokens (OUT_PROD of that matrix and
+// the transposed output: the rotation is orthonormal, so its transpose undoes it). f32 tiles of
+// 64 x 64 outputs, 16 of K at a time. Upstream sends an f32 matrix times more than 16 columns, and
+// every OUT_PROD, to cuBLAS, which only D2 needed: loading it cost about 99 MiB of VRAM that no
+// other arm pays (Mistral shape, receipts 2026-11-30). Decode's forward rotations keep upstream's
+// matrix-vector kernel.
+// dst[m, n, i2] = sum_k A[m, k, i2/r2] * B[n, k, i2], A and B at any element strides (s_m/s_n, s_k)
 
 #define D2_MM_TILE 64
 #define D2_MM_KS   16
 
-static __global__ void d2_rotate_many(const float * __restrict__ a, const float * __restrict__ b, float * __restrict__ d,
-        const int K, const int M, const int N, const int64_t a_s1, const int64_t a_s2, const int64_t b_s1,
-        const int64_t b_s2, const int64_t d_s1, const int64_t d_s2, const int r2) {
+struct d2_mm_operand {
+    const float * p;
+    int64_t s_mn; // elements between neighbouring rows (m or n)
+    int64_t s_k;  // and between neighbouring k
+    int64_t s2;   // and between matrices
+};
+
+// a 16 x 64 slice (k, row) of an operand into shared memory; neighbouring threads read
+// neighbouring addresses, along k or along the rows, whichever is contiguous
+static __device__ __forceinline__ void d2_mm_load(float (*dst)[D2_MM_TILE + 1], const d2_mm_operand & o, const float * base,
+        const int k0, const int K, const int r0, const int R) {
+    const bool along_k = o.s_k == 1;
+    for (int e = threadIdx.x; e < D2_MM_KS*D2_MM_TILE; e += blockDim.x) {
+        const int kk = along_k ? e % D2_MM_KS : e / D2_MM_TILE;
+        const int r  = along_k ? e / D2_MM_KS : e % D2_MM_TILE;
+        dst[kk][r] = k0 + kk < K && r0 + r < R ? base[(int64_t) (r0 + r)*o.s_mn + (int64_t) (k0 + kk)*o.s_k] : 0.0f;
+    }
+}
+
+static __global__ void d2_rotate_many(const d2_mm_operand a, const d2_mm_operand b, float * __restrict__ d,
+        const int K, const int M, const int N, const int64_t d_s1, const int64_t d_s2, const int r2) {
     __shared__ float as[D2_MM_KS][D2_MM_TILE + 1];
     __shared__ float bs[D2_MM_KS][D2_MM_TILE + 1];
-    const float * A = a + (int64_t) (blockIdx.z / r2)*a_s2;
-    const float * B = b + (int64_t) blockIdx.z*b_s2;
+    const float * A = a.p + (int64_t) (blockIdx.z / r2)*a.s2;
+    const float * B = b.p + (int64_t) blockIdx.z*b.s2;
     float       * D = d + (int64_t) blockIdx.z*d_s2;
     const int m0 = blockIdx.x*D2_MM_TILE;
     const int n0 = blockIdx.y*D2_MM_TILE;
@@ -317,13 +338,8 @@ static __global__ void d2_rotate_many(const float * __restrict__ a, const float 
     const int ty = threadIdx.x / 16;
     float acc[4][4] = {};
     for (int k0 = 0; k0 < K; k0 += D2_MM_KS) {
-        for (int e = threadIdx.x; e < D2_MM_KS*D2_MM_TILE; e += blockDim.x) {
-            const int kk = e % D2_MM_KS; // neighbouring threads read neighbouring k: contiguous
-            const int r  = e / D2_MM_KS;
-            const bool k_in = k0 + kk < K;
-            as[kk][r] = k_in && m0 + r < M ? A[(int64_t) (m0 + r)*a_s1 + k0 + kk] : 0.0f;
-            bs[kk][r] = k_in && n0 + r < N ? B[(int64_t) (n0 + r)*b_s1 + k0 + kk] : 0.0f;
-        }
+        d2_mm_load(as, a, A, k0, K, m0, M);
+        d2_mm_load(bs, b, B, k0, K, n0, N);
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < D2_MM_KS; ++kk) {
@@ -358,24 +374,49 @@ static __global__ void d2_rotate_many(const float * __restrict__ a, const float 
 }
 
 static bool d2_is_rotation(const ggml_tensor * t) {
-    return strncmp(t->name, "fraqtl_rot_", 11) == 0 || strncmp(t->name, "fraqtl_unrot_", 13) == 0;
+    return strncmp(t->name, "fraqtl_rot_", 11) == 0;
+}
+
+static void d2_rotate_launch(ggml_backend_cuda_context & ctx, const d2_mm_operand & a, const d2_mm_operand & b, ggml_tensor * dst,
+        const int K, const int M, const int N, const int r2) {
+    const dim3 grid((M + D2_MM_TILE - 1)/D2_MM_TILE, (N + D2_MM_TILE - 1)/D2_MM_TILE, (unsigned) dst->ne[2]);
+    d2_rotate_many<<<grid, 256, 0, ctx.stream()>>>(a, b, (float *) dst->data, K, M, N, dst->nb[1]/sizeof(float),
+        dst->nb[2]/sizeof(float), r2);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+static bool d2_rotation_f32(const ggml_tensor * src0, const ggml_tensor * src1, const ggml_tensor * dst) {
+    return d2_is_rotation(src0) && src0->type == GGML_TYPE_F32 && src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32 &&
+        src0->ne[3] == 1 && src1->ne[3] == 1 && src1->ne[2] % src0->ne[2] == 0 && dst->nb[0] == sizeof(float);
 }
 
 bool ggml_fraqtl_cuda_mul_mat_applies(const ggml_tensor * src0, const ggml_tensor * src1, const ggml_tensor * dst) {
-    return d2_is_rotation(src0) && src0->type == GGML_TYPE_F32 && src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32 &&
-        src1->ne[1] > 1 && src0->ne[3] == 1 && src1->ne[3] == 1 && src1->ne[2] % src0->ne[2] == 0 &&
-        src0->nb[0] == sizeof(float) && src1->nb[0] == sizeof(float) && dst->nb[0] == sizeof(float);
+    return d2_rotation_f32(src0, src1, dst) && src1->ne[1] > 1 && src0->nb[0] == sizeof(float) && src1->nb[0] == sizeof(float);
 }
 
 void ggml_fraqtl_cuda_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst) {
     GGML_ASSERT(ggml_fraqtl_cuda_mul_mat_applies(src0, src1, dst));
-    const int M = (int) src0->ne[1];
-    const int N = (int) src1->ne[1];
-    const dim3 grid((M + D2_MM_TILE - 1)/D2_MM_TILE, (N + D2_MM_TILE - 1)/D2_MM_TILE, (unsigned) src1->ne[2]);
-    d2_rotate_many<<<grid, 256, 0, ctx.stream()>>>((const float *) src0->data, (const float *) src1->data, (float *) dst->data,
-        (int) src0->ne[0], M, N, src0->nb[1]/sizeof(float), src0->nb[2]/sizeof(float), src1->nb[1]/sizeof(float),
-        src1->nb[2]/sizeof(float), dst->nb[1]/sizeof(float), dst->nb[2]/sizeof(float), (int) (src1->ne[2]/src0->ne[2]));
-    CUDA_CHECK(cudaGetLastError());
+    // dst[m, n] = sum_k src0[k, m] * src1[k, n]
+    const d2_mm_operand a = { (const float *) src0->data, (int64_t) (src0->nb[1]/sizeof(float)), 1, (int64_t) (src0->nb[2]/sizeof(float)) };
+    const d2_mm_operand b = { (const float *) src1->data, (int64_t) (src1->nb[1]/sizeof(float)), 1, (int64_t) (src1->nb[2]/sizeof(float)) };
+    d2_rotate_launch(ctx, a, b, dst, (int) src0->ne[0], (int) src0->ne[1], (int) src1->ne[1], (int) (src1->ne[2]/src0->ne[2]));
+}
+
+bool ggml_fraqtl_cuda_out_prod_applies(const ggml_tensor * dst) {
+    const ggml_tensor * src0 = dst->src[0];
+    const ggml_tensor * src1 = dst->src[1];
+    return dst->op == GGML_OP_OUT_PROD && d2_rotation_f32(src0, src1, dst) && src0->nb[0] == sizeof(float);
+}
+
+void ggml_fraqtl_cuda_out_prod(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    GGML_ASSERT(ggml_fraqtl_cuda_out_prod_applies(dst));
+    const ggml_tensor * src0 = dst->src[0];
+    const ggml_tensor * src1 = dst->src[1];
+    // dst[m, n] = sum_k src0[m, k] * src1[n, k] (src1: the transposed output, any strides)
+    const d2_mm_operand a = { (const float *) src0->data, 1, (int64_t) (src0->nb[1]/sizeof(float)), (int64_t) (src0->nb[2]/sizeof(float)) };
+    const d2_mm_operand b = { (const float *) src1->data, (int64_t) (src1->nb[0]/sizeof(float)), (int64_t) (src1->nb[1]/sizeof(float)),
+                              (int64_t) (src1->nb[2]/sizeof(float)) };
+    d2_rotate_launch(ctx, a, b, dst, (int) src0->ne[1], (int) src0->ne[0], (int) src1->ne[0], (int) (src1->ne[2]/src0->ne[2]));
 }
 
 // ---------------------------------------------------------------------------------------

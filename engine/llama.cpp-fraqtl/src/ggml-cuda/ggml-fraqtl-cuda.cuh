@@ -25,10 +25,12 @@ bool ggml_fraqtl_cuda_set_rows_applies(const ggml_tensor * dst);
 bool ggml_fraqtl_cuda_set_rows_supported(const ggml_tensor * op);
 void ggml_fraqtl_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
 
-// D2's rotation of a prompt's ubatch (a MUL_MAT by fraqtl_rot_*/fraqtl_unrot_*, f32, > 1 token):
-// our own f32 kernel, so that D2 never loads cuBLAS
+// D2's rotations by a fraqtl_rot_* matrix, f32: a prompt's (MUL_MAT, > 1 token) and the inverse
+// at any number of tokens (OUT_PROD): our own kernel, so that D2 never loads cuBLAS
 bool ggml_fraqtl_cuda_mul_mat_applies(const ggml_tensor * src0, const ggml_tensor * src1, const ggml_tensor * dst);
 void ggml_fraqtl_cuda_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst);
+bool ggml_fraqtl_cuda_out_prod_applies(const ggml_tensor * dst);
+void ggml_fraqtl_cuda_out_prod(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
 
 // a FLASH_ATTN_EXT node whose K or V is a D2 type (supported: see the block types above)
 bool   ggml_fraqtl_cuda_fattn_applies(const ggml_tensor * dst);

@@ -615,7 +615,6 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
     std::vector<ggml_context_ptr> owned;
     d2->rot_k.assign(n_layer, nullptr);
     d2->rot_v.assign(n_layer, nullptr);
-    d2->unrot_v.assign(n_layer, nullptr);
     d2->exact_k.assign(n_layer, nullptr);
     d2->exact_v.assign(n_layer, nullptr);
 
@@ -645,12 +644,10 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         const int64_t hk = d2->hd_k;
         const int64_t hv = d2->hd_v;
         const int64_t nh = d2->n_head_kv;
-        d2->rot_k[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hk, hk, nh);
-        d2->rot_v[il]   = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
-        d2->unrot_v[il] = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
-        ggml_format_name(d2->rot_k[il],   "fraqtl_rot_k_l%d", il);
-        ggml_format_name(d2->rot_v[il],   "fraqtl_rot_v_l%d", il);
-        ggml_format_name(d2->unrot_v[il], "fraqtl_unrot_v_l%d", il);
+        d2->rot_k[il] = ggml_new_tensor_3d(c, GGML_TYPE_F32, hk, hk, nh);
+        d2->rot_v[il] = ggml_new_tensor_3d(c, GGML_TYPE_F32, hv, hv, nh);
+        ggml_format_name(d2->rot_k[il], "fraqtl_rot_k_l%d", il);
+        ggml_format_name(d2->rot_v[il], "fraqtl_rot_v_l%d", il);
         if (d2->n_exact > 0) {
             d2->exact_k[il] = ggml_new_tensor_2d(c, GGML_TYPE_F16, hk*nh, d2->n_exact + 1);
             d2->exact_v[il] = ggml_new_tensor_2d(c, GGML_TYPE_F16, hv*nh, d2->n_exact + 1);
@@ -700,25 +697,20 @@ void llama_fraqtl_attach(const llama_model & model, const llama_fraqtl_params & 
         if (!d2->rot_k[il]) {
             continue;
         }
-        // passes: 0 rot_k, 1 rot_v, 2 unrot_v
-        for (int pass = 0; pass < 3; ++pass) {
+        // passes: 0 rot_k, 1 rot_v (its transpose undoes it: llama_fraqtl_unrotate_out)
+        for (int pass = 0; pass < 2; ++pass) {
             const bool is_k = pass == 0;
             const int32_t hd = is_k ? d2->hd_k : d2->hd_v;
             const auto & u    = is_k ? uk : uv;
             const auto & perm = is_k ? perm_k[il] : perm_v;
-            ggml_tensor * t = pass == 0 ? d2->rot_k[il] : pass == 1 ? d2->rot_v[il] : d2->unrot_v[il];
+            ggml_tensor * t = is_k ? d2->rot_k[il] : d2->rot_v[il];
             tmp.assign((size_t) d2->n_head_kv*hd*hd, 0.0f);
             for (int32_t h = 0; h < d2->n_head_kv; ++h) {
                 const float * uh = u.data() + ((size_t) il*d2->n_head_kv + h)*hd*hd; // U[d][c]
                 float * th = tmp.data() + (size_t) h*hd*hd;
                 for (int32_t j = 0; j < hd; ++j) {
                     for (int32_t d = 0; d < hd; ++d) {
-                        const float val = uh[(size_t) d*hd + perm[j]];
-                        if (pass < 2) {
-                            th[(size_t) j*hd + d] = val; // row j of the rotation: coefficient j
-                        } else {
-                            th[(size_t) d*hd + j] = val; // row d of the inverse: output dim d
-                        }
+                        th[(size_t) j*hd + d] = uh[(size_t) d*hd + perm[j]]; // row j: coefficient j
                     }
                 }
             }
@@ -846,8 +838,10 @@ void llama_fraqtl_set_inputs(const llama_kv_cache_context * mctx, const llama_ub
     }
 }
 
-// x [hd, n_head, n_tokens] -> per-head x·rot, each query head using its KV head's matrix
-static ggml_tensor * fraqtl_rotate(ggml_context * ctx, ggml_tensor * x, ggml_tensor * rot) {
+// x [hd, n_head, n_tokens] -> per head, rot·x (rot's row j gives coefficient j), or rot^T·x
+// (inverse: the rotation is orthonormal, so its transpose undoes it without a matrix of its own;
+// an OUT_PROD of rot and x^T), each query head using its KV head's matrix
+static ggml_tensor * fraqtl_rotate(ggml_context * ctx, ggml_tensor * x, ggml_tensor * rot, bool inverse = false) {
     const int64_t hd = x->ne[0];
     const int64_t nh = x->ne[1];
     const int64_t nt = x->ne[2];
@@ -858,7 +852,8 @@ static ggml_tensor * fraqtl_rotate(ggml_context * ctx, ggml_tensor * x, ggml_ten
     } else {
         cur = ggml_cont(ctx, ggml_permute(ctx, cur, 0, 2, 1, 3)); // [hd, nt, nh]
     }
-    cur = ggml_mul_mat(ctx, rot, cur); // broadcasts rot over the query heads of each KV head
+    // both broadcast rot over the query heads of each KV head
+    cur = inverse ? ggml_out_prod(ctx, rot, ggml_transpose(ctx, cur)) : ggml_mul_mat(ctx, rot, cur);
     if (nt == 1) {
         return ggml_reshape_3d(ctx, cur, hd, nh, 1);
     }
@@ -914,7 +909,7 @@ ggml_tensor * llama_fraqtl_unrotate_out(ggml_context * ctx, const llama_fraqtl_k
     const int64_t nt = cur->ne[1];
     ggml_tensor * x = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur);
     x = ggml_reshape_3d(ctx, x, hd, cur->ne[0]/hd, nt);
-    x = fraqtl_rotate(ctx, x, d2->unrot_v[il]);
+    x = fraqtl_rotate(ctx, x, d2->rot_v[il], true);
     return ggml_reshape_2d(ctx, x, cur->ne[0], nt);
 }
 

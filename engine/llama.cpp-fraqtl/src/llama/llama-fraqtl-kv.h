@@ -43,7 +43,6 @@ struct llama_fraqtl_kv {
     // indexed by model layer; nullptr where the layer has no KV cache
     std::vector<ggml_tensor *> rot_k;   // [hd_k, hd_k, n_head_kv] f32: q or k -> coefficients
     std::vector<ggml_tensor *> rot_v;   // [hd_v, hd_v, n_head_kv] f32
-    std::vector<ggml_tensor *> unrot_v; // [hd_v, hd_v, n_head_kv] f32: coefficients -> x
     std::vector<ggml_tensor *> exact_k; // [hd_k*n_head_kv, n_exact + 1] f16, rotated; last row: scratch
     std::vector<ggml_tensor *> exact_v; // [hd_v*n_head_kv, n_exact + 1] f16, rotated
 
