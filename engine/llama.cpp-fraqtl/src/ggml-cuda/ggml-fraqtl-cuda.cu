@@ -622,12 +622,12 @@ static __device__ __forceinline__ uint2 d2_i8x4_to_f16(const uint32_t w, const h
     return r;
 }
 
-// one 64-element block of kind K, staged in shared memory at any byte address, to 64 f16 in slot order
+// one 64-element block of kind K, staged at any byte offset of shared memory, to 64 f16 in slot order
 template <int K>
-static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint4 * dst) {
+static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * smem, const int off, uint4 * dst) {
     constexpr int P = d2_np(K);
-    const uint32_t * w  = (const uint32_t *) (src - ((uintptr_t) src & 3)); // pointer arithmetic: stays a shared-memory load
-    const unsigned   sh = 8*(unsigned) ((uintptr_t) src & 3);
+    const uint32_t * w  = (const uint32_t *) (smem + (off & ~3)); // an offset, not a generic address: 32-bit math
+    const unsigned   sh = 8*(unsigned) (off & 3);
     if constexpr (K == 0) {
         // an f16 row: 16 halves at a time, realigned to the block's first byte
 #pragma unroll
@@ -674,23 +674,25 @@ static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint
     }
 }
 
-// a warp's 16 rows of one KV head to its f16 tile: each lane one 64-element block at a time;
-// rows past the chunk and exact rows (masked: the exact launch reads them) as zeros
-template <int HD, int K>
-static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * staged, const int64_t pos_bytes, const int32_t * rmap,
-        const int p0, const int r1, const int n_kv, half * tile, const int lane) {
+// a warp's 16 rows of one KV head to its f16 tile: each lane one 64-element block at a time (src: the
+// lane's first block, as a shared-memory offset); the rows not in ok (past the chunk, exact rows) as zeros
+// when zero is set. Lane l takes row l % 16 in every pass, so its offsets are the caller's constants.
+template <int HD, int K, bool zero>
+static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * smem, const int src, const unsigned ok, uint4 * dst, const int lane) {
     constexpr int BB = K == 0 ? 128 : d2_block_bytes(K);
-#pragma unroll 1
-    for (int i = lane; i < 16*(HD/64); i += WARP_SIZE) {
-        const int r   = i % 16;
-        const int blk = i / 16;
-        uint4 * dst = (uint4 *) (tile + r*(HD + 8) + 64*blk);
-        if (p0 + r < r1 && (!rmap || rmap[r] < n_kv)) {
-            d2_block_to_f16<K>(staged + r*pos_bytes + blk*BB, dst);
+    constexpr int NB = 16*(HD/64); // blocks of the slice
+#pragma unroll
+    for (int it = 0; it < (NB + WARP_SIZE - 1)/WARP_SIZE; ++it) {
+        if (NB % WARP_SIZE != 0 && lane + WARP_SIZE*it >= NB) {
+            break;
+        }
+        uint4 * d = dst + 16*it; // block lane/16 + 2*it of the row: 64 halves (8 uint4) each
+        if (!zero || (ok >> (lane % 16)) & 1) {
+            d2_block_to_f16<K>(smem, src + 2*it*BB, d);
         } else {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                dst[j] = make_uint4(0, 0, 0, 0);
+                d[j] = make_uint4(0, 0, 0, 0);
             }
         }
     }
@@ -713,48 +715,44 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     const int G    = a.gqa;
     const int gq   = lane / 4;             // the query head of this thread's accumulators
     const int tq   = lane % 4;
-    const int64_t rk = (int64_t) a.n_head_kv*KSEG; // bytes of one position
-    const int64_t rv = (int64_t) a.n_head_kv*VSEG;
+    const int rk = a.n_head_kv*KSEG; // bytes of one position (a tile is some 10-50 KB: int offsets)
+    const int rv = a.n_head_kv*VSEG;
     half     * ftile = (half *) (smem + a.sm_tiles + warp*a.sm_warp);
     uint32_t * qfrag = (uint32_t *) (ftile + 16*TS); // [NKS][2][lane]: registers would spill
 
     const int r0 = blockIdx.x*a.chunk_rows;
     const int r1 = min(r0 + a.chunk_rows, a.n_kv);
 
-    // n positions of K or V from src into dst: at stride pos (d2_staging_stride), or as one range
-    // from the 16 bytes that hold src's first
-    auto stage_rows = [&](uint8_t * dst, const uint8_t * src, const int n, const int64_t bytes, const int pos) {
-        if (pos) {
-            const int nw = blockDim.x/WARP_SIZE;
-            for (int r = warp; r < n; r += nw) {
-                for (int u = 16*lane; u < (int) bytes; u += 16*WARP_SIZE) {
-                    d2_cp16(dst + r*pos + u, src + r*bytes + u);
-                }
-            }
-        } else {
-            const uint8_t * al = (const uint8_t *) ((uintptr_t) src & ~(uintptr_t) 15);
-            const int nb = (int) (src - al) + n*(int) bytes;
-            for (int i = 16*threadIdx.x; i < nb; i += 16*blockDim.x) {
-                d2_cp16(dst + i, al + i);
-            }
+    // A tile's K or V is copied 16 bytes a thread, chunk i of the range from the 16 bytes that hold its
+    // first to 16*i of the stage; at a padded stride (d2_staging_stride: pos = bytes + 16) chunk i of
+    // position i/cpr lands 16*(i/cpr) bytes further on. i/cpr as a multiply-high: i*cpr < 2^32 here.
+    const int      k_pad   = a.k_pos > rk ? a.k_pos - rk : 0;
+    const int      v_pad   = a.v_pos > rv ? a.v_pos - rv : 0;
+    const unsigned k_magic = k_pad ? 0xFFFFFFFFu/(unsigned) (rk/16) + 1 : 0;
+    const unsigned v_magic = v_pad ? 0xFFFFFFFFu/(unsigned) (rv/16) + 1 : 0;
+    auto stage_rows = [&](const int dst, const uint8_t * src, const int n, const int bytes, const int pad, const unsigned magic) {
+        const uint8_t * al = (const uint8_t *) ((uintptr_t) src & ~(uintptr_t) 15);
+        const int nc = ((int) (src - al) + n*bytes + 15)/16; // padded: src is 16-byte aligned
+        for (int i = threadIdx.x; i < nc; i += blockDim.x) {
+            d2_cp16(smem + dst + 16*i + pad*(int) __umulhi((unsigned) i, magic), al + 16*i);
         }
     };
 
     // the tile at t0 (K, V, row map, mask) into stage b
     auto stage = [&](const int t0, const int b) {
-        uint8_t * s = smem + b*a.sm_stage;
+        const int s = b*a.sm_stage;
         const int n = min(tile, r1 - t0);
-        stage_rows(s,          a.k + t0*rk, n, rk, a.k_pos);
-        stage_rows(s + a.sm_v, a.v + t0*rv, n, rv, a.v_pos);
+        stage_rows(s,          a.k + (int64_t) t0*rk, n, rk, k_pad, k_magic);
+        stage_rows(s + a.sm_v, a.v + (int64_t) t0*rv, n, rv, v_pad, v_magic);
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             if (a.rows) {
-                d2_cp4(s + a.sm_rows + 4*i, a.rows + t0 + i);
+                d2_cp4(smem + s + a.sm_rows + 4*i, a.rows + t0 + i);
             }
             if (a.cell_of) {
                 const int c = a.cell_of[t0 + i]; // a few rows: plain loads
-                ((half *) (s + a.sm_mask))[i] = c >= 0 ? a.mask[c] : __float2half(-INFINITY);
+                ((half *) (smem + s + a.sm_mask))[i] = c >= 0 ? a.mask[c] : __float2half(-INFINITY);
             } else if (i % 2 == 0) {
-                d2_cp4(s + a.sm_mask + 2*i, a.mask + t0 + i); // t0 is a multiple of 16: word aligned
+                d2_cp4(smem + s + a.sm_mask + 2*i, a.mask + t0 + i); // t0 is a multiple of 16: word aligned
             }
         }
     };
@@ -782,6 +780,13 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
         o[i][0] = o[i][1] = 0.0f;
     }
 
+    // this lane's block of the warp's slice: row lane % 16, block lane/16, in the stage and in the f16 tile
+    constexpr int KBB = PK == 0 ? 128 : d2_block_bytes(PK);
+    constexpr int VBB = PV == 0 ? 128 : d2_block_bytes(PV);
+    const int k_slice = 16*j*(a.k_pos ? a.k_pos : rk) + h*KSEG + (lane % 16)*(a.k_pos ? a.k_pos : rk) + (lane/16)*KBB;
+    const int v_slice = 16*j*(a.v_pos ? a.v_pos : rv) + h*VSEG + (lane % 16)*(a.v_pos ? a.v_pos : rv) + (lane/16)*VBB;
+    uint4   * lane_tile = (uint4 *) (ftile + (lane % 16)*TS + 64*(lane/16));
+
     // tiles are copied D2_FA_STAGES - 1 ahead; every iteration commits one group (maybe empty)
 #pragma unroll
     for (int i = 0; i < D2_FA_STAGES - 1; ++i) {
@@ -802,15 +807,17 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
 
         const int p0 = t0 + 16*j;
         if (p0 < r1) {
-            const uint8_t * s    = smem + b*a.sm_stage;
-            const int       kpos = a.k_pos ? a.k_pos : (int) rk; // staged bytes per position
-            const int       vpos = a.v_pos ? a.v_pos : (int) rv;
-            const uint8_t * sk   = s        + (a.k_pos ? 0 : (uintptr_t) (a.k + t0*rk) & 15) + 16*j*kpos + h*KSEG;
-            const uint8_t * sv   = s + a.sm_v + (a.v_pos ? 0 : (uintptr_t) (a.v + t0*rv) & 15) + 16*j*vpos + h*VSEG;
-            const int32_t * rmap = a.rows ? (const int32_t *) (s + a.sm_rows) + 16*j : nullptr;
-            const half    * mrow = (const half *) (s + a.sm_mask) + 16*j;
+            // the slice's first block in the stage: a one-range tile starts where its first byte sat in
+            // its 16 (t0*rk mod 16 in 32 bits), a padded one at 0
+            const int       s    = b*a.sm_stage;
+            const int       sk   = s          + (a.k_pos ? 0 : ((unsigned) (uintptr_t) a.k + (unsigned) t0*rk) & 15) + k_slice;
+            const int       sv   = s + a.sm_v + (a.v_pos ? 0 : ((unsigned) (uintptr_t) a.v + (unsigned) t0*rv) & 15) + v_slice;
+            const int32_t * rmap = (const int32_t *) (smem + s + a.sm_rows) + 16*j;
+            const half    * mrow = (const half *) (smem + s + a.sm_mask) + 16*j;
+            // the slice's rows that are read here: in the chunk, and not an exact row (the exact launch's)
+            const unsigned ok = __ballot_sync(0xFFFFFFFF, lane < 16 && p0 + lane < r1 && (!a.rows || rmap[lane] < a.n_kv)) & 0xFFFF;
 
-            d2_slice_to_f16<HD, PK>(sk, kpos, rmap, p0, r1, a.n_kv, ftile, lane);
+            d2_slice_to_f16<HD, PK, false>(smem, sk, ok, lane_tile, lane); // a row not in ok is never scored
             __syncwarp();
 
             // scores of rows (8*nb + 2*tq + i) for query head gq
@@ -830,7 +837,7 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     const int r = 8*nb + 2*tq + i;
-                    sc[nb][i] = p0 + r < r1 && (!rmap || rmap[r] < a.n_kv) ? sc[nb][i] + __half2float(mrow[r]) : -INFINITY;
+                    sc[nb][i] = (ok >> r) & 1 ? sc[nb][i] + __half2float(mrow[r]) : -INFINITY; // a select: K of a row not in ok is any bits
                     mx = fmaxf(mx, sc[nb][i]);
                 }
             }
@@ -858,7 +865,7 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
             const uint32_t pa1 = d2_h2_u32(__floats2half2_rn(p[1][0], p[1][1]));
 
             __syncwarp(); // K is read: the tile takes V
-            d2_slice_to_f16<HD, PV>(sv, vpos, rmap, p0, r1, a.n_kv, ftile, lane);
+            d2_slice_to_f16<HD, PV, true>(smem, sv, ok, lane_tile, lane); // zeros: 0*V must not be a NaN
             __syncwarp();
 #pragma unroll
             for (int k = 0; k < NKS; ++k) {
