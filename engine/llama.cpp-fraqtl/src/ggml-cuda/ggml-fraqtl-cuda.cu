@@ -424,8 +424,8 @@ void ggml_fraqtl_cuda_out_prod(ggml_backend_cuda_context & ctx, ggml_tensor * ds
 // positions for ALL KV heads, so a tile is one contiguous range of the cache: it is copied in with
 // 16-byte cp.async (double buffered) while the previous tile is used. Each warp owns one KV head
 // and one 16-row slice of every tile: it decodes the slice's K to f16 in its own shared tile,
-// scores it against its G query heads with tensor cores (mma m16n8k16, the queries as the rows of
-// A), softmaxes online in registers, decodes V into the same tile and adds P·V with tensor cores.
+// scores it against its G query heads with tensor cores (mma m16n8k16 as K·Qᵀ, the queries as the
+// columns), softmaxes online in registers, decodes V into the same tile and adds Vᵀ·Pᵀ likewise.
 // The warps' and chunks' partial results are merged by log-sum-exp.
 //
 // The exact sink and window rows are a second launch of the same kernel over the f16 copies (an
@@ -602,18 +602,29 @@ static __device__ __forceinline__ half2 d2_u32_h2(const uint32_t u) {
     return h;
 }
 
-// D += A·B, m16n8k16, f16 in, f32 accumulate; rows 8-15 of A are zero here, so only the
-// accumulators of rows 0-7 are kept
-static __device__ __forceinline__ void d2_mma(float d[2], const uint32_t a0, const uint32_t a2, const uint32_t b0, const uint32_t b1) {
+// D += A·B, m16n8k16, f16 in, f32 accumulate
+static __device__ __forceinline__ void d2_mma(float d[4], const uint32_t a0, const uint32_t a1, const uint32_t a2, const uint32_t a3,
+        const uint32_t b0, const uint32_t b1) {
 #if __CUDA_ARCH__ >= 800
-    float d2 = 0.0f; // rows 8-15: zero in, zero out
-    float d3 = 0.0f;
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d2), "+f"(d3)
-        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 #else
-    GGML_UNUSED(d); GGML_UNUSED(a0); GGML_UNUSED(a2); GGML_UNUSED(b0); GGML_UNUSED(b1);
+    GGML_UNUSED(d); GGML_UNUSED(a0); GGML_UNUSED(a1); GGML_UNUSED(a2); GGML_UNUSED(a3); GGML_UNUSED(b0); GGML_UNUSED(b1);
     NO_DEVICE_CODE;
+#endif
+}
+
+// an 8x8 f16 matrix held as an mma fragment (thread 4r + c: row r, columns 2c and 2c + 1), transposed
+static __device__ __forceinline__ uint32_t d2_transpose8(const uint32_t x) {
+#if __CUDA_ARCH__ >= 800
+    uint32_t y;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+#else
+    GGML_UNUSED(x);
+    NO_DEVICE_CODE;
+    return 0;
 #endif
 }
 
@@ -663,12 +674,12 @@ static __device__ __forceinline__ uint2 d2_i8x4_to_f16(const uint32_t w, const h
     return r;
 }
 
-// one 64-element block of kind K, staged in shared memory at any byte address, to 64 f16 in slot order
+// one 64-element block of kind K, staged at any byte offset of shared memory, to 64 f16 in slot order
 template <int K>
-static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint4 * dst) {
+static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * smem, const int off, uint4 * dst) {
     constexpr int P = d2_np(K);
-    const uint32_t * w  = (const uint32_t *) (src - ((uintptr_t) src & 3)); // pointer arithmetic: stays a shared-memory load
-    const unsigned   sh = 8*(unsigned) ((uintptr_t) src & 3);
+    const uint32_t * w  = (const uint32_t *) (smem + (off & ~3)); // an offset, not a generic address: 32-bit math
+    const unsigned   sh = 8*(unsigned) (off & 3);
     if constexpr (K == 0) {
         // an f16 row: 16 halves at a time, realigned to the block's first byte
 #pragma unroll
@@ -715,30 +726,34 @@ static __device__ __forceinline__ void d2_block_to_f16(const uint8_t * src, uint
     }
 }
 
-// a warp's 16 rows of one KV head to its f16 tile: each lane one 64-element block at a time;
-// rows past the chunk and exact rows (masked: the exact launch reads them) as zeros
-template <int HD, int K>
-static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * staged, const int64_t pos_bytes, const int32_t * rmap,
-        const int p0, const int r1, const int n_kv, half * tile, const int lane) {
+// a warp's 16 rows of one KV head to its f16 tile: each lane one 64-element block at a time (src: the
+// lane's first block, as a shared-memory offset); the rows not in ok (past the chunk, exact rows) as zeros
+// when zero is set. Lane l takes row l % 16 in every pass, so its offsets are the caller's constants.
+template <int HD, int K, bool zero>
+static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * smem, const int src, const unsigned ok, uint4 * dst, const int lane) {
     constexpr int BB = K == 0 ? 128 : d2_block_bytes(K);
-#pragma unroll 1
-    for (int i = lane; i < 16*(HD/64); i += WARP_SIZE) {
-        const int r   = i % 16;
-        const int blk = i / 16;
-        uint4 * dst = (uint4 *) (tile + r*(HD + 8) + 64*blk);
-        if (p0 + r < r1 && (!rmap || rmap[r] < n_kv)) {
-            d2_block_to_f16<K>(staged + r*pos_bytes + blk*BB, dst);
+    constexpr int NB = 16*(HD/64); // blocks of the slice
+#pragma unroll
+    for (int it = 0; it < (NB + WARP_SIZE - 1)/WARP_SIZE; ++it) {
+        if (NB % WARP_SIZE != 0 && lane + WARP_SIZE*it >= NB) {
+            break;
+        }
+        uint4 * d = dst + 16*it; // block lane/16 + 2*it of the row: 64 halves (8 uint4) each
+        if (!zero || (ok >> (lane % 16)) & 1) {
+            d2_block_to_f16<K>(smem, src + 2*it*BB, d);
         } else {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                dst[j] = make_uint4(0, 0, 0, 0);
+                d[j] = make_uint4(0, 0, 0, 0);
             }
         }
     }
 }
 
 template <int HD, int PK, int PV>
-__launch_bounds__(d2_fa_warps_max(HD)*WARP_SIZE)
+// registers a thread: what ptxas chose under __launch_bounds__(512) for head sizes 64 (2 blocks an SM)
+// and 128; head size 256 (256 threads) fits in 128 only with a spill, which ptxas then picks by itself
+__maxnreg__(HD == 64 ? 64 : HD == 128 ? 128 : 168)
 static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     constexpr int KSEG = d2_seg_bytes(HD, PK);
     constexpr int VSEG = d2_seg_bytes(HD, PV);
@@ -752,55 +767,49 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     const int j    = warp % a.wph;         // and its 16-row slice of every tile
     const int tile = 16*a.wph;
     const int G    = a.gqa;
-    const int gq   = lane / 4;             // the query head of this thread's accumulators
+    const int gq   = lane / 4;             // the query head of this thread's Q fragment
     const int tq   = lane % 4;
-    const int64_t rk = (int64_t) a.n_head_kv*KSEG; // bytes of one position
-    const int64_t rv = (int64_t) a.n_head_kv*VSEG;
+    const int rk = a.n_head_kv*KSEG; // bytes of one position (a tile is some 10-50 KB: int offsets)
+    const int rv = a.n_head_kv*VSEG;
     half     * ftile = (half *) (smem + a.sm_tiles + warp*a.sm_warp);
     uint32_t * qfrag = (uint32_t *) (ftile + 16*TS); // [NKS][2][lane]: registers would spill
 
     const int r0 = blockIdx.x*a.chunk_rows;
     const int r1 = min(r0 + a.chunk_rows, a.n_kv);
 
-    // n positions of K or V from src into dst: at stride pos (d2_staging_stride), or as one range
-    // from the 16 bytes that hold src's first
-    auto stage_rows = [&](uint8_t * dst, const uint8_t * src, const int n, const int64_t bytes, const int pos) {
-        if (pos) {
-            const int nw = blockDim.x/WARP_SIZE;
-            for (int r = warp; r < n; r += nw) {
-                for (int u = 16*lane; u < (int) bytes; u += 16*WARP_SIZE) {
-                    d2_cp16(dst + r*pos + u, src + r*bytes + u);
-                }
-            }
-        } else {
-            const uint8_t * al = (const uint8_t *) ((uintptr_t) src & ~(uintptr_t) 15);
-            const int nb = (int) (src - al) + n*(int) bytes;
-            for (int i = 16*threadIdx.x; i < nb; i += 16*blockDim.x) {
-                d2_cp16(dst + i, al + i);
-            }
+    // A tile's K or V is copied 16 bytes a thread, chunk i of the range from the 16 bytes that hold its
+    // first to 16*i of the stage; at a padded stride (d2_staging_stride: pos = bytes + 16) chunk i of
+    // position i/cpr lands 16*(i/cpr) bytes further on. i/cpr as a multiply-high: i*cpr < 2^32 here.
+    const unsigned k_magic = a.k_pos > rk ? 0xFFFFFFFFu/(unsigned) (rk/16) + 1 : 0; // 0: no padding
+    const unsigned v_magic = a.v_pos > rv ? 0xFFFFFFFFu/(unsigned) (rv/16) + 1 : 0;
+    auto stage_rows = [&](const int dst, const uint8_t * src, const int n, const int bytes, const unsigned magic) {
+        const uint8_t * al = (const uint8_t *) ((uintptr_t) src & ~(uintptr_t) 15);
+        const int nc = ((int) (src - al) + n*bytes + 15)/16; // padded: src is 16-byte aligned
+        for (int i = threadIdx.x; i < nc; i += blockDim.x) {
+            d2_cp16(smem + dst + 16*(i + (int) __umulhi((unsigned) i, magic)), al + 16*i);
         }
     };
 
     // the tile at t0 (K, V, row map, mask) into stage b
     auto stage = [&](const int t0, const int b) {
-        uint8_t * s = smem + b*a.sm_stage;
+        const int s = b*a.sm_stage;
         const int n = min(tile, r1 - t0);
-        stage_rows(s,          a.k + t0*rk, n, rk, a.k_pos);
-        stage_rows(s + a.sm_v, a.v + t0*rv, n, rv, a.v_pos);
+        stage_rows(s,          a.k + (int64_t) t0*rk, n, rk, k_magic);
+        stage_rows(s + a.sm_v, a.v + (int64_t) t0*rv, n, rv, v_magic);
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             if (a.rows) {
-                d2_cp4(s + a.sm_rows + 4*i, a.rows + t0 + i);
+                d2_cp4(smem + s + a.sm_rows + 4*i, a.rows + t0 + i);
             }
             if (a.cell_of) {
                 const int c = a.cell_of[t0 + i]; // a few rows: plain loads
-                ((half *) (s + a.sm_mask))[i] = c >= 0 ? a.mask[c] : __float2half(-INFINITY);
+                ((half *) (smem + s + a.sm_mask))[i] = c >= 0 ? a.mask[c] : __float2half(-INFINITY);
             } else if (i % 2 == 0) {
-                d2_cp4(s + a.sm_mask + 2*i, a.mask + t0 + i); // t0 is a multiple of 16: word aligned
+                d2_cp4(smem + s + a.sm_mask + 2*i, a.mask + t0 + i); // t0 is a multiple of 16: word aligned
             }
         }
     };
 
-    // Q of this warp's query heads, scaled, in f16 and slot order: the A fragments of the scores
+    // Q of this warp's query heads, scaled, in f16 and slot order: the B fragments of the scores
 #pragma unroll
     for (int k = 0; k < NKS; ++k) {
 #pragma unroll
@@ -815,13 +824,27 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
         }
     }
 
-    float m = -INFINITY; // running max and sum of this thread's query head (sum: this thread's rows)
-    float l = 0.0f;
-    float o[HD/8][2];
+    // Scores are K·Qᵀ and the output Vᵀ·Pᵀ (a tile's 16 rows and 16 dims as the m16 of the MMA, the query
+    // heads as its n8): no MMA row is zero padding. Thread (gq, tq) holds query heads 2*tq and 2*tq + 1: their
+    // running max and sum (sum: this thread's rows), and o[k] = dims 16k + gq (0, 1) and 16k + 8 + gq (2, 3).
+    // The max starts finite: an all-masked tile then needs no special case (-inf - m is -inf, exp 0).
+    const float m_floor = -1e30f; // below any score: |q·k| < 128*65504^2
+    float m[2] = { m_floor, m_floor };
+    float l[2] = { 0.0f, 0.0f };
+    float o[NKS][4];
 #pragma unroll
-    for (int i = 0; i < HD/8; ++i) {
-        o[i][0] = o[i][1] = 0.0f;
+    for (int i = 0; i < NKS; ++i) {
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     }
+
+    // this lane's block of the warp's slice: row lane % 16, block lane/16, in the stage and in the f16 tile
+    constexpr int KBB = PK == 0 ? 128 : d2_block_bytes(PK);
+    constexpr int VBB = PV == 0 ? 128 : d2_block_bytes(PV);
+    const int k_slice = 16*j*(a.k_pos ? a.k_pos : rk) + h*KSEG + (lane % 16)*(a.k_pos ? a.k_pos : rk) + (lane/16)*KBB;
+    const int v_slice = 16*j*(a.v_pos ? a.v_pos : rv) + h*VSEG + (lane % 16)*(a.v_pos ? a.v_pos : rv) + (lane/16)*VBB;
+    uint4   * lane_tile = (uint4 *) (ftile + (lane % 16)*TS + 64*(lane/16));
+    // ldmatrix rows of this lane: 8x8 matrices (rows 0-7, dims 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
+    const half * frag_at = ftile + ((lane/8) % 2*8 + lane % 8)*TS + (lane/16)*8;
 
     // tiles are copied D2_FA_STAGES - 1 ahead; every iteration commits one group (maybe empty)
 #pragma unroll
@@ -843,102 +866,119 @@ static __global__ void d2_fattn_decode(const d2_fattn_args a) {
 
         const int p0 = t0 + 16*j;
         if (p0 < r1) {
-            const uint8_t * s    = smem + b*a.sm_stage;
-            const int       kpos = a.k_pos ? a.k_pos : (int) rk; // staged bytes per position
-            const int       vpos = a.v_pos ? a.v_pos : (int) rv;
-            const uint8_t * sk   = s        + (a.k_pos ? 0 : (uintptr_t) (a.k + t0*rk) & 15) + 16*j*kpos + h*KSEG;
-            const uint8_t * sv   = s + a.sm_v + (a.v_pos ? 0 : (uintptr_t) (a.v + t0*rv) & 15) + 16*j*vpos + h*VSEG;
-            const int32_t * rmap = a.rows ? (const int32_t *) (s + a.sm_rows) + 16*j : nullptr;
-            const half    * mrow = (const half *) (s + a.sm_mask) + 16*j;
+            // the slice's first block in the stage: a one-range tile starts where its first byte sat in
+            // its 16 (t0*rk mod 16 in 32 bits), a padded one at 0
+            const int       s    = b*a.sm_stage;
+            const int       sk   = s          + (a.k_pos ? 0 : ((unsigned) (uintptr_t) a.k + (unsigned) t0*rk) & 15) + k_slice;
+            const int       sv   = s + a.sm_v + (a.v_pos ? 0 : ((unsigned) (uintptr_t) a.v + (unsigned) t0*rv) & 15) + v_slice;
+            const int32_t * rmap = (const int32_t *) (smem + s + a.sm_rows) + 16*j;
+            const half    * mrow = (const half *) (smem + s + a.sm_mask) + 16*j;
+            // the slice's rows that are read here: in the chunk, and not an exact row (the exact launch's)
+            const unsigned ok = __ballot_sync(0xFFFFFFFF, lane < 16 && p0 + lane < r1 && (!a.rows || rmap[lane] < a.n_kv)) & 0xFFFF;
 
-            d2_slice_to_f16<HD, PK>(sk, kpos, rmap, p0, r1, a.n_kv, ftile, lane);
+            d2_slice_to_f16<HD, PK, false>(smem, sk, ok, lane_tile, lane); // a row not in ok is never scored
             __syncwarp();
 
-            // scores of rows (8*nb + 2*tq + i) for query head gq
-            float sc[2][2] = { { 0.0f, 0.0f }, { 0.0f, 0.0f } };
+            // scores of rows gq (sc[.][0..1]) and gq + 8 (sc[.][2..3]) for query heads 2*tq, 2*tq + 1; even
+            // and odd k-steps in two accumulators, two MMA chains of half the length (head size 256: one,
+            // its registers are short)
+            constexpr int NSC = HD <= 128 ? 2 : 1;
+            float sc[2][4] = { { 0.0f, 0.0f, 0.0f, 0.0f }, { 0.0f, 0.0f, 0.0f, 0.0f } };
 #pragma unroll
             for (int k = 0; k < NKS; ++k) {
-                uint32_t kb[4];
-                d2_ldmatrix_x4(kb, ftile + ((lane/16)*8 + lane%8)*TS + 16*k + ((lane/8) % 2)*8, false);
-                const uint32_t q0 = qfrag[(2*k + 0)*WARP_SIZE + lane];
-                const uint32_t q1 = qfrag[(2*k + 1)*WARP_SIZE + lane];
-                d2_mma(sc[0], q0, q1, kb[0], kb[1]);
-                d2_mma(sc[1], q0, q1, kb[2], kb[3]);
+                uint32_t kf[4];
+                d2_ldmatrix_x4(kf, frag_at + 16*k, false);
+                d2_mma(sc[k % NSC], kf[0], kf[1], kf[2], kf[3], qfrag[(2*k + 0)*WARP_SIZE + lane], qfrag[(2*k + 1)*WARP_SIZE + lane]);
             }
-            float mx = -INFINITY;
+            // a select, not a sum: K of a row not in ok is any bits
+            const bool  ok0 = (ok >> gq) & 1;
+            const bool  ok1 = (ok >> (gq + 8)) & 1;
+            const float mk0 = __half2float(mrow[gq]);
+            const float mk1 = __half2float(mrow[gq + 8]);
+            float sr[4];
 #pragma unroll
-            for (int nb = 0; nb < 2; ++nb) {
+            for (int i = 0; i < 4; ++i) {
+                sr[i] = (i < 2 ? ok0 : ok1) ? sc[0][i] + sc[1][i] + (i < 2 ? mk0 : mk1) : -INFINITY;
+            }
+            float mx[2] = { fmaxf(sr[0], sr[2]), fmaxf(sr[1], sr[3]) };
 #pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int r = 8*nb + 2*tq + i;
-                    sc[nb][i] = p0 + r < r1 && (!rmap || rmap[r] < a.n_kv) ? sc[nb][i] + __half2float(mrow[r]) : -INFINITY;
-                    mx = fmaxf(mx, sc[nb][i]);
+            for (int off = 4; off < WARP_SIZE; off *= 2) { // over the 8 lanes of this thread's query heads
+                mx[0] = fmaxf(mx[0], __shfl_xor_sync(0xFFFFFFFF, mx[0], off));
+                mx[1] = fmaxf(mx[1], __shfl_xor_sync(0xFFFFFFFF, mx[1], off));
+            }
+            mx[0] = fmaxf(m[0], mx[0]);
+            mx[1] = fmaxf(m[1], mx[1]);
+            if (__any_sync(0xFFFFFFFF, mx[0] > m[0] || mx[1] > m[1])) { // after the first tiles the max rarely moves
+                const float alpha0 = __expf(m[0] - mx[0]);
+                const float alpha1 = __expf(m[1] - mx[1]);
+                l[0] *= alpha0;
+                l[1] *= alpha1;
+#pragma unroll
+                for (int k = 0; k < NKS; ++k) {
+                    o[k][0] *= alpha0;
+                    o[k][1] *= alpha1;
+                    o[k][2] *= alpha0;
+                    o[k][3] *= alpha1;
                 }
+                m[0] = mx[0];
+                m[1] = mx[1];
             }
-            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFF, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFF, mx, 2));
-            const float m_new = fmaxf(m, mx);
-            const float alpha = m == -INFINITY ? 0.0f : __expf(m - m_new);
-            float p[2][2];
+            float p[4];
 #pragma unroll
-            for (int nb = 0; nb < 2; ++nb) {
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    p[nb][i] = m_new == -INFINITY ? 0.0f : __expf(sc[nb][i] - m_new);
-                }
+            for (int i = 0; i < 4; ++i) {
+                p[i] = __expf(sr[i] - m[i % 2]);
             }
-            l = l*alpha + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
-            m = m_new;
-#pragma unroll
-            for (int i = 0; i < HD/8; ++i) {
-                o[i][0] *= alpha;
-                o[i][1] *= alpha;
-            }
-            // P as the A fragment of P·V: rows 2*tq.. and 8 + 2*tq.. of query head gq
-            const uint32_t pa0 = d2_h2_u32(__floats2half2_rn(p[0][0], p[0][1]));
-            const uint32_t pa1 = d2_h2_u32(__floats2half2_rn(p[1][0], p[1][1]));
+            l[0] += p[0] + p[2];
+            l[1] += p[1] + p[3];
+            // Pᵀ as the B fragments of Vᵀ·Pᵀ (rows 2*tq, 2*tq + 1 and 8 more, of query head gq): the
+            // scores' fragments of rows 0-7 and 8-15, each an 8x8 matrix, transposed
+            const uint32_t pb0 = d2_transpose8(d2_h2_u32(__floats2half2_rn(p[0], p[1])));
+            const uint32_t pb1 = d2_transpose8(d2_h2_u32(__floats2half2_rn(p[2], p[3])));
 
             __syncwarp(); // K is read: the tile takes V
-            d2_slice_to_f16<HD, PV>(sv, vpos, rmap, p0, r1, a.n_kv, ftile, lane);
+            d2_slice_to_f16<HD, PV, true>(smem, sv, ok, lane_tile, lane); // zeros: 0*V must not be a NaN
             __syncwarp();
 #pragma unroll
             for (int k = 0; k < NKS; ++k) {
-                uint32_t vb[4];
-                d2_ldmatrix_x4(vb, ftile + ((lane/8) % 2*8 + lane%8)*TS + 16*k + (lane/16)*8, true);
-                d2_mma(o[2*k + 0], pa0, pa1, vb[0], vb[1]);
-                d2_mma(o[2*k + 1], pa0, pa1, vb[2], vb[3]);
+                uint32_t vf[4]; // transposed: Vᵀ of dims 0-7 and rows 0-7, rows 8-15; dims 8-15 and rows 0-7, 8-15
+                d2_ldmatrix_x4(vf, frag_at + 16*k, true);
+                d2_mma(o[k], vf[0], vf[2], vf[1], vf[3], pb0, pb1);
             }
             __syncwarp(); // V is read: the tile takes the next K
         }
         __syncthreads(); // stage b is consumed: the next iteration refills it
     }
 
-    l += __shfl_xor_sync(0xFFFFFFFF, l, 1);
-    l += __shfl_xor_sync(0xFFFFFFFF, l, 2);
-    if (gq >= G) {
-        return;
+#pragma unroll
+    for (int off = 4; off < WARP_SIZE; off *= 2) {
+        l[0] += __shfl_xor_sync(0xFFFFFFFF, l[0], off);
+        l[1] += __shfl_xor_sync(0xFFFFFFFF, l[1], off);
     }
-    const int64_t qh = (int64_t) h*G + gq;
     const int64_t pi = a.part0 + (int64_t) blockIdx.x*a.wph + j;
-    if (a.n_parts == 1) {
-        const float inv = l > 0.0f ? 1.0f/l : 0.0f;
 #pragma unroll
-        for (int nb = 0; nb < HD/8; ++nb) {
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                a.dst[qh*HD + d2_slot_dim<PV>(8*nb + 2*tq + i)] = o[nb][i]*inv;
-            }
+    for (int i = 0; i < 2; ++i) {
+        const int g = 2*tq + i;
+        if (g >= G) {
+            break;
         }
-    } else {
+        const int64_t qh = (int64_t) h*G + g;
+        if (a.n_parts == 1) {
+            const float inv = l[i] > 0.0f ? 1.0f/l[i] : 0.0f;
 #pragma unroll
-        for (int nb = 0; nb < HD/8; ++nb) {
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                a.part_o[(qh*a.n_parts + pi)*HD + d2_slot_dim<PV>(8*nb + 2*tq + i)] = o[nb][i];
+            for (int k = 0; k < NKS; ++k) {
+                a.dst[qh*HD + d2_slot_dim<PV>(16*k + gq)]     = o[k][i]*inv;
+                a.dst[qh*HD + d2_slot_dim<PV>(16*k + 8 + gq)] = o[k][2 + i]*inv;
             }
-        }
-        if (tq == 0) {
-            a.part_ml[qh*a.n_parts + pi] = make_float2(m, l);
+        } else {
+            float * po = a.part_o + (qh*a.n_parts + pi)*HD;
+#pragma unroll
+            for (int k = 0; k < NKS; ++k) {
+                po[d2_slot_dim<PV>(16*k + gq)]     = o[k][i];
+                po[d2_slot_dim<PV>(16*k + 8 + gq)] = o[k][2 + i];
+            }
+            if (gq == 0) {
+                a.part_ml[qh*a.n_parts + pi] = make_float2(l[i] > 0.0f ? m[i] : -INFINITY, l[i]); // -inf: nothing seen
+            }
         }
     }
 }
