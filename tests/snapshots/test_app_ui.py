@@ -161,3 +161,29 @@ async def test_the_vram_panel_lists_each_gpu_with_its_estimate(model_path) -> No
         assert "engine 810 MiB · est" in live and "engine 688 MiB · est" in live
         assert "all GPUs: engine 1.46 GiB" in live
         assert f"device peak {4 + (812 + 690) / 1024:.2f} GiB" in live
+
+
+async def test_the_vram_panel_says_why_d2_stands_above_f16_for_a_short_document(model_path, monkeypatch) -> None:
+    # the engine's own estimates (the fixture's fixed ones never put d2 above f16): the sample is under
+    # D2's window, so d2's exact copies and bases cost more than its compressed cells save
+    import engine.estimates as estimates
+    from app.ui.widgets._vram_panel import VramPanel, human
+    from engine.arms import ArmConfig
+
+    monkeypatch.setattr("app.ui.widgets._vram_panel.estimate", estimates.estimate)
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: app.chat_screen.state == "ready")
+        panel = app.screen.query_one(VramPanel)
+        info, doc = panel.info, panel.doc_tokens
+        d2, f16 = ArmConfig.parse("d2"), ArmConfig.parse("f16")
+        assert estimates.estimate(info, d2, doc).total_bytes > estimates.estimate(info, f16, doc).total_bytes
+        even = estimates.break_even_tokens(info, d2, f16, max(info.n_ctx_train, panel.n_ctx))
+        assert even is not None and doc < even <= panel.n_ctx
+        shown = str(panel.query_one("#vram-estimates").render())
+        assert (f"d2 keeps the last {d2.recipe.window:,} tokens and the first {d2.recipe.sinks} exact (fp16), with "
+                f"its bases: a fixed {human(estimates.d2_fixed_bytes(info, d2))}; from about {even:,} tokens it is "
+                "the smaller.") in shown
+        # a document past the break-even point: d2 is the smaller everywhere, and nothing needs saying
+        panel.set_context(info, panel.n_ctx, even, panel.arm)
+        assert "d2 keeps" not in str(panel.query_one("#vram-estimates").render())
