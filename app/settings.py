@@ -25,6 +25,29 @@ MAX_CONTEXT = 131072  # 128K: the most the app asks of any model, YaRN included
 YARN_FACTOR = 4  # YaRN stretches a model's trained context at most this many times
 
 
+# when a changed setting takes effect in a running app, and its name in the notice that says so:
+# "engine" (the engine restarts with it), "question" (the next question), "comparison" (the next
+# arm comparison), "document" (the next document read), "now" (the chat reads it as it goes)
+TAKES_EFFECT: dict[str, tuple[str, str]] = {
+    "model": ("model", "engine"),
+    "arm": ("cache arm", "engine"),
+    "n_ctx": ("context size", "engine"),
+    "yarn": ("YaRN", "engine"),
+    "sidecar": ("sidecar folder", "engine"),
+    "rpc_servers": ("RPC servers", "engine"),
+    "n_threads": ("thread count", "engine"),
+    "max_tokens": ("answer limit", "question"),
+    "temperature": ("temperature", "question"),
+    "top_p": ("top-p", "question"),
+    "repeat_penalty": ("repetition penalty", "question"),
+    "compare_q4_0": ("comparing q4_0 too", "comparison"),
+    "max_document_mb": ("document size limit", "document"),
+    "max_pages": ("page limit", "document"),
+    "ingest_timeout_s": ("reading time limit", "document"),
+    "answer_timeout_s": ("answer time-out", "now"),
+}
+
+
 class SettingsError(ValueError):
     """A setting has a value the app cannot use; the message names it and says what fits."""
 
@@ -162,6 +185,10 @@ class Settings:
     @classmethod
     def _fields(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    def changed_from(self, before: Settings) -> list[str]:
+        """The fields whose value differs from ``before``'s, in the order the class declares them."""
+        return [name for name in self._fields() if getattr(self, name) != getattr(before, name)]
 
     @property
     def max_document_bytes(self) -> int:

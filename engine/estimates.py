@@ -145,6 +145,41 @@ def estimate(info: GgufInfo, arm: ArmConfig, n_ctx: int, n_ubatch: int = N_UBATC
     )
 
 
+def d2_fixed_bytes(info: GgufInfo, arm: ArmConfig) -> int:
+    """What a D2 arm holds whatever the context: the exact fp16 copies of its sinks and full window
+    (and the scratch row), and its bases. 0 for upstream arms."""
+    if arm.recipe is None:
+        return 0
+    return exact_copy_bytes(info, arm, arm.recipe.sinks + arm.recipe.window) + basis_bytes(info, arm)
+
+
+def break_even_tokens(info: GgufInfo, arm: ArmConfig, versus: ArmConfig, limit: int,
+                      n_ubatch: int = N_UBATCH) -> int | None:
+    """The fewest tokens, on llama.cpp's 256-cell grid, from which ``arm``'s :func:`estimate` is below
+    ``versus``'s; None when it is not below at ``limit``.
+
+    A bisection: it takes the difference to shrink as the context grows, as it does for D2 against
+    an upstream arm (past the window each cell costs f16 or q8_0 more than D2's compressed cell and
+    its share of the compute buffer), and reads ~20 estimates instead of one per 256 tokens (a
+    plain d2 estimate reads the model's sidecar).
+    """
+
+    def below(cells: int) -> bool:
+        n = cells * KV_PAD
+        return estimate(info, arm, n, n_ubatch).total_bytes < estimate(info, versus, n, n_ubatch).total_bytes
+
+    lo, hi = 0, padded_ctx(max(limit, 1)) // KV_PAD
+    if not below(hi):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if below(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi * KV_PAD
+
+
 # --------------------------------------------------------------------------- several devices
 
 #: ggml-backend.cpp: the scheduler keeps this many copies of each split's inputs when it

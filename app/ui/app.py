@@ -7,6 +7,7 @@ conversation, phase). Each changes the other's only by posting it a message
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 from collections.abc import Iterable
@@ -21,7 +22,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from app.conversation import Conversation, EngineFactory
 from app.ingest import Document
 from app.sessions import Session
-from app.settings import Settings
+from app.settings import TAKES_EFFECT, Settings
 from app.model_library import RecentModels, is_bundled
 from app.ui.chat_state import ChatState, Phase
 from app.ui.messages import ChatCommandChosen, ContextChosen, EngineRestartRequested
@@ -144,24 +145,52 @@ class FraqtlApp(App[None]):
         self.push_screen(CompareScreen(self.chat_screen.last_question))
 
     def action_settings(self) -> None:
-        before = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
-                  self.settings.sidecar, self.settings.rpc_servers)
-
         def saved(chosen: Settings | None) -> None:
             if chosen is None:
                 return
+            before = dataclasses.replace(self.settings)
             for field, value in vars(chosen).items():  # in place: the conversation reads this object
                 setattr(self.settings, field, value)
-            after = (self.settings.model, self.settings.arm, self.settings.n_ctx, self.settings.yarn,
-                     self.settings.sidecar, self.settings.rpc_servers)
+            changed = self.settings.changed_from(before)
             self.model_path = resolve(self.settings.model)
-            if after != before and self.conversation is not None and self.chat_state.phase is not Phase.ANSWERING:
-                self.chat_screen.post_message(EngineRestartRequested(self.model_path))
-                self.notify(f"Settings saved; the engine restarts with the {self.settings.arm} cache.", markup=False)
-            else:
-                self.notify("Settings saved.", markup=False)
+            if self.conversation is not None and any(TAKES_EFFECT[f][1] == "engine" for f in changed):
+                # mid-answer the chat restarts the engine once the answer is over; else now
+                self.chat_screen.post_message(EngineRestartRequested(self.model_path, after_answer=True))
+            self.notify(self.settings_notice(changed), timeout=10, markup=False)
 
         self.push_screen(SettingsScreen(), saved)
+
+    def settings_notice(self, changed: list[str]) -> str:
+        """The notice after saving: each change and when it takes effect, as the chat's phase makes it true."""
+        if not changed:
+            return "Settings saved; nothing changed."
+        phase = self.chat_state.phase
+        answering = phase is Phase.ANSWERING
+        arm = self.settings.arm
+        if self.conversation is None:
+            engine = "used when the engine starts on a document"
+        elif answering:
+            engine = (f"the engine restarts with the {arm} cache when this answer ends (Esc ends it now); the "
+                      "transcript and the question box stay")
+        elif phase is Phase.COMPARING:
+            engine = f"the chat's engine restarts with the {arm} cache when you go back to the chat"
+        else:
+            engine = f"the engine restarts now with the {arm} cache; the transcript stays"
+        when = {
+            "engine": engine,
+            "question": "from the next question" + ("; this answer keeps the ones it started with" if answering
+                                                    else ""),
+            "comparison": "from the next comparison",
+            "document": "from the next document read",
+            "now": "now",
+        }
+        sentences = []
+        for kind, effect in when.items():
+            names = [TAKES_EFFECT[f][0] for f in changed if TAKES_EFFECT[f][1] == kind]
+            if names:
+                listed = ", ".join(names)
+                sentences.append(f"{listed[0].upper()}{listed[1:]}: {effect}.")
+        return " ".join(["Settings saved.", *sentences])
 
     def action_models(self) -> None:
         def chosen(path: Path | None) -> None:

@@ -130,9 +130,12 @@ class EngineRestartRequested(Message):
     """Start the chat's engine again: the settings or the model changed, or the arm comparison closed it.
 
     Posted to the chat screen, which owns the conversation; ``model_path`` is the model to load from now on.
+    ``after_answer``: an answer streaming meanwhile finishes first and the engine restarts then (saved
+    settings); otherwise the request is refused while an answer streams.
     """
 
     model_path: Path | None = None
+    after_answer: bool = False
 
 
 @dataclass

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
-from textual.widgets import Input
+from textual.widgets import Input, Select, Switch
 
 from app.errors import BinaryFileError, DocumentNotFoundError, EmptyDocumentError
 from app.samples import DEFAULT_SAMPLE
 from app.sessions import Session, Turn
 from app.settings import Settings
 from app.ui import create_app
+from app.ui.screens._chat_workers import STREAM_BATCH_S
 from app.ui.screens import CompareScreen, OpenDialog, SettingsScreen
 from app.ui.widgets import AnswerView, QuestionView
-from app_fakes import FakeEngine, FakeSampler
+from app_fakes import ANSWER, FakeEngine, FakeSampler
+from engine.events import Token
+from engine.sampling import GREEDY
 
 
-def make_app(model_path: Path, paths=(DEFAULT_SAMPLE,), **kwargs):
-    return create_app(Settings(n_ctx=8192, max_tokens=64), list(paths), model_path, factory=FakeEngine,
+def make_app(model_path: Path, paths=(DEFAULT_SAMPLE,), factory=FakeEngine, **kwargs):
+    return create_app(Settings(n_ctx=8192, max_tokens=64), list(paths), model_path, factory=factory,
                       sampler=FakeSampler(available=False), vram_refresh_s=0, **kwargs)
 
 
@@ -161,3 +166,96 @@ async def test_the_vram_panel_lists_each_gpu_with_its_estimate(model_path) -> No
         assert "engine 810 MiB · est" in live and "engine 688 MiB · est" in live
         assert "all GPUs: engine 1.46 GiB" in live
         assert f"device peak {4 + (812 + 690) / 1024:.2f} GiB" in live
+
+
+async def test_the_vram_panel_says_why_d2_stands_above_f16_for_a_short_document(model_path, monkeypatch) -> None:
+    # the engine's own estimates (the fixture's fixed ones never put d2 above f16): the sample is under
+    # D2's window, so d2's exact copies and bases cost more than its compressed cells save
+    import engine.estimates as estimates
+    from app.ui.widgets._vram_panel import VramPanel, human
+    from engine.arms import ArmConfig
+
+    monkeypatch.setattr("app.ui.widgets._vram_panel.estimate", estimates.estimate)
+    app = make_app(model_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: app.chat_screen.state == "ready")
+        panel = app.screen.query_one(VramPanel)
+        info, doc = panel.info, panel.doc_tokens
+        d2, f16 = ArmConfig.parse("d2"), ArmConfig.parse("f16")
+        assert estimates.estimate(info, d2, doc).total_bytes > estimates.estimate(info, f16, doc).total_bytes
+        even = estimates.break_even_tokens(info, d2, f16, max(info.n_ctx_train, panel.n_ctx))
+        assert even is not None and doc < even <= panel.n_ctx
+        shown = str(panel.query_one("#vram-estimates").render())
+        assert (f"d2 keeps the last {d2.recipe.window:,} tokens and the first {d2.recipe.sinks} exact (fp16), with "
+                f"its bases: a fixed {human(estimates.d2_fixed_bytes(info, d2))}; from about {even:,} tokens it is "
+                "the smaller.") in shown
+        # a document past the break-even point: d2 is the smaller everywhere, and nothing needs saying
+        panel.set_context(info, panel.n_ctx, even, panel.arm)
+        assert "d2 keeps" not in str(panel.query_one("#vram-estimates").render())
+
+
+class GatedEngine(FakeEngine):
+    """Streams its first word, then waits for the test to open the gate before the rest."""
+
+    gate = threading.Event()
+
+    def answer(self, messages, max_tokens=256, sampling=GREEDY):
+        for event in super().answer(messages, max_tokens, sampling):
+            if max_tokens and isinstance(event, Token) and event.token_id == 100:
+                time.sleep(STREAM_BATCH_S)  # so that the word is posted, not held for the next batch
+                yield event
+                GatedEngine.gate.wait(30)
+                continue
+            yield event
+
+
+async def test_settings_saved_while_an_answer_streams_say_when_each_applies(model_path, app_dirs: Path) -> None:
+    # the old notice said only "Settings saved", and the new arm and context waited for an F5 nobody was
+    # told to press; now the engine restarts with them when the answer ends, and nothing typed is lost
+    GatedEngine.gate.clear()
+    app = make_app(model_path, factory=GatedEngine)
+    notes: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kwargs: (notes.append(message), notify(message, **kwargs))[1]
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            chat = app.chat_screen
+            await until(pilot, lambda: chat.state == "ready")
+            engine = app.conversation.engine
+            chat.query_one("#question").value = "Who designed the railway?"
+            await pilot.press("enter")
+            await until(pilot, lambda: chat.current_answer is not None and bool(chat.current_answer.text))
+            chat.query_one("#question").value = "And when did it open?"  # typed, not yet asked
+            await pilot.press("f4")
+            await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            app.screen.query_one("#set-arm", Select).value = "q8_0"
+            app.screen.query_one("#set-ctx", Input).value = "4096"
+            app.screen.query_one("#set-temperature", Input).value = "0.7"
+            app.screen.query_one("#set-q4", Switch).value = True
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+            assert notes[-1] == (
+                "Settings saved. Cache arm, context size: the engine restarts with the q8_0 cache when this "
+                "answer ends (Esc ends it now); the transcript and the question box stay. Temperature: from the "
+                "next question; this answer keeps the ones it started with. Comparing q4_0 too: from the next "
+                "comparison.")
+            await pilot.pause(0.2)
+            assert chat.state == "answering" and app.conversation.engine is engine  # the answer goes on
+            GatedEngine.gate.set()
+            await until(pilot, lambda: app.conversation.engine is not engine and chat.state == "ready")
+            assert (app.conversation.engine.spec.arm, app.conversation.engine.spec.n_ctx) == ("q8_0", 4096)
+            assert [t.content for t in app.conversation.session.turns] == ["Who designed the railway?", ANSWER]
+            assert [a.text for a in chat.query(AnswerView)] == [ANSWER]
+            assert chat.query_one("#question").value == "And when did it open?"
+            # not answering: the restart is now, and sampling from the next question
+            engine = app.conversation.engine
+            await pilot.press("f4")
+            await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            app.screen.query_one("#set-arm", Select).value = "f16"
+            app.screen.query_one("#set-temperature", Input).value = "0"
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.conversation.engine is not engine and chat.state == "ready")
+            assert notes[-1] == ("Settings saved. Cache arm: the engine restarts now with the f16 cache; the "
+                                 "transcript stays. Temperature: from the next question.")
+    finally:
+        GatedEngine.gate.set()

@@ -257,3 +257,14 @@ def test_the_model_is_not_given_a_cut_exchange_again() -> None:
     assert conversation.history() == [
         {"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Marta."},
         {"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Velmora."}]
+
+
+def test_every_setting_says_when_a_change_takes_effect() -> None:
+    # the notice after saving the settings names each change with when it applies; a new field must say
+    from app.settings import TAKES_EFFECT
+
+    assert set(TAKES_EFFECT) == set(Settings._fields())
+    assert {when for _, when in TAKES_EFFECT.values()} <= {"engine", "question", "comparison", "document", "now"}
+    before = Settings()
+    after = Settings(arm="q8_0", temperature=0.7)
+    assert after.changed_from(before) == ["arm", "temperature"] and before.changed_from(Settings()) == []

@@ -67,6 +67,24 @@ def test_d2_estimate_counts_its_fixed_device_buffers() -> None:
     assert estimate(mistral_shape(), ArmConfig.parse("q8_0"), 32768).basis_bytes == 0
 
 
+def test_d2_fixed_cost_and_break_even_against_f16_and_q8_0() -> None:
+    # what D2 holds at any context (the exact copies of 8 + 1024 tokens and a scratch row, and the
+    # bases), and the first 256-cell step from which its estimate is below the upstream arm's: the
+    # bisection agrees with a step-by-step scan, and d2 stays below from there on
+    from engine.estimates import KV_PAD, break_even_tokens, d2_fixed_bytes, estimate
+
+    info, d2 = mistral_shape(), ArmConfig.parse("d2")
+    assert d2_fixed_bytes(info, d2) / MIB == 129.125 + 48.0
+    assert d2_fixed_bytes(info, ArmConfig.parse("f16")) == 0
+    for versus in (ArmConfig.parse("f16"), ArmConfig.parse("q8_0")):
+        below = [estimate(info, d2, n).total_bytes < estimate(info, versus, n).total_bytes
+                 for n in range(KV_PAD, 32768 + 1, KV_PAD)]
+        even = break_even_tokens(info, d2, versus, 32768)
+        assert even == (below.index(True) + 1) * KV_PAD and all(below[below.index(True):])
+        assert even > d2.recipe.sinks + d2.recipe.window  # never inside the window: its rows are kept twice
+        assert break_even_tokens(info, d2, versus, even - KV_PAD) is None
+
+
 def test_host_available_bytes_reads_memavailable_plus_free_swap(tmp_path: Path) -> None:
     from engine.estimates import host_available_bytes
 

@@ -67,6 +67,8 @@ class ChatScreen(ChatDocuments, ChatEngine, ChatAnswers, ChatActions, Screen[Non
         self.last_done: AnswerDone | None = None
         self.last_question = ""
         self.pending_question: str | None = None
+        # settings saved mid-answer: the conversation they restart, and the model, once the answer is over
+        self.restart_after_answer: tuple[Conversation, Path | None] | None = None
         self.pending_session: Session | None = None
         self.ingest_stop = threading.Event()  # set by Esc, or by opening another document meanwhile
         self.session_notes: list[str] = []  # what reopening the last session had to tell the person

@@ -114,6 +114,7 @@ class ChatAnswers(_Base):
             await self.current_answer.finish(message.done, message.citations)
         self.current_answer = None
         self.query_one(ChatLog).scroll_end(animate=False)
+        self.restart_for_saved_settings()
 
     async def on_engine_failed_message(self, message: EngineFailedMessage) -> None:
         crashed = message.kind in ("EngineCrashedError", "EngineHungError")
@@ -139,6 +140,7 @@ class ChatAnswers(_Base):
             self.restore_question(self.last_question)
         self.restore_pending_question()
         self.notify(message.message, title="Engine", severity="error", timeout=10, markup=False)
+        self.restart_for_saved_settings()
 
     def save_session(self) -> None:
         assert self.conversation is not None

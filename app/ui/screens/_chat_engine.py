@@ -67,13 +67,24 @@ class ChatEngine(_Base):
         if self.conversation is None:
             return  # the next document starts the engine with the new settings or model
         if self.chat.phase is Phase.ANSWERING:
+            if message.after_answer:  # saved settings: the app's notice said it restarts when the answer ends
+                self.restart_after_answer = (self.conversation, message.model_path)
+                return
             self.notify("An answer is streaming; press Esc to stop it, then restart the engine (F5).",
                         severity="warning", markup=False)
             return
+        self.restart_after_answer = None  # this restart takes the settings saved meanwhile too
         if message.model_path is not None:
             self.conversation.use_model(message.model_path)
         if self.chat.phase is not Phase.COMPARING:  # else it starts with them after the comparison
             self.start_engine()
+
+    def restart_for_saved_settings(self) -> None:
+        """The answer is over (answered, stopped, refused or failed): restart the engine with the settings
+        saved while it streamed. Another document opened meanwhile started its own engine with them."""
+        pending, self.restart_after_answer = self.restart_after_answer, None
+        if pending is not None and pending[0] is self.conversation:
+            self.on_engine_restart_requested(EngineRestartRequested(pending[1]))
 
     # -------------------------------------------------------------- the arm comparison borrows the memory
 

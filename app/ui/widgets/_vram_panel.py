@@ -1,5 +1,8 @@
 """GPU memory: NVML live figures with a sparkline, against f16/Q8/D2 estimates.
 
+Where D2's estimate stands above f16's (a context shorter than D2's window), one note says why: its
+fixed cost, and from how many tokens it is the smaller, both from the engine's estimates.
+
 With several GPUs (llama.cpp splits the layers over them) each GPU's live figure is listed
 with that GPU's share of the current arm's estimate beside it. Without a GPU or driver the
 estimates stay and one line says why telemetry is off.
@@ -14,7 +17,7 @@ from textual.widgets import Sparkline, Static
 
 from engine.arms import ArmConfig
 from engine.errors import EngineError
-from engine.estimates import estimate, split_estimate
+from engine.estimates import break_even_tokens, d2_fixed_bytes, estimate, split_estimate
 from engine.gguf import GgufInfo
 from engine.nvml import NvmlSampler
 
@@ -50,6 +53,7 @@ class VramPanel(Vertical):
         self.n_ctx = 0
         self.doc_tokens = 0
         self.arm = "f16"
+        self._d2_note: tuple[tuple[GgufInfo, int], str] | None = None  # ((info, limit), note): ~20 estimates
 
     def compose(self) -> ComposeResult:
         yield Static("GPU memory", classes="panel-title")
@@ -133,6 +137,27 @@ class VramPanel(Vertical):
             text.append(f"\ndevice peak {human(self.sampler.peak_used)}")
         return text
 
+    @staticmethod
+    def _totals_by_point(rows: list[tuple[str, int, int]]) -> list[dict[str, int]]:
+        n = len(PANEL_ARMS)
+        return [{arm: total for arm, total, _ in rows[i:i + n]} for i in range(0, len(rows), n)]
+
+    def d2_note(self) -> str:
+        """Why d2 stands above f16 at a short context: what it keeps exact, at what fixed cost, and from
+        how many tokens it is the smaller (the engine's estimates; worked out once per model and limit)."""
+        assert self.info is not None
+        limit = max(self.info.n_ctx_train, self.n_ctx)
+        if self._d2_note is None or self._d2_note[0][0] is not self.info or self._d2_note[0][1] != limit:
+            d2, f16 = ArmConfig.parse("d2"), ArmConfig.parse("f16")
+            assert d2.recipe is not None
+            even = break_even_tokens(self.info, d2, f16, limit)
+            when = (f"from about {even:,} tokens it is the smaller" if even is not None
+                    else f"it stays above f16 up to {limit:,} tokens")
+            note = (f"d2 keeps the last {d2.recipe.window:,} tokens and the first {d2.recipe.sinks:,} exact "
+                    f"(fp16), with its bases: a fixed {human(d2_fixed_bytes(self.info, d2))}; {when}.")
+            self._d2_note = ((self.info, limit), note)
+        return self._d2_note[1]
+
     def _estimates(self) -> Text:
         text = Text()
         if self.info is None:
@@ -159,6 +184,8 @@ class VramPanel(Vertical):
                 text.append_text(bar(total, scale, style))
                 text.append(f" {human(total):>10}\n")
                 text.append(f"      KV {human(kv)}\n", style="dim")
+        if any(totals["d2"] > totals["f16"] for totals in self._totals_by_point(rows)):
+            text.append(self.d2_note() + "\n", style="italic")
         if live is not None:
             text.append("live ")
             text.append_text(bar(live, scale, "bold green"))
