@@ -750,10 +750,17 @@ static __device__ __forceinline__ void d2_slice_to_f16(const uint8_t * smem, con
     }
 }
 
-template <int HD, int PK, int PV>
 // registers a thread: what ptxas chose under __launch_bounds__(512) for head sizes 64 (2 blocks an SM)
-// and 128; head size 256 (256 threads) fits in 128 only with a spill, which ptxas then picks by itself
-__maxnreg__(HD == 64 ? 64 : HD == 128 ? 128 : 168)
+// and 128; head size 256 (256 threads) fits in 128 only with a spill, which ptxas then picks by itself.
+// __maxnreg__ is CUDA 12.4's; older toolkits keep the launch bound (and may spill at head size 256)
+#if defined(__CUDACC_VER_MAJOR__) && (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 4))
+#define D2_FA_REGS(HD) __maxnreg__(HD == 64 ? 64 : HD == 128 ? 128 : 168)
+#else
+#define D2_FA_REGS(HD) __launch_bounds__(d2_fa_warps_max(HD)*WARP_SIZE)
+#endif
+
+template <int HD, int PK, int PV>
+D2_FA_REGS(HD)
 static __global__ void d2_fattn_decode(const d2_fattn_args a) {
     constexpr int KSEG = d2_seg_bytes(HD, PK);
     constexpr int VSEG = d2_seg_bytes(HD, PV);
