@@ -74,7 +74,7 @@ def test_d2_fixed_cost_and_break_even_against_f16_and_q8_0() -> None:
     from engine.estimates import KV_PAD, break_even_tokens, d2_fixed_bytes, estimate
 
     info, d2 = mistral_shape(), ArmConfig.parse("d2")
-    assert d2_fixed_bytes(info, d2) / MIB == 129.125 + 48.0
+    assert d2_fixed_bytes(info, d2) / MIB == 129.125 + 32.0
     assert d2_fixed_bytes(info, ArmConfig.parse("f16")) == 0
     for versus in (ArmConfig.parse("f16"), ArmConfig.parse("q8_0")):
         below = [estimate(info, d2, n).total_bytes < estimate(info, versus, n).total_bytes
