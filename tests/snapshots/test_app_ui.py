@@ -18,6 +18,7 @@ from app.ui.screens._chat_workers import STREAM_BATCH_S
 from app.ui.screens import CompareScreen, OpenDialog, SettingsScreen
 from app.ui.widgets import AnswerView, QuestionView
 from app_fakes import ANSWER, FakeEngine, FakeSampler
+from engine.errors import EngineCrashedError
 from engine.events import Token
 from engine.sampling import GREEDY
 
@@ -207,6 +208,47 @@ class GatedEngine(FakeEngine):
                 GatedEngine.gate.wait(30)
                 continue
             yield event
+
+
+class GatedCrashingEngine(GatedEngine):
+    """Streams its first word, waits for the gate, then dies as a killed engine process does."""
+
+    def answer(self, messages, max_tokens=256, sampling=GREEDY):
+        for event in super().answer(messages, max_tokens, sampling):
+            if max_tokens and GatedEngine.gate.is_set() and isinstance(event, Token) and event.token_id != 100:
+                raise EngineCrashedError(self.spec.arm, "killed by SIGKILL")
+            yield event
+
+
+async def test_an_engine_that_dies_after_settings_were_saved_says_it_restarts_with_them(model_path,
+                                                                                        app_dirs: Path) -> None:
+    # the failure used to say "Press F5" while the settings saved during the answer already restarted it
+    GatedEngine.gate.clear()
+    app = make_app(model_path, factory=GatedCrashingEngine)
+    notes: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kwargs: (notes.append(message), notify(message, **kwargs))[1]
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            chat = app.chat_screen
+            await until(pilot, lambda: chat.state == "ready")
+            engine = app.conversation.engine
+            chat.query_one("#question").value = "Who designed the railway?"
+            await pilot.press("enter")
+            await until(pilot, lambda: chat.current_answer is not None and bool(chat.current_answer.text))
+            await pilot.press("f4")
+            await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            app.screen.query_one("#set-arm", Select).value = "q8_0"
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: not isinstance(app.screen, SettingsScreen))
+            GatedEngine.gate.set()
+            await until(pilot, lambda: app.conversation.engine is not engine and chat.state == "ready")
+            assert len([a for a in chat.query(AnswerView) if a.has_class("failed")]) == 1
+            died = [note for note in notes if "killed by SIGKILL" in note]
+            assert len(died) == 1 and died[0].endswith(" The engine restarts now with the settings saved during the answer.")
+            assert app.conversation.engine.spec.arm == "q8_0"
+    finally:
+        GatedEngine.gate.set()
 
 
 async def test_settings_saved_while_an_answer_streams_say_when_each_applies(model_path, app_dirs: Path) -> None:

@@ -125,8 +125,12 @@ class ChatAnswers(_Base):
                                           message.kind)
             accepted = self.advance(Event.QUESTION_REFUSED, message.message)
         else:
-            accepted = self.advance(Event.ENGINE_FAILED,
-                                    message.message + (" Press F5 to restart the engine." if crashed else ""))
+            # settings saved during the answer restart the engine now (restart_for_saved_settings below)
+            restarts = self.restart_after_answer is not None and self.restart_after_answer[0] is self.conversation
+            hint = (" The engine restarts now with the settings saved during the answer." if restarts
+                    else " Press F5 to restart the engine.")
+            message = EngineFailedMessage(message.message + (hint if crashed else ""), message.kind)
+            accepted = self.advance(Event.ENGINE_FAILED, message.message)
         if not accepted:
             return
         if self.current_answer is not None:
