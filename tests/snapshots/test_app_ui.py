@@ -225,12 +225,12 @@ async def test_an_engine_that_dies_after_settings_were_saved_says_it_restarts_wi
     # the failure used to say "Press F5" while the settings saved during the answer already restarted it
     GatedEngine.gate.clear()
     app = make_app(model_path, factory=GatedCrashingEngine)
-    notes: list[str] = []
-    notify = app.notify
-    app.notify = lambda message, **kwargs: (notes.append(message), notify(message, **kwargs))[1]
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             chat = app.chat_screen
+            statuses: list[str | None] = []
+            advance = chat.advance
+            chat.advance = lambda event, status=None: (statuses.append(status), advance(event, status))[1]
             await until(pilot, lambda: chat.state == "ready")
             engine = app.conversation.engine
             chat.query_one("#question").value = "Who designed the railway?"
@@ -244,7 +244,7 @@ async def test_an_engine_that_dies_after_settings_were_saved_says_it_restarts_wi
             GatedEngine.gate.set()
             await until(pilot, lambda: app.conversation.engine is not engine and chat.state == "ready")
             assert len([a for a in chat.query(AnswerView) if a.has_class("failed")]) == 1
-            died = [note for note in notes if "killed by SIGKILL" in note]
+            died = [status for status in statuses if status and "killed by SIGKILL" in status]
             assert len(died) == 1 and died[0].endswith(" The engine restarts now with the settings saved during the answer.")
             assert app.conversation.engine.spec.arm == "q8_0"
     finally:

@@ -129,8 +129,7 @@ class ChatAnswers(_Base):
             restarts = self.restart_after_answer is not None and self.restart_after_answer[0] is self.conversation
             hint = (" The engine restarts now with the settings saved during the answer." if restarts
                     else " Press F5 to restart the engine.")
-            message = EngineFailedMessage(message.message + (hint if crashed else ""), message.kind)
-            accepted = self.advance(Event.ENGINE_FAILED, message.message)
+            accepted = self.advance(Event.ENGINE_FAILED, message.message + (hint if crashed else ""))
         if not accepted:
             return
         if self.current_answer is not None:
