@@ -54,6 +54,9 @@ def test_patch_series_applies_cleanly_to_the_pinned_sdist(sdist: Path, tmp_path:
     assert "const struct llama_fraqtl_params * fraqtl;" in header
     assert (tree / "vendor/llama.cpp/src/llama-fraqtl-kv.cpp").exists()
     assert (tree / "vendor/llama.cpp/ggml/src/ggml-fraqtl.c").exists()
+    # the CPU's D2 decode is our own file, named in the ggml-cpu backend's source list
+    assert (tree / "vendor/llama.cpp/ggml/src/ggml-cpu/ggml-fraqtl-cpu.cpp").exists()
+    assert "ggml-cpu/ggml-fraqtl-cpu.cpp" in (tree / "vendor/llama.cpp/ggml/src/ggml-cpu/CMakeLists.txt").read_text()
     # the RPC server is built from this same tree and installed beside the libraries it runs
     assert "llama_cpp_python_install_target(ggml-rpc-server)" in (tree / "CMakeLists.txt").read_text()
     assert "-DGGML_RPC=ON" in build.COMMON_CMAKE_ARGS
@@ -112,6 +115,7 @@ def test_export_source_is_small_and_rebuildable(tmp_path: Path) -> None:
     top = names[0].split("/")[0]
     assert f"{top}/fraqtl-source.json" in names
     assert f"{top}/vendor/llama.cpp/src/llama-fraqtl-kv.cpp" in names
+    assert f"{top}/vendor/llama.cpp/ggml/src/ggml-cpu/ggml-fraqtl-cpu.cpp" in names
     assert not any("/.git/" in n for n in names)
 
 
