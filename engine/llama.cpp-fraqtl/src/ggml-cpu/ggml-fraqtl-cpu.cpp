@@ -13,11 +13,11 @@
 #include <vector>
 
 bool ggml_fraqtl_cpu_d2_decode_applies(const ggml_tensor * dst) {
-    static int fq_per_head = -1;
-    if (fq_per_head < 0) {
+    // read once: a function-local static is initialised once, whichever compute thread comes first
+    static const bool fq_per_head = [] {
         const char * env = getenv("FRAQTL_D2_PER_HEAD");
-        fq_per_head = env && env[0] == '1';
-    }
+        return env && env[0] == '1';
+    }();
     const ggml_tensor * q = dst->src[0];
     const ggml_tensor * k = dst->src[1];
     const ggml_tensor * v = dst->src[2];
