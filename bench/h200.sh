@@ -88,10 +88,18 @@ build)
   touch /tmp/shape.done
   ;;
 rebuild)
-  # after a change to our own CUDA sources on a warm machine: copy them into the unpacked tree
-  # and rebuild in the kept build dir (only their objects and the link: about 110 s)
+  # after a change to our own sources (not the patches) on a warm machine: copy them into the
+  # unpacked tree as engine/build.py does, and rebuild in the kept build dir (only their objects
+  # and the links: about 110 s for the CUDA file)
   wait_build
-  cp engine/llama.cpp-fraqtl/src/ggml-cuda/ggml-fraqtl-cuda.* "$(ls -d /tmp/src/*)/vendor/llama.cpp/ggml/src/ggml-cuda/"
+  tree=$(ls -d /tmp/src/*)
+  # only the files that differ: a touched header would rebuild every upstream file including it
+  python3 -c "from engine.build import OUR_SRC_DEST; [print(k, v) for k, v in OUR_SRC_DEST.items()]" |
+    while read -r from to; do
+      for f in engine/llama.cpp-fraqtl/src/$from/*; do
+        cmp -s "$f" "$tree/$to/$(basename "$f")" || { cp "$f" "$tree/$to/"; echo "changed: $f"; }
+      done
+    done
   CMAKE_ARGS="$(python3 -c 'import shlex; from engine.build import make_plan; print(shlex.join(make_plan("cuda", "90").cmake_args))')"
   export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
   t0=$(date +%s); rm -rf /tmp/wheel
