@@ -15,7 +15,10 @@ RECEIPTS = Path(__file__).resolve().parents[2] / "bench/receipts"
 RECEIPT = RECEIPTS / "2026-11-29-memory-mistral-7b-instruct-v0.3-h200/receipt.json"
 # D2 on the GPU beside the upstream arms, same build (random-control bases: memory is what counts)
 D2_RECEIPTS = [RECEIPTS / "2026-11-29-memory-mistral-shape-d2-cuda-h200/receipt.json",
-               RECEIPTS / "2026-11-29-memory-mistral-shape-d2-cuda-h200-128k/receipt.json"]
+               RECEIPTS / "2026-11-29-memory-mistral-shape-d2-cuda-h200-128k/receipt.json",
+               # a prompt's KV heads converted four at a time (d2 and d2:lite)
+               RECEIPTS / "2026-11-30-memory-mistral-shape-d2-nocublas-h200/receipt.json",
+               RECEIPTS / "2026-11-30-memory-mistral-shape-d2-nocublas-h200-128k/receipt.json"]
 ROWS = [row for path in [RECEIPT, *D2_RECEIPTS] for row in json.loads(path.read_text())["results"]]
 
 
