@@ -126,8 +126,7 @@ class ChatAnswers(_Base):
             accepted = self.advance(Event.QUESTION_REFUSED, message.message)
         else:
             # settings saved during the answer restart the engine now (restart_for_saved_settings below)
-            restarts = self.restart_after_answer is not None and self.restart_after_answer[0] is self.conversation
-            hint = (" The engine restarts now with the settings saved during the answer." if restarts
+            hint = (" The engine restarts now with the settings saved during the answer." if self.restart_pending()
                     else " Press F5 to restart the engine.")
             accepted = self.advance(Event.ENGINE_FAILED, message.message + (hint if crashed else ""))
         if not accepted:

@@ -79,11 +79,16 @@ class ChatEngine(_Base):
         if self.chat.phase is not Phase.COMPARING:  # else it starts with them after the comparison
             self.start_engine()
 
+    def restart_pending(self) -> bool:
+        """Settings saved during this conversation's answer wait for it to end to restart the engine."""
+        return self.restart_after_answer is not None and self.restart_after_answer[0] is self.conversation
+
     def restart_for_saved_settings(self) -> None:
         """The answer is over (answered, stopped, refused or failed): restart the engine with the settings
         saved while it streamed. Another document opened meanwhile started its own engine with them."""
-        pending, self.restart_after_answer = self.restart_after_answer, None
-        if pending is not None and pending[0] is self.conversation:
+        pending = self.restart_after_answer if self.restart_pending() else None
+        self.restart_after_answer = None
+        if pending is not None:
             self.on_engine_restart_requested(EngineRestartRequested(pending[1]))
 
     # -------------------------------------------------------------- the arm comparison borrows the memory

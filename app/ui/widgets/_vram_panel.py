@@ -137,11 +137,6 @@ class VramPanel(Vertical):
             text.append(f"\ndevice peak {human(self.sampler.peak_used)}")
         return text
 
-    @staticmethod
-    def _totals_by_point(rows: list[tuple[str, int, int]]) -> list[dict[str, int]]:
-        n = len(PANEL_ARMS)
-        return [{arm: total for arm, total, _ in rows[i:i + n]} for i in range(0, len(rows), n)]
-
     def d2_note(self) -> str:
         """Why d2 stands above f16 at a short context: what it keeps exact, at what fixed cost, and from
         how many tokens it is the smaller (the engine's estimates; worked out once per model and limit)."""
@@ -174,17 +169,21 @@ class VramPanel(Vertical):
         live = self.live_bytes()
         scale = max([r[1] for r in rows] + [live or 0])
         i = 0
+        d2_above_f16 = False
         for label, n in points:
             text.append(f"\nEstimate at {n:,} tokens ({label})\n", style="bold")
+            totals: dict[str, int] = {}
             for _ in PANEL_ARMS:
                 arm, total, kv = rows[i]
                 i += 1
+                totals[arm] = total
                 style = "green" if arm == self.arm.split(":")[0] else "cyan"
                 text.append(f"{arm:<5}")
                 text.append_text(bar(total, scale, style))
                 text.append(f" {human(total):>10}\n")
                 text.append(f"      KV {human(kv)}\n", style="dim")
-        if any(totals["d2"] > totals["f16"] for totals in self._totals_by_point(rows)):
+            d2_above_f16 |= totals["d2"] > totals["f16"]
+        if d2_above_f16:
             text.append(self.d2_note() + "\n", style="italic")
         if live is not None:
             text.append("live ")
