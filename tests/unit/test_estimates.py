@@ -18,7 +18,10 @@ D2_RECEIPTS = [RECEIPTS / "2026-11-29-memory-mistral-shape-d2-cuda-h200/receipt.
                RECEIPTS / "2026-11-29-memory-mistral-shape-d2-cuda-h200-128k/receipt.json",
                # a prompt's KV heads converted four at a time (d2 and d2:lite)
                RECEIPTS / "2026-11-30-memory-mistral-shape-d2-nocublas-h200/receipt.json",
-               RECEIPTS / "2026-11-30-memory-mistral-shape-d2-nocublas-h200-128k/receipt.json"]
+               RECEIPTS / "2026-11-30-memory-mistral-shape-d2-nocublas-h200-128k/receipt.json",
+               # V's inverse rotation by the transpose of its rotation (bases 48 -> 32 MiB)
+               RECEIPTS / "2026-11-30-memory-mistral-shape-d2-h200/receipt.json",
+               RECEIPTS / "2026-11-30-memory-mistral-shape-d2-h200-128k/receipt.json"]
 ROWS = [row for path in [RECEIPT, *D2_RECEIPTS] for row in json.loads(path.read_text())["results"]]
 
 

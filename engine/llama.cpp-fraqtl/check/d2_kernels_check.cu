@@ -266,8 +266,7 @@ static int check_rotate(const int K, const int M, const int N, const int nh_kv, 
     CK(cudaMemcpy(da, a.data(), a.size()*4, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, b.data(), b.size()*4, cudaMemcpyHostToDevice));
     const d2_mm_operand oa = inverse ? d2_mm_operand{ da, 1, M, (int64_t) K*M } : d2_mm_operand{ da, K, 1, (int64_t) K*M };
     const d2_mm_operand ob = { db, K, 1, (int64_t) K*N };
-    const dim3 grid((M + D2_MM_TILE - 1)/D2_MM_TILE, (N + D2_MM_TILE - 1)/D2_MM_TILE, nh_x);
-    d2_rotate_many<<<grid, 256>>>(oa, ob, dd, K, M, N, M, (int64_t) M*N, nh_x/nh_kv);
+    d2_rotate(oa, ob, dd, K, M, N, M, (int64_t) M*N, nh_x, nh_x/nh_kv, 0);
     CK(cudaGetLastError()); CK(cudaMemcpy(d.data(), dd, d.size()*4, cudaMemcpyDeviceToHost));
     double err = 0, mx = 0;
     for (int h = 0; h < nh_x; h++) for (int n = 0; n < N; n++) for (int m = 0; m < M; m++) {
@@ -281,6 +280,14 @@ static int check_rotate(const int K, const int M, const int N, const int nh_kv, 
     const int bad = !(err <= 1e-5*mx*K);
     printf("rotate%s K %d M %d N %d heads %d/%d: max abs err %.3g (max %.3g)%s\n", inverse ? " (inverse)" : "", K, M, N, nh_x, nh_kv,
            err, mx, bad ? " FAILED" : "");
+    if (N == 1) { // a decoded token's: the time of one launch
+        cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+        CK(cudaEventRecord(e0));
+        for (int i = 0; i < 200; i++) d2_rotate(oa, ob, dd, K, M, N, M, (int64_t) M*N, nh_x, nh_x/nh_kv, 0);
+        CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1));
+        float ms = 0; CK(cudaEventElapsedTime(&ms, e0, e1));
+        printf("  time %.2f us per call\n", ms*1e3/200);
+    }
     cudaFree(da); cudaFree(db); cudaFree(dd);
     return bad;
 }
@@ -323,6 +330,10 @@ int main(int argc, char ** argv) {
     bad |= check_rotate(128, 128, 300, 8, 32, true); // Mistral's inverse V rotation of a prompt's output
     bad |= check_rotate(128, 128, 1, 8, 32, true);   // and of one decoded token's
     bad |= check_rotate(64, 64, 1, 3, 9, true);      // SmolLM2's, one token
+    bad |= check_rotate(128, 128, 3, 8, 32, true);   // a few tokens: one block per (head, token)
+    bad |= check_rotate(128, 128, 5, 8, 32, true);   // more: the tiles again
+    bad |= check_rotate(256, 256, 1, 2, 8, true);    // head size 256
+    bad |= check_rotate(128, 128, 1, 8, 32);         // a forward one-token rotation (rows along k: tiles)
     printf(bad ? "D2 KERNEL CHECK FAILED\n" : "D2 kernel check passed\n");
     return bad;
 }

@@ -373,15 +373,67 @@ static __global__ void d2_rotate_many(const d2_mm_operand a, const d2_mm_operand
     }
 }
 
+// A few tokens (a decoded one's inverse rotation), A's rows contiguous along m: a 64 x 64 tile
+// would leave 63 of its 64 columns idle (27 us a launch on the H200, 0.85 ms of a 128K token).
+// Instead a block per (matrix, token): thread m of each k-slice reads A[m, k] over its slice's k
+// (a warp reads 128 contiguous bytes), and the slices' sums meet in shared memory.
+#define D2_FEW_THREADS 512
+#define D2_FEW_MAX_N   4
+
+static __global__ void __launch_bounds__(D2_FEW_THREADS) d2_rotate_few(const d2_mm_operand a, const d2_mm_operand b,
+        float * __restrict__ d, const int K, const int M, const int64_t d_s1, const int64_t d_s2, const int r2) {
+    extern __shared__ float d2_few_smem[]; // B's row (K), then each slice's sums (D2_FEW_THREADS)
+    float * bk   = d2_few_smem;
+    float * part = d2_few_smem + K;
+    const int z = blockIdx.x;
+    const int n = blockIdx.y;
+    const float * A = a.p + (int64_t) (z / r2)*a.s2;
+    const float * B = b.p + (int64_t) z*b.s2 + (int64_t) n*b.s_mn;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        bk[k] = B[(int64_t) k*b.s_k];
+    }
+    __syncthreads();
+    const int slices = blockDim.x / M;
+    const int m = threadIdx.x % M;
+    const int s = threadIdx.x / M;
+    if (s < slices) {
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int k = s; k < K; k += slices) {
+            acc = fmaf(A[m + (int64_t) k*a.s_k], bk[k], acc);
+        }
+        part[s*M + m] = acc;
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+        float sum = 0.0f;
+        for (int i = 0; i < slices; ++i) {
+            sum += part[i*M + threadIdx.x];
+        }
+        d[(int64_t) z*d_s2 + (int64_t) n*d_s1 + threadIdx.x] = sum;
+    }
+}
+
+// dst[m, n, z] for z < nz (see d2_rotate_many); the kernel check calls this too
+static void d2_rotate(const d2_mm_operand & a, const d2_mm_operand & b, float * d, const int K, const int M, const int N,
+        const int64_t d_s1, const int64_t d_s2, const int nz, const int r2, cudaStream_t stream) {
+    if (a.s_mn == 1 && N <= D2_FEW_MAX_N && M <= D2_FEW_THREADS) {
+        const size_t smem = (K + D2_FEW_THREADS)*sizeof(float);
+        d2_rotate_few<<<dim3(nz, N), D2_FEW_THREADS, smem, stream>>>(a, b, d, K, M, d_s1, d_s2, r2);
+    } else {
+        const dim3 grid((M + D2_MM_TILE - 1)/D2_MM_TILE, (N + D2_MM_TILE - 1)/D2_MM_TILE, nz);
+        d2_rotate_many<<<grid, 256, 0, stream>>>(a, b, d, K, M, N, d_s1, d_s2, r2);
+    }
+}
+
 static bool d2_is_rotation(const ggml_tensor * t) {
     return strncmp(t->name, "fraqtl_rot_", 11) == 0;
 }
 
 static void d2_rotate_launch(ggml_backend_cuda_context & ctx, const d2_mm_operand & a, const d2_mm_operand & b, ggml_tensor * dst,
         const int K, const int M, const int N, const int r2) {
-    const dim3 grid((M + D2_MM_TILE - 1)/D2_MM_TILE, (N + D2_MM_TILE - 1)/D2_MM_TILE, (unsigned) dst->ne[2]);
-    d2_rotate_many<<<grid, 256, 0, ctx.stream()>>>(a, b, (float *) dst->data, K, M, N, dst->nb[1]/sizeof(float),
-        dst->nb[2]/sizeof(float), r2);
+    d2_rotate(a, b, (float *) dst->data, K, M, N, dst->nb[1]/sizeof(float), dst->nb[2]/sizeof(float), (int) dst->ne[2], r2,
+        ctx.stream());
     CUDA_CHECK(cudaGetLastError());
 }
 
