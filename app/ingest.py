@@ -75,6 +75,7 @@ class Document:
     first_page: int = 1  # page number of pages[0] (a page range starts later)
     paged: bool = False  # True for PDFs and texts with form feeds: the model sees [p. N] markers
     parts: tuple[str, ...] = ()  # the files of a document joined from several, in order
+    whole_title: str = ""  # a page range's: the title of the document it was cut from
 
     @property
     def sources(self) -> list[str]:
@@ -106,8 +107,10 @@ class Document:
         if not (numbers.start <= first <= last < numbers.stop):
             raise PageRangeError(f"{first}-{last}", len(self.pages))
         lo, hi = first - self.first_page, last - self.first_page + 1
-        return dataclasses.replace(self, title=f"{self.title} (pp. {first}–{last})", pages=self.pages[lo:hi],
-                                   first_page=first)
+        whole = self.whole_title or self.title  # a range of a range names the pages once
+        pages = f"p. {first}" if first == last else f"pp. {first}–{last}"
+        return dataclasses.replace(self, title=f"{whole} ({pages})", pages=self.pages[lo:hi],
+                                   first_page=first, whole_title=whole)
 
     def parse_range(self, text: str) -> Document:
         match = re.fullmatch(r"\s*(\d+)\s*(?:[-–:]\s*(\d+))?\s*", text)

@@ -104,6 +104,8 @@ async def test_overflow_is_refused_with_numbers_then_a_page_range_fits(model_pat
         await wait_for(pilot, lambda: screen.state == "ready", 120, "page 2 to be prefilled")
         assert app.document is not None and app.document.pages == (app.document.page(2),)
         assert "Page 2 of the ledger" in app.document.text and "[p. 2]" in app.document.text
+        # the range is named once (it was applied twice and read "ledger.txt (pp. 2–2) (pp. 2–2)")
+        assert app.document.title == screen.sub_title == "ledger.txt (p. 2)"
 
 
 async def test_engine_crash_keeps_the_transcript_and_restarts(model_path, app_dirs, short_document):

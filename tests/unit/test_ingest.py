@@ -99,6 +99,10 @@ def test_page_range_and_join(text_pdf: Path, tmp_path: Path) -> None:
     part = doc.parse_range("2-3")
     assert part.first_page == 2 and part.text.startswith("[p. 2]") and part.page(1) is None
     assert part.parse_range("3").pages == (doc.page(3),)
+    # a range of a range (the overflow dialog's choice, then the session's range applied to it) is
+    # named by its pages once
+    assert part.title == f"{doc.title} (pp. 2–3)"
+    assert part.parse_range("2-3").title == part.title and part.parse_range("3").title == f"{doc.title} (p. 3)"
     for bad in ("0-2", "3-9", "two", "3-2"):
         with pytest.raises(PageRangeError, match="page range within 1–3"):
             doc.parse_range(bad)
