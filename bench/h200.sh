@@ -55,6 +55,18 @@ preload() {
   fi
 }
 
+# the engine's own CUDA build options (engine/build.py make_plan, for sm_90), and a wheel of the
+# unpacked tree built in the kept build dir, installed where the phases import it
+cuda_wheel() {
+  CMAKE_ARGS="$(python3 -c 'import shlex; from engine.build import make_plan; print(shlex.join(make_plan("cuda", "90").cmake_args))')" \
+    || { echo "no build options from engine.build"; return 1; }
+  export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=$(nproc); echo "CMAKE_ARGS=$CMAKE_ARGS"
+  rm -rf /tmp/wheel
+  python3 -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel -C build-dir=/tmp/build "$(ls -d /tmp/src/*)" \
+    > /tmp/build.log 2>&1 || { tail -60 /tmp/build.log; return 1; }
+  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site /tmp/wheel/*.whl
+}
+
 case $phase in
 start)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
@@ -66,17 +78,7 @@ start)
   ;;
 build)
   t0=$(date +%s)
-  tree=$(ls -d /tmp/src/*)
-  # the engine's own CUDA build options (engine/build.py make_plan), for sm_90
-  CMAKE_ARGS="$(python3 -c 'import shlex; from engine.build import make_plan; print(shlex.join(make_plan("cuda", "90").cmake_args))')" \
-    || { echo "no build options from engine.build"; touch /tmp/build.failed; exit 1; }
-  export CMAKE_ARGS; echo "CMAKE_ARGS=$CMAKE_ARGS"
-  export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
-  if ! python3 -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel -C build-dir=/tmp/build "$tree" \
-      > /tmp/build.log 2>&1; then
-    tail -60 /tmp/build.log; touch /tmp/build.failed; exit 1
-  fi
-  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site /tmp/wheel/*.whl
+  cuda_wheel || { touch /tmp/build.failed; exit 1; }
   echo "build done in $(( $(date +%s) - t0 )) s"
   python3 -c "import llama_cpp; print(llama_cpp.llama_cpp.llama_fraqtl_version())" || { touch /tmp/build.failed; exit 1; }
   touch /tmp/build.done
@@ -100,12 +102,8 @@ rebuild)
         cmp -s "$f" "$tree/$to/$(basename "$f")" || { cp "$f" "$tree/$to/"; echo "changed: $f"; }
       done
     done
-  CMAKE_ARGS="$(python3 -c 'import shlex; from engine.build import make_plan; print(shlex.join(make_plan("cuda", "90").cmake_args))')"
-  export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
-  t0=$(date +%s); rm -rf /tmp/wheel
-  python3 -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel -C build-dir=/tmp/build "$(ls -d /tmp/src/*)" \
-    > /tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }
-  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site /tmp/wheel/*.whl
+  t0=$(date +%s)
+  cuda_wheel || exit 1
   echo "rebuilt in $(( $(date +%s) - t0 )) s"
   ;;
 gpu)

@@ -9,6 +9,7 @@ never loads a model and never imports the app.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,8 +106,8 @@ def compute_bytes(info: GgufInfo, n_ctx: int, n_ubatch: int = N_UBATCH, arm: Arm
         # a time to f16 (the most whose f16 K and V fit in half the mask: d2_fattn_group), and every
         # ubatch adds the exact-row map
         one_head_f16 = n_kv * (info.head_dim_k + info.head_dim_v) * 2
-        group = max((g for g in range(1, info.n_head_kv + 1)
-                     if info.n_head_kv % g == 0 and (g == 1 or g * one_head_f16 <= mask // 2)), default=1)
+        group = max(g for g in range(1, info.n_head_kv + 1)
+                    if info.n_head_kv % g == 0 and (g == 1 or g * one_head_f16 <= mask // 2))
         return max(output_phase, mask + group * one_head_f16 + n_ubatch * info.n_embd * 4 * 4) + _row_map_bytes(arm, n_ctx)
     kv_f16 = n_kv * info.n_head_kv * (info.head_dim_k + info.head_dim_v) * 2
     attention_phase = mask + kv_f16 + n_ubatch * info.n_embd * 4 * 4
@@ -168,16 +169,10 @@ def break_even_tokens(info: GgufInfo, arm: ArmConfig, versus: ArmConfig, limit: 
         n = cells * KV_PAD
         return estimate(info, arm, n, n_ubatch).total_bytes < estimate(info, versus, n, n_ubatch).total_bytes
 
-    lo, hi = 0, padded_ctx(max(limit, 1)) // KV_PAD
-    if not below(hi):
+    cells = range(1, padded_ctx(max(limit, 1)) // KV_PAD + 1)
+    if not below(cells[-1]):
         return None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if below(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi * KV_PAD
+    return cells[bisect.bisect_left(cells, True, key=below)] * KV_PAD
 
 
 # --------------------------------------------------------------------------- several devices

@@ -156,10 +156,10 @@ class ChatEngine(_Base):
             self.conversation.session.n_ctx = int(value)  # type: ignore[call-overload]  # reopening uses it again
             self.start_engine(n_ctx=int(value))  # type: ignore[call-overload]
         elif kind == "range":
-            document = self.conversation.document.parse_range(str(value))
+            # the session remembers the range (the dialog checked it), and reading the document applies it
             self.conversation.session.page_range = str(value)
-            self.pending_session = self.conversation.session  # the session remembers the range
-            self.post_message(DocumentLoaded(document))
+            self.pending_session = self.conversation.session
+            self.post_message(DocumentLoaded(self.conversation.document))
 
     def on_prefill_progressed(self, message: PrefillProgressed) -> None:
         if not self.advance(Event.PREFILL_PROGRESSED):
